@@ -1,0 +1,1 @@
+"""A real Kubernetes test bed without Docker: see docs/testbed.md."""

@@ -1,0 +1,43 @@
+"""CLI: python -m tests.cluster build|up|down|status|scale."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from tests.cluster import build, fleet, kube, testbed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build (or reuse) the cached binaries")
+    b.add_argument("--force", action="store_true", help="rebuild even when cached")
+    sub.add_parser("up", help="start a fresh cluster with the fleet from fleet.yaml")
+    sub.add_parser("down", help="stop the cluster and check nothing is left behind")
+    sub.add_parser("status", help="say whether the cluster is up and list its nodes")
+    s = sub.add_parser("scale", help="register N more kwok nodes and time until all are Ready")
+    s.add_argument("count", type=int)
+    args = parser.parse_args()
+    if args.command == "build":
+        build.ensure_host_tools()
+        print(build.build(force=args.force))
+    elif args.command == "up":
+        print(testbed.up().kubeconfig)
+    elif args.command == "down":
+        testbed.down()
+    elif args.command == "status":
+        return testbed.status()
+    elif args.command == "scale":
+        kubeconfig = testbed.paths().kubeconfig
+        nodes = fleet.scale_fleet(args.count)
+        started = time.monotonic()
+        testbed.apply_nodes(kubeconfig, nodes)
+        names = {n["metadata"]["name"] for n in nodes}
+        kube.wait_for(f"{args.count} nodes Ready", lambda: testbed.nodes_ready(kubeconfig, names), 900, 2)
+        print(f"{args.count} nodes registered and Ready in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

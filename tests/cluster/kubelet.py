@@ -1,0 +1,273 @@
+"""A test-only "process kubelet": runs the Pods bound to one Node as real processes.
+
+It registers nothing itself (the Node comes from fleet.yaml with a podCIDR);
+it keeps the Node Ready with a Lease and status heartbeats, starts each Pod's
+container command inside the Pod's network namespace with the Pod's env and
+ServiceAccount token, reports Ready only when the readiness probe passes, and
+on deletion stops the process, removes the namespace and finalises the Pod.
+
+Run: python -m tests.cluster.kubelet --node proc-0 --kubeconfig K --state DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from kubernetes import client, config, watch
+
+from tests.cluster import network, versions
+from tests.cluster.podproc import PodProcess, now
+
+HEARTBEAT_SECONDS = 10
+LEASE_SECONDS = 40
+RESTART_BACKOFF_SECONDS = 2
+
+
+class ProcessKubelet:
+    def __init__(self, node: str, kubeconfig: str, state: Path, image_map: dict[str, list[str]]) -> None:
+        config.load_kube_config(config_file=kubeconfig)
+        self.cfg = client.Configuration.get_default_copy()
+        self.api = client.ApiClient(self.cfg)
+        self.core = client.CoreV1Api(self.api)
+        self.coord = client.CoordinationV1Api(self.api)
+        self.node, self.state, self.image_map = node, state, image_map
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.pods: dict[str, PodProcess] = {}
+        pod_cidr = self.core.read_node(node).spec.pod_cidr
+        self.free_ips = [str(a) for a in ipaddress.ip_network(pod_cidr).hosts()][9:]
+        self.grpcurl = str(versions.bin_dir() / "grpcurl")
+
+    # --- node heartbeats -------------------------------------------------
+    def heartbeat(self) -> None:
+        lease = {
+            "metadata": {"name": self.node, "namespace": "kube-node-lease"},
+            "spec": {
+                "holderIdentity": self.node,
+                "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            },
+        }
+        try:
+            self.coord.patch_namespaced_lease(self.node, "kube-node-lease", lease)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.coord.create_namespaced_lease("kube-node-lease", lease)
+        conditions = [
+            {"type": t, "status": "False", "reason": f"KubeletHas{r}", "lastHeartbeatTime": now()}
+            for t, r in (("MemoryPressure", "SufficientMemory"), ("DiskPressure", "NoDiskPressure"),
+                         ("PIDPressure", "SufficientPID"))
+        ]
+        conditions.append({"type": "Ready", "status": "True", "reason": "KubeletReady",
+                           "message": "process kubelet is posting ready status", "lastHeartbeatTime": now()})
+        body = {"status": {
+            "conditions": conditions,
+            "addresses": [{"type": "InternalIP", "address": network.API_ADDRESS},
+                          {"type": "Hostname", "address": self.node}],
+        }}
+        self.core.patch_node_status(self.node, body)
+
+    def heartbeat_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.heartbeat()
+            except Exception as exc:  # noqa: BLE001 - keep beating; the log says why
+                print(f"heartbeat failed: {exc}", flush=True)
+            self.stopping.wait(HEARTBEAT_SECONDS)
+
+    # --- pods -------------------------------------------------------------
+    def _command(self, container: dict[str, Any]) -> list[str]:
+        if container.get("command"):
+            return [*container["command"], *container.get("args", [])]
+        image = container.get("image", "").rsplit("@", 1)[0]
+        repo = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+        for key in (image, repo, repo.rsplit("/", 1)[-1]):
+            if key in self.image_map:
+                return [*self.image_map[key], *container.get("args", [])]
+        raise ValueError(f"image {image!r} has no command and no entry in the image map")
+
+    def _env(self, pod: dict[str, Any], container: dict[str, Any], address: str) -> dict[str, str]:
+        port = urlparse(self.cfg.host).port or 443
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": "/root",
+            "HOSTNAME": pod["metadata"]["name"],
+            # No kube-proxy: point in-cluster clients straight at the API server.
+            "KUBERNETES_SERVICE_HOST": network.API_ADDRESS,
+            "KUBERNETES_SERVICE_PORT": str(port),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
+        }
+        fields = {
+            "metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"],
+            "metadata.uid": pod["metadata"]["uid"], "spec.nodeName": self.node,
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+            "status.podIP": address, "status.hostIP": network.API_ADDRESS,
+        }
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = item["value"]
+            elif "fieldRef" in item.get("valueFrom", {}):
+                env[item["name"]] = fields.get(item["valueFrom"]["fieldRef"]["fieldPath"], "")
+        return env
+
+    def _service_account(self, pod: dict[str, Any], workdir: Path) -> Path | None:
+        if pod["spec"].get("automountServiceAccountToken") is False:
+            return None
+        meta = pod["metadata"]
+        sa = pod["spec"].get("serviceAccountName", "default")
+        request = {"spec": {
+            "audiences": [], "expirationSeconds": 3600,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": meta["name"], "uid": meta["uid"]},
+        }}
+        token = self.core.create_namespaced_service_account_token(sa, meta["namespace"], request).status.token
+        sa_dir = workdir / "serviceaccount"
+        sa_dir.mkdir(parents=True, exist_ok=True)
+        (sa_dir / "token").write_text(token)
+        (sa_dir / "namespace").write_text(meta["namespace"])
+        shutil.copyfile(self.cfg.ssl_ca_cert, sa_dir / "ca.crt")
+        return sa_dir
+
+    def start_pod(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        container = pod["spec"]["containers"][0]
+        with self.lock:
+            address = self.free_ips.pop(0)
+        proc = PodProcess(
+            namespace=meta["namespace"], name=meta["name"], uid=meta["uid"], container=container,
+            address=address, host_ip=network.API_ADDRESS, workdir=self.state / meta["uid"],
+            restart_policy=pod["spec"].get("restartPolicy", "Always"),
+        )
+        with self.lock:
+            self.pods[meta["uid"]] = proc
+        try:
+            proc.setup_network()
+            sa_dir = self._service_account(pod, proc.workdir)
+            proc.start(self._command(container), self._env(pod, container, address), sa_dir)
+            print(f"started {meta['namespace']}/{meta['name']} at {address} pid {proc.proc.pid}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported on the Pod, where a test sees it
+            print(f"cannot start {meta['namespace']}/{meta['name']}: {exc}", flush=True)
+            proc.exit_code, proc.restart_policy = 127, "Never"
+        self.report(proc)
+
+    def report(self, proc: PodProcess) -> None:
+        try:
+            self.core.patch_namespaced_pod_status(proc.name, proc.namespace, {"status": proc.status()})
+        except client.ApiException as exc:
+            if exc.status != 404:
+                print(f"status of {proc.namespace}/{proc.name}: {exc.reason}", flush=True)
+
+    def stop_pod(self, uid: str, grace: float, finalize: bool) -> None:
+        with self.lock:
+            proc = self.pods.pop(uid, None)
+        if proc is None:
+            return
+        proc.stop(min(grace, 10))
+        with self.lock:
+            self.free_ips.append(proc.address)
+        if finalize:
+            # A real kubelet confirms the deletion once the containers are gone.
+            body = client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid))
+            try:
+                self.core.delete_namespaced_pod(proc.name, proc.namespace, body=body)
+            except client.ApiException as exc:
+                if exc.status not in (404, 409):
+                    raise
+        print(f"stopped {proc.namespace}/{proc.name}", flush=True)
+
+    def sync_loop(self) -> None:
+        """Restart exited processes and move readiness as probes pass or fail."""
+        while not self.stopping.is_set():
+            with self.lock:
+                procs = list(self.pods.values())
+            for proc in procs:
+                was_ready, code = proc.ready, proc.poll()
+                if code is None and proc.proc is not None:
+                    proc.ready = proc.probe(self.grpcurl)
+                elif code is not None and proc.proc is not None and self._should_restart(proc, code):
+                    proc.restart()
+                if proc.ready != was_ready or code is not None:
+                    self.report(proc)
+            self.stopping.wait(0.5)
+
+    @staticmethod
+    def _should_restart(proc: PodProcess, code: int) -> bool:
+        wants = proc.restart_policy == "Always" or (proc.restart_policy == "OnFailure" and code != 0)
+        return wants and time.monotonic() - proc.last_exit_mono > RESTART_BACKOFF_SECONDS * (proc.restarts + 1)
+
+    def watch_loop(self) -> None:
+        while not self.stopping.is_set():
+            stream = watch.Watch().stream(
+                self.core.list_pod_for_all_namespaces,
+                field_selector=f"spec.nodeName={self.node}", timeout_seconds=20,
+                _preload_content=False,
+            )
+            for event in stream:
+                if self.stopping.is_set():
+                    break
+                self.handle(event["type"], event["raw_object"])
+
+    def handle(self, kind: str, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        with self.lock:
+            known = uid in self.pods
+        if kind == "DELETED":
+            self.stop_pod(uid, 0, finalize=False)
+        elif pod["metadata"].get("deletionTimestamp"):
+            if known:
+                self.stop_pod(uid, float(pod["metadata"].get("deletionGracePeriodSeconds") or 0), finalize=True)
+            else:
+                self._finalize_unknown(pod)
+        elif not known and pod.get("status", {}).get("phase", "Pending") == "Pending":
+            threading.Thread(target=self.start_pod, args=(pod,), daemon=True).start()
+
+    def _finalize_unknown(self, pod: dict[str, Any]) -> None:
+        body = client.V1DeleteOptions(grace_period_seconds=0)
+        try:
+            self.core.delete_namespaced_pod(pod["metadata"]["name"], pod["metadata"]["namespace"], body=body)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def shutdown(self, *_: object) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.shutdown)
+        signal.signal(signal.SIGINT, self.shutdown)
+        threading.Thread(target=self.heartbeat_loop, daemon=True).start()
+        threading.Thread(target=self.sync_loop, daemon=True).start()
+        watcher = threading.Thread(target=self.watch_loop, daemon=True)
+        watcher.start()
+        self.stopping.wait()
+        for uid in list(self.pods):
+            self.stop_pod(uid, 5, finalize=False)
+        print("process kubelet stopped", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.kubelet")
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument(
+        "--image-map", default=os.environ.get("EDGEFLEET_PROCESS_IMAGES", "{}"),
+        help='JSON {"image or repo": ["command", ...]} for containers without a command',
+    )
+    args = parser.parse_args()
+    ProcessKubelet(args.node, args.kubeconfig, args.state, json.loads(args.image_map)).run()
+
+
+if __name__ == "__main__":
+    main()

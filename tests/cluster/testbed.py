@@ -1,0 +1,279 @@
+"""Start and stop the test-bed cluster: kwokctl's binary runtime plus our network.
+
+kwokctl does what it does well (PKI, etcd, control-plane flags, the kwok
+controller and its default stages). We add only what it cannot do: the bridge
+and safety routes, the API server's non-loopback advertise address (on that
+bridge, so pods can reach it), the service range, kwok's pod range, leaving
+process nodes to the process kubelet, and readiness checks that name the
+component that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.cluster import build, fleet, kube, network, versions
+
+CLUSTER = "edgefleet"
+START_TIMEOUT = float(os.environ.get("EDGEFLEET_TESTBED_START_TIMEOUT", "240"))
+
+
+class ComponentFailed(RuntimeError):
+    """A component did not become ready; the message names it and shows its log tail."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def kwok_workdir(self) -> Path:
+        return self.root / "kwok"
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.kwok_workdir / "clusters" / CLUSTER
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def kubelets(self) -> Path:
+        return self.root / "kubelets"
+
+    def component_log(self, component: str) -> Path:
+        return self.cluster_dir / "logs" / f"{component}.log"
+
+
+def paths() -> Paths:
+    return Paths(Path(os.environ.get("EDGEFLEET_TESTBED_DIR", "/tmp/edgefleet-testbed")))
+
+
+def _kwok_env(bins: Path, p: Paths) -> dict[str, str]:
+    env = dict(os.environ)
+    # Every binary is a local path, so kwokctl has nothing to download.
+    env.update(
+        KWOK_WORKDIR=str(p.kwok_workdir),
+        KWOK_RUNTIME="binary",
+        KWOK_KUBE_VERSION=versions.KUBERNETES_VERSION,
+        KWOK_KUBE_APISERVER_BINARY=str(bins / "kube-apiserver"),
+        KWOK_KUBE_CONTROLLER_MANAGER_BINARY=str(bins / "kube-controller-manager"),
+        KWOK_KUBE_SCHEDULER_BINARY=str(bins / "kube-scheduler"),
+        KWOK_KUBECTL_BINARY=str(bins / "kubectl"),
+        KWOK_CONTROLLER_BINARY=str(bins / "kwok"),
+        KWOK_ETCD_BINARY=str(bins / "etcd"),
+    )
+    return env
+
+
+def _create_args(p: Paths) -> list[str]:
+    service_range = str(network.SERVICE_RANGE)
+    extra = [
+        f"kube-apiserver=advertise-address={network.API_ADDRESS}",
+        f"kube-apiserver=service-cluster-ip-range={service_range}",
+        f"kube-controller-manager=service-cluster-ip-range={service_range}",
+        f"kwok-controller=cidr={network.KWOK_POD_RANGE}",
+        f"kwok-controller=node-ip={network.API_ADDRESS}",
+        # kwokctl passes --manage-all-nodes=true; the later flag wins, so kwok
+        # leaves process nodes (no annotation) to the process kubelet.
+        "kwok-controller=manage-all-nodes=false",
+        f"kwok-controller=manage-nodes-with-annotation-selector={'='.join(fleet.KWOK_ANNOTATION)}",
+    ]
+    args = [
+        "create", "cluster", "--name", CLUSTER, "--runtime", "binary",
+        "--kubeconfig", str(p.kubeconfig),
+        "--secure-port=true", "--kube-authorization=true", "--kube-admission=true",
+        # kwok v0.7+ nodes go NotReady without a lease duration.
+        "--node-lease-duration-seconds", "40",
+        "--timeout", f"{int(START_TIMEOUT)}s",
+    ]
+    for item in extra:
+        args += ["--extra-args", item]
+    return args
+
+
+def _log_tail(p: Paths, component: str, lines: int = 30) -> str:
+    log = p.component_log(component)
+    if not log.exists():
+        return f"(no log at {log})"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _fail(p: Paths, component: str, why: str) -> ComponentFailed:
+    return ComponentFailed(f"{component} is not ready: {why}\n--- {component} log tail ---\n{_log_tail(p, component)}")
+
+
+def _lease_held(p: Paths, name: str) -> bool:
+    out = kube.kubectl("-n", "kube-system", "get", "lease", name, "-o", "json", kubeconfig=p.kubeconfig, check=False)
+    return out.returncode == 0 and bool(json.loads(out.stdout)["spec"].get("holderIdentity"))
+
+
+def _wait_control_plane(p: Paths, timeout: float) -> None:
+    def api_ready() -> bool:
+        return kube.kubectl("get", "--raw", "/readyz", kubeconfig=p.kubeconfig, check=False).stdout.strip() == "ok"
+
+    try:
+        kube.wait_for("kube-apiserver /readyz", api_ready, timeout)
+    except TimeoutError as exc:
+        raise _fail(p, "kube-apiserver", str(exc)) from None
+    for component in ("kube-controller-manager", "kube-scheduler"):
+        try:
+            kube.wait_for(f"{component} leader lease", lambda c=component: _lease_held(p, c), timeout)
+        except TimeoutError as exc:
+            raise _fail(p, component, str(exc)) from None
+
+
+def nodes_ready(kubeconfig: Path, names: set[str]) -> bool:
+    """True when every named Node reports Ready=True."""
+    out = kube.kubectl("get", "nodes", "-o", "json", kubeconfig=kubeconfig, timeout=120)
+    ready = {
+        n["metadata"]["name"]
+        for n in json.loads(out.stdout)["items"]
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+    }
+    return names <= ready
+
+
+def apply_nodes(kubeconfig: Path, nodes: list[dict[str, object]]) -> None:
+    kube.kubectl("apply", "-f", "-", kubeconfig=kubeconfig, stdin=fleet.as_list(nodes), timeout=600)
+
+
+def _start_kubelets(p: Paths, nodes: list[dict[str, object]]) -> None:
+    p.kubelets.mkdir(parents=True, exist_ok=True)
+    for node in nodes:
+        name = node["metadata"]["name"]  # type: ignore[index]
+        log = open(p.kubelets / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.cluster.kubelet", "--node", name,
+             "--kubeconfig", str(p.kubeconfig), "--state", str(p.kubelets / name)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        (p.kubelets / f"{name}.pid").write_text(str(proc.pid))
+
+
+def up() -> Paths:
+    """Start a fresh cluster with the fleet from fleet.yaml; raise naming what failed."""
+    started = time.monotonic()
+    build.ensure_host_tools()
+    bins = build.build()
+    p = paths()
+    down(quiet=True)
+    p.root.mkdir(parents=True, exist_ok=True)
+    network.host_up()
+    # The bridge exists first so kwokctl puts its address in the serving cert.
+    proc = subprocess.run(
+        [str(bins / "kwokctl"), *_create_args(p)], env=_kwok_env(bins, p),
+        capture_output=True, text=True, timeout=START_TIMEOUT + 60,
+    )
+    if proc.returncode != 0:
+        tails = "\n".join(
+            f"--- {c} ---\n{_log_tail(p, c, 10)}"
+            for c in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
+        )
+        raise ComponentFailed(f"kwokctl create cluster failed:\n{proc.stderr[-3000:]}\n{tails}")
+    _wait_control_plane(p, START_TIMEOUT)
+    spec = fleet.load()
+    kwok_nodes, process_nodes = fleet.kwok_nodes(spec), fleet.process_nodes(spec)
+    apply_nodes(p.kubeconfig, kwok_nodes + process_nodes)
+    _start_kubelets(p, process_nodes)
+    names = {n["metadata"]["name"] for n in kwok_nodes + process_nodes}  # type: ignore[index]
+    try:
+        kube.wait_for("fleet nodes Ready", lambda: nodes_ready(p.kubeconfig, names), START_TIMEOUT)
+    except TimeoutError as exc:
+        kubelet_logs = "\n".join(
+            f"--- {f.name} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:])
+            for f in sorted(p.kubelets.glob("*.log"))
+        )
+        raise ComponentFailed(f"{exc}\n--- kwok-controller ---\n{_log_tail(p, 'kwok-controller')}\n{kubelet_logs}") from None
+    print(f"cluster up in {time.monotonic() - started:.1f}s; KUBECONFIG={p.kubeconfig}", file=sys.stderr)
+    return p
+
+
+def _stop_kubelets(p: Paths) -> None:
+    for pidfile in p.kubelets.glob("*.pid") if p.kubelets.exists() else []:
+        pid = int(pidfile.read_text())
+        _terminate(pid)
+        pidfile.unlink()
+
+
+def _terminate(pid: int, grace: float = 15) -> None:
+    """SIGTERM a process we started, then SIGKILL it if it outlives `grace`."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+def stray_processes(p: Paths) -> list[str]:
+    """Processes still running a test-bed binary or rooted in the state dir."""
+    bins = str(versions.bin_dir())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline.startswith(bins) or str(p.root) in cmdline or "tests.cluster.kubelet" in cmdline:
+            found.append(f"{entry.name}: {cmdline[:160]}")
+    return found
+
+
+def stray_mounts(p: Paths) -> list[str]:
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    return [m for m in mounts if str(p.root) in m or "kubernetes.io/serviceaccount" in m]
+
+
+def down(quiet: bool = False) -> None:
+    """Stop everything `up` started; raise if any process, mount or interface remains."""
+    p = paths()
+    _stop_kubelets(p)
+    # Pod processes live in our namespaces; a crashed kubelet may have left some.
+    for ns in network.pod_namespaces():
+        pids = network.ip("netns", "pids", ns, check=False).stdout.split()
+        for pid in pids:
+            _terminate(int(pid), grace=5)
+    bins = versions.bin_dir()
+    if p.cluster_dir.exists() and (bins / "kwokctl").exists():
+        subprocess.run(
+            [str(bins / "kwokctl"), "delete", "cluster", "--name", CLUSTER],
+            env=_kwok_env(bins, p), capture_output=True, text=True, timeout=120, check=False,
+        )
+    network.host_down()
+    left = stray_processes(p) + stray_mounts(p) + network.leftovers()
+    if left:
+        raise RuntimeError("cluster down left things behind:\n" + "\n".join(left))
+    if not quiet:
+        print("cluster down: no process, mount, interface or namespace left", file=sys.stderr)
+
+
+def status() -> int:
+    p = paths()
+    if not p.kubeconfig.exists():
+        print("down (no kubeconfig)")
+        return 1
+    ready = kube.kubectl("get", "--raw", "/readyz", kubeconfig=p.kubeconfig, check=False, timeout=10)
+    if ready.stdout.strip() != "ok":
+        print(f"API server not ready: {ready.stderr.strip()}")
+        return 1
+    print(f"up; KUBECONFIG={p.kubeconfig}")
+    print(kube.kubectl("get", "nodes", "-o", "wide", kubeconfig=p.kubeconfig).stdout)
+    return 0

@@ -1,0 +1,42 @@
+"""Pinned versions of every binary in the test bed, and where they are cached."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.36.3"
+ETCD_VERSION = "v3.6.16"
+KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.19.5"
+GRPCURL_VERSION = "v1.9.3"
+
+GOMOD_DIR = Path(__file__).resolve().parent / "gomod"
+CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kube-proxy")
+BINARIES = (*CONTROL_PLANE, "etcd", "kwok", "kwokctl", "helm", "grpcurl")
+
+
+def bundle_key() -> str:
+    """Cache key: the Kubernetes version plus a hash of every pinned go.mod/go.sum.
+
+    Hashing the wrapper modules means a changed pin (or dependency) lands in a
+    new folder instead of silently reusing stale binaries.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(GOMOD_DIR.rglob("go.*")):
+        digest.update(path.relative_to(GOMOD_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return f"{KUBERNETES_VERSION}-{digest.hexdigest()[:10]}"
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgefleet" / "bin"
+
+
+def bin_dir() -> Path:
+    """Folder holding this bundle's binaries (it may not exist yet)."""
+    override = os.environ.get("EDGEFLEET_TESTBED_BIN")
+    return Path(override) if override else cache_root() / bundle_key()
