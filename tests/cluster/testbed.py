@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,7 +168,9 @@ def up() -> Paths:
     bins = build.build()
     p = paths()
     down(quiet=True)
-    p.root.mkdir(parents=True, exist_ok=True)
+    # Logs of the previous run are kept until now, for debugging; start clean.
+    shutil.rmtree(p.root, ignore_errors=True)
+    p.root.mkdir(parents=True)
     network.host_up()
     # The bridge exists first so kwokctl puts its address in the serving cert.
     proc = subprocess.run(
@@ -258,6 +261,7 @@ def down(quiet: bool = False) -> None:
             env=_kwok_env(bins, p), capture_output=True, text=True, timeout=120, check=False,
         )
     network.host_down()
+    p.kubeconfig.unlink(missing_ok=True)
     left = stray_processes(p) + stray_mounts(p) + network.leftovers()
     if left:
         raise RuntimeError("cluster down left things behind:\n" + "\n".join(left))

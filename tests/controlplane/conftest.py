@@ -1,0 +1,47 @@
+"""Session fixture: a real cluster for the whole run, torn down (and checked) at the end.
+
+Set EDGEFLEET_KUBECONFIG to use an existing cluster (e.g. kind) instead of
+starting the Docker-free test bed; tests that need kwok nodes or the process
+kubelet are then skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.cluster import testbed
+from tests.controlplane.helpers import Cluster
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    existing = os.environ.get("EDGEFLEET_KUBECONFIG")
+    if existing:
+        yield Cluster(Path(existing), testbed=False)
+        return
+    # No try/skip here: a cluster that cannot start must fail the run loudly.
+    paths = testbed.up()
+    yield Cluster(paths.kubeconfig, testbed=True)
+    if paths.kubeconfig.exists():
+        testbed.down()
+
+
+@pytest.fixture
+def testbed_cluster(cluster: Cluster) -> Cluster:
+    """The cluster, for tests that need kwok nodes or the process kubelet."""
+    if not cluster.testbed:
+        pytest.skip("needs the Docker-free test bed (kwok fleet / process kubelet)")
+    return cluster
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,148 @@
+"""Pods run as real processes by the process kubelet, on the test bed's pod network."""
+
+from __future__ import annotations
+
+import ipaddress
+import textwrap
+import urllib.request
+from typing import Any
+
+import pytest
+from tests.cluster import network, testbed
+from tests.controlplane.helpers import Cluster, wait_for
+
+pytestmark = pytest.mark.controlplane
+
+PROCESS_PLACEMENT = {
+    "nodeSelector": {"edgefleet.io/runtime": "process"},
+    "tolerations": [{"key": "edgefleet.io/process", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+SERVER = textwrap.dedent("""
+    import http.server, os
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = f"hello from {os.environ['POD_NAME']}".encode()
+            self.send_response(200); self.end_headers(); self.wfile.write(body)
+        def log_message(self, *a):
+            pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+""")
+
+CLIENT = textwrap.dedent("""
+    import os, sys, urllib.request
+    body = urllib.request.urlopen(os.environ["TARGET"], timeout=5).read().decode()
+    print(body)
+    sys.exit(0 if body == "hello from " + os.environ["EXPECT"] else 1)
+""")
+
+IN_CLUSTER = textwrap.dedent("""
+    import sys
+    from kubernetes import client, config
+    config.load_incluster_config()
+    v1 = client.CoreV1Api()
+    ns = open("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read()
+    names = [c.metadata.name for c in v1.list_namespaced_config_map(ns).items]
+    print("configmaps:", names)
+    if "marker" not in names:
+        sys.exit(3)
+    try:
+        v1.list_namespaced_secret(ns)
+    except client.ApiException as exc:
+        print("secrets:", exc.status)
+        sys.exit(0 if exc.status == 403 else 4)
+    print("secrets were allowed")
+    sys.exit(5)
+""")
+
+
+def _pod(name: str, script: str, env: dict[str, str], **spec: Any) -> dict[str, Any]:
+    container = {
+        "name": "main", "image": "edgefleet/python-script:test", "command": ["python3", "-c", script],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+        + [{"name": k, "value": v} for k, v in env.items()],
+    }
+    container.update(spec.pop("container", {}))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"containers": [container], **PROCESS_PLACEMENT, **spec}}
+
+
+def _ready(pod: dict[str, Any] | None) -> bool:
+    return bool(pod) and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", [])
+    )
+
+
+def _container_log(pod: dict[str, Any]) -> str:
+    log = testbed.paths().kubelets / pod["spec"]["nodeName"] / pod["metadata"]["uid"] / "container.log"
+    return log.read_text(errors="replace") if log.exists() else f"(no log at {log})"
+
+
+def _finished(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return wait_for(
+        f"pod {name} to finish",
+        lambda: (p := cluster.get("pod", name, namespace)) and p["status"].get("phase") in ("Succeeded", "Failed") and p,
+        60,
+    )
+
+
+def test_process_pod_serves_http_at_its_endpointslice_address_to_host_and_pods(
+    testbed_cluster: Cluster, namespace: str
+) -> None:
+    cluster = testbed_cluster
+    readiness = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
+    cluster.apply(
+        _pod("server", SERVER, {}, container={"readinessProbe": readiness, "ports": [{"containerPort": 8080}]}),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "server"},
+         "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]}},
+        namespace=namespace,
+    )
+    pod = wait_for("server pod Ready", lambda: (p := cluster.get("pod", "server", namespace)) and _ready(p) and p, 60)
+    assert ipaddress.ip_address(pod["status"]["podIP"]) in network.PROCESS_POD_RANGE
+
+    def endpoint() -> str | None:
+        slices = cluster.get("endpointslices", namespace=namespace)["items"]
+        ready = [a for s in slices if s["metadata"]["labels"].get("kubernetes.io/service-name") == "server"
+                 for e in s.get("endpoints") or [] if e["conditions"].get("ready") for a in e["addresses"]]
+        return ready[0] if ready else None
+
+    address = wait_for("a ready endpoint for the server", endpoint, 60)
+    assert address == pod["status"]["podIP"]
+    with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as resp:
+        assert resp.read().decode() == "hello from server"
+
+    cluster.apply(_pod("client", CLIENT, {"TARGET": f"http://{address}:8080/", "EXPECT": "server"},
+                       restartPolicy="Never"), namespace=namespace)
+    client_pod = _finished(cluster, namespace, "client")
+    assert client_pod["status"]["phase"] == "Succeeded", _container_log(client_pod)
+    assert client_pod["status"]["podIP"] != address
+
+
+def test_process_pod_uses_its_in_cluster_service_account_with_exactly_its_rbac(
+    testbed_cluster: Cluster, namespace: str
+) -> None:
+    cluster = testbed_cluster
+    cluster.kubectl("-n", namespace, "create", "serviceaccount", "lister")
+    cluster.kubectl("-n", namespace, "create", "role", "cm-lister", "--verb=list", "--resource=configmaps")
+    cluster.kubectl("-n", namespace, "create", "rolebinding", "lister", "--role=cm-lister",
+                    f"--serviceaccount={namespace}:lister")
+    cluster.kubectl("-n", namespace, "create", "configmap", "marker")
+    cluster.apply(_pod("in-cluster", IN_CLUSTER, {}, serviceAccountName="lister", restartPolicy="Never"),
+                  namespace=namespace)
+    pod = _finished(cluster, namespace, "in-cluster")
+    log = _container_log(pod)
+    assert pod["status"]["phase"] == "Succeeded", log
+    assert "secrets: 403" in log
+
+
+def test_deleting_a_process_pod_stops_its_process_and_removes_its_namespace(
+    testbed_cluster: Cluster, namespace: str
+) -> None:
+    cluster = testbed_cluster
+    cluster.apply(_pod("short-lived", SERVER, {}), namespace=namespace)
+    pod = wait_for("pod Ready", lambda: (p := cluster.get("pod", "short-lived", namespace)) and _ready(p) and p, 60)
+    netns = network.NETNS_PREFIX + pod["metadata"]["uid"].replace("-", "")[:10]
+    assert netns in network.pod_namespaces()
+    cluster.kubectl("-n", namespace, "delete", "pod", "short-lived", "--wait=true", "--timeout=60s")
+    assert cluster.get("pod", "short-lived", namespace) is None
+    assert netns not in network.pod_namespaces()
