@@ -1,4 +1,4 @@
-"""CLI: python -m tests.cluster build|up|down|status|scale."""
+"""CLI: python -m tests.cluster build|up|down|status|fleet|scale."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def main() -> int:
     sub.add_parser("up", help="start a fresh cluster with the fleet from fleet.yaml")
     sub.add_parser("down", help="stop the cluster and check nothing is left behind")
     sub.add_parser("status", help="say whether the cluster is up and list its nodes")
+    sub.add_parser("fleet", help="print the kwok nodes of fleet.yaml as a List (e.g. for kind + kwok)")
     s = sub.add_parser("scale", help="register N more kwok nodes and time until all are Ready")
     s.add_argument("count", type=int)
     args = parser.parse_args()
@@ -28,6 +29,8 @@ def main() -> int:
         testbed.down()
     elif args.command == "status":
         return testbed.status()
+    elif args.command == "fleet":
+        print(fleet.as_list(fleet.kwok_nodes(fleet.load())))
     elif args.command == "scale":
         kubeconfig = testbed.paths().kubeconfig
         nodes = fleet.scale_fleet(args.count)

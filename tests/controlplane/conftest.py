@@ -1,8 +1,8 @@
 """Session fixture: a real cluster for the whole run, torn down (and checked) at the end.
 
 Set EDGEFLEET_KUBECONFIG to use an existing cluster (e.g. kind) instead of
-starting the Docker-free test bed; tests that need kwok nodes or the process
-kubelet are then skipped.
+starting the Docker-free test bed; tests that need the process kubelet are
+then skipped, and fleet tests run only if the kwok fleet is registered.
 """
 
 from __future__ import annotations
@@ -35,6 +35,18 @@ def testbed_cluster(cluster: Cluster) -> Cluster:
     """The cluster, for tests that need kwok nodes or the process kubelet."""
     if not cluster.testbed:
         pytest.skip("needs the Docker-free test bed (kwok fleet / process kubelet)")
+    return cluster
+
+
+@pytest.fixture
+def fleet_cluster(cluster: Cluster) -> Cluster:
+    """The cluster, for tests that need the kwok edge fleet from fleet.yaml.
+
+    On kind this works once kwok is installed and `python -m tests.cluster fleet`
+    has been applied (see docs/testbed.md).
+    """
+    if cluster.get("node", "gpu-0") is None:
+        pytest.skip("the kwok edge fleet (fleet.yaml) is not registered in this cluster")
     return cluster
 
 
