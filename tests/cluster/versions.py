@@ -11,6 +11,9 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.19.5"
 GRPCURL_VERSION = "v1.9.3"
+# Bump when build.py changes how binaries are built (flags, ldflags), so the
+# cache key changes with it.
+BUILD_RECIPE = "1"
 
 GOMOD_DIR = Path(__file__).resolve().parent / "gomod"
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kube-proxy")
@@ -18,16 +21,17 @@ BINARIES = (*CONTROL_PLANE, "etcd", "kwok", "kwokctl", "helm", "grpcurl")
 
 
 def bundle_key() -> str:
-    """Cache key: the Kubernetes version plus a hash of every pinned go.mod/go.sum.
+    """Cache key: the Kubernetes version plus a hash of every pin.
 
-    Hashing the wrapper modules means a changed pin (or dependency) lands in a
-    new folder instead of silently reusing stale binaries.
+    Hashing the wrapper modules' go.mod/go.sum means a changed pin (or
+    dependency) lands in a new folder instead of silently reusing stale binaries.
     """
     digest = hashlib.sha256()
     for path in sorted(GOMOD_DIR.rglob("go.*")):
         digest.update(path.relative_to(GOMOD_DIR).as_posix().encode())
         digest.update(path.read_bytes())
-    digest.update(Path(__file__).read_bytes())
+    pins = (KUBERNETES_VERSION, ETCD_VERSION, KWOK_VERSION, HELM_VERSION, GRPCURL_VERSION, BUILD_RECIPE)
+    digest.update(" ".join(pins).encode())
     return f"{KUBERNETES_VERSION}-{digest.hexdigest()[:10]}"
 
 
