@@ -48,8 +48,14 @@ def _node(name: str, spec: dict[str, Any], *, kwok: bool, extra_labels: dict[str
             "nodeInfo": {
                 "architecture": "amd64",
                 "operatingSystem": "linux",
+                "osImage": "edgefleet test bed",
+                "kernelVersion": "",
+                "containerRuntimeVersion": "kwok" if kwok else "process",
                 "kubeletVersion": versions.KUBERNETES_VERSION,
                 "kubeProxyVersion": versions.KUBERNETES_VERSION,
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
             },
         },
     }

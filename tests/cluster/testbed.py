@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from tests.cluster import build, fleet, kube, network, versions
 
 CLUSTER = "edgefleet"
@@ -75,20 +77,43 @@ def _kwok_env(bins: Path, p: Paths) -> dict[str, str]:
     return env
 
 
-def _create_args(p: Paths) -> list[str]:
+def _component_patches() -> dict[str, object]:
+    """kwokctl config with the flags kwokctl has no option for.
+
+    Given as componentsPatches in a config file: kwokctl v0.8.0's
+    `--extra-args` indexes its patch list wrongly (index out of range panic)
+    once two components get more than one argument each.
+    """
     service_range = str(network.SERVICE_RANGE)
-    extra = [
-        f"kube-apiserver=advertise-address={network.API_ADDRESS}",
-        f"kube-apiserver=service-cluster-ip-range={service_range}",
-        f"kube-controller-manager=service-cluster-ip-range={service_range}",
-        f"kwok-controller=cidr={network.KWOK_POD_RANGE}",
-        f"kwok-controller=node-ip={network.API_ADDRESS}",
-        # kwokctl passes --manage-all-nodes=true; the later flag wins, so kwok
-        # leaves process nodes (no annotation) to the process kubelet.
-        "kwok-controller=manage-all-nodes=false",
-        f"kwok-controller=manage-nodes-with-annotation-selector={'='.join(fleet.KWOK_ANNOTATION)}",
-    ]
-    args = [
+    patches = {
+        "kube-apiserver": [
+            ("advertise-address", network.API_ADDRESS, False),
+            ("service-cluster-ip-range", service_range, False),
+        ],
+        "kube-controller-manager": [("service-cluster-ip-range", service_range, False)],
+        "kwok-controller": [
+            ("cidr", str(network.KWOK_POD_RANGE), False),
+            ("node-ip", network.API_ADDRESS, True),
+            # Leave process nodes (no annotation) to the process kubelet.
+            ("manage-all-nodes", "false", True),
+            ("manage-nodes-with-annotation-selector", "=".join(fleet.KWOK_ANNOTATION), False),
+        ],
+    }
+    return {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokctlConfiguration",
+        "componentsPatches": [
+            {"name": name, "extraArgs": [{"key": k, "value": v, "override": o} for k, v, o in args]}
+            for name, args in patches.items()
+        ],
+    }
+
+
+def _create_args(p: Paths) -> list[str]:
+    config_file = p.root / "kwokctl.yaml"
+    config_file.write_text(yaml.safe_dump(_component_patches(), sort_keys=False))
+    return [
+        "--config", str(config_file),
         "create", "cluster", "--name", CLUSTER, "--runtime", "binary",
         "--kubeconfig", str(p.kubeconfig),
         "--secure-port=true", "--kube-authorization=true", "--kube-admission=true",
@@ -96,9 +121,6 @@ def _create_args(p: Paths) -> list[str]:
         "--node-lease-duration-seconds", "40",
         "--timeout", f"{int(START_TIMEOUT)}s",
     ]
-    for item in extra:
-        args += ["--extra-args", item]
-    return args
 
 
 def _log_tail(p: Paths, component: str, lines: int = 30) -> str:
