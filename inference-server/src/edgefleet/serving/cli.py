@@ -1,0 +1,140 @@
+"""`edgefleet`: talk to any edgefleet endpoint (model server, later the router).
+
+    edgefleet generate "What is the capital of France?"
+    edgefleet models
+    edgefleet health [--service NAME]
+
+The target comes from --target or EDGEFLEET_TARGET (default localhost:50051).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import grpc
+from edgefleet.v1 import inference_pb2 as pb
+from edgefleet.v1 import inference_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgefleet", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("EDGEFLEET_TARGET", DEFAULT_TARGET),
+        help="host:port of an edgefleet endpoint (env EDGEFLEET_TARGET)",
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="ask a question; the answer streams")
+    generate.add_argument("prompt")
+    generate.add_argument("--model", default="")
+    generate.add_argument("--system", default=None, help="system prompt (else the server's)")
+    generate.add_argument("--max-tokens", type=int)
+    generate.add_argument("--temperature", type=float)
+    generate.add_argument("--top-p", type=float)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--stop", action="append", default=[])
+    generate.add_argument("--sensitive", action="store_true", help="must be served locally")
+    generate.add_argument("--no-stream", action="store_true", help="one unary call")
+
+    commands.add_parser("models", help="list the models the endpoint serves")
+    health = commands.add_parser("health", help="exit 0 when SERVING, 1 otherwise")
+    health.add_argument("--service", default="", help="service or model name; empty = overall")
+    return parser
+
+
+def _request(args: argparse.Namespace) -> pb.GenerateRequest:
+    sampling = pb.SamplingParams(stop=args.stop)
+    for name in ("max_tokens", "temperature", "top_p", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(sampling, name, value)
+    request = pb.GenerateRequest(model=args.model, sampling=sampling)
+    if args.sensitive:
+        request.routing.sensitivity = pb.SENSITIVITY_SENSITIVE
+    if args.system is None:
+        request.prompt = args.prompt
+    else:
+        request.messages.add(role="system", content=args.system)
+        request.messages.add(role="user", content=args.prompt)
+    return request
+
+
+def _summary(
+    served_by: pb.ServedBy, route: pb.RouteInfo, usage: pb.Usage, timings: pb.Timings, finish: int
+) -> str:
+    where = f"{served_by.backend}/{served_by.engine}/{served_by.model}@{served_by.instance}"
+    routed = f" route={route.target}:{route.reason}" if route.target else ""
+    return (
+        f"[{where}{routed} finish={pb.FinishReason.Name(finish)} "
+        f"tokens={usage.prompt_tokens}+{usage.completion_tokens} "
+        f"ttft={timings.time_to_first_token_ms:.0f}ms total={timings.total_ms:.0f}ms "
+        f"decode={timings.decode_tokens_per_second:.1f} tok/s]"
+    )
+
+
+def _generate(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = pb_grpc.InferenceStub(channel)
+    request = _request(args)
+    if args.no_stream:
+        reply = stub.Generate(request, timeout=args.timeout)
+        print(reply.text)
+        print(
+            _summary(reply.served_by, reply.route, reply.usage, reply.timings, reply.finish_reason),
+            file=sys.stderr,
+        )
+        return 0
+    for chunk in stub.GenerateStream(request, timeout=args.timeout):
+        if chunk.is_final:
+            print()
+            print(
+                _summary(
+                    chunk.served_by, chunk.route, chunk.usage, chunk.timings, chunk.finish_reason
+                ),
+                file=sys.stderr,
+            )
+        else:
+            print(chunk.delta, end="", flush=True)
+    return 0
+
+
+def _models(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    reply = pb_grpc.InferenceStub(channel).ListModels(pb.ListModelsRequest(), timeout=args.timeout)
+    print(f"{'NAME':<24} {'ENGINE':<10} {'CONTEXT':>7} {'INSTANCES':>9} READY")
+    for model in reply.models:
+        print(
+            f"{model.name:<24} {model.engine:<10} {model.context_length:>7} "
+            f"{model.instances:>9} {model.ready}"
+        )
+    return 0
+
+
+def _health(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    reply = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    command = {"generate": _generate, "models": _models, "health": _health}[args.command]
+    try:
+        with grpc.insecure_channel(args.target) as channel:
+            sys.exit(command(channel, args))
+    except grpc.RpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

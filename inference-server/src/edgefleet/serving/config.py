@@ -1,0 +1,109 @@
+"""Server settings: one typed class, read from EDGEFLEET_* variables and flags.
+
+A pod spec sets the environment; a person at a shell uses the flags; a flag
+wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass, field, fields
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the question directly, briefly and accurately."
+)
+
+
+@dataclass
+class ServerConfig:
+    # Engine: "llamacpp" (CPU edge nodes).
+    engine: str = "llamacpp"
+    # "default" (the packaged SmolLM2-135M-Instruct) or a path to a GGUF file.
+    model: str = "default"
+    # Name clients use; derived from the model when empty.
+    model_name: str = ""
+    # Expected sha256 of the model file; a mismatch refuses to start.
+    model_sha256: str = ""
+    # gRPC address (edgefleet.v1, OIP v2, health, reflection).
+    listen: str = "0.0.0.0:50051"
+    # Prometheus /metrics address; empty disables it.
+    metrics_listen: str = "0.0.0.0:9090"
+    # Model instances kept in memory; each serves one request at a time.
+    instances: int = 2
+    # CPU threads shared by all instances; 0 means all cores.
+    threads: int = 0
+    # Context length per instance, in tokens (prompt plus answer).
+    context_length: int = 2048
+    # Requests generating at once; 0 means one per instance.
+    max_concurrency: int = 0
+    # Requests allowed to wait for a slot; beyond that RESOURCE_EXHAUSTED.
+    max_queue: int = 8
+    # Largest max_tokens a request may ask for.
+    max_tokens_cap: int = 1024
+    # max_tokens when a request gives none.
+    default_max_tokens: int = 256
+    # Temperature when a request gives none; small models stay on topic near greedy.
+    default_temperature: float = 0.2
+    # Prepended when a request has no system message; small models ramble without one.
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # Seconds in-flight requests may finish in after SIGTERM.
+    drain_grace_s: float = 20.0
+    # Name of this pod or host in responses.
+    instance_name: str = field(default_factory=socket.gethostname)
+
+    def __post_init__(self) -> None:
+        if self.threads <= 0:
+            self.threads = os.cpu_count() or 1
+        if self.max_concurrency <= 0:
+            self.max_concurrency = self.instances
+        problems = []
+        if self.instances < 1:
+            problems.append("instances must be at least 1")
+        if self.max_queue < 0:
+            problems.append("max_queue must not be negative")
+        if self.context_length < 64:
+            problems.append("context_length must be at least 64")
+        if not 1 <= self.default_max_tokens <= self.max_tokens_cap:
+            problems.append("default_max_tokens must be between 1 and max_tokens_cap")
+        if problems:
+            raise ValueError("invalid server settings: " + "; ".join(problems))
+
+
+def _env_name(name: str) -> str:
+    return "EDGEFLEET_" + name.upper()
+
+
+def _convert(kind: type, raw: str, name: str) -> object:
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{_env_name(name)}={raw!r} is not a valid {kind.__name__}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (--max-queue ...); the help names its variable."""
+    for spec in fields(ServerConfig):
+        kind = {"int": int, "float": float}.get(str(spec.type), str)
+        parser.add_argument(
+            "--" + spec.name.replace("_", "-"),
+            type=kind,
+            default=None,
+            help=f"(env {_env_name(spec.name)})",
+        )
+
+
+def config_from(
+    args: argparse.Namespace | None = None, environ: dict[str, str] | None = None
+) -> ServerConfig:
+    environ = dict(os.environ) if environ is None else environ
+    values: dict[str, object] = {}
+    for spec in fields(ServerConfig):
+        kind = {"int": int, "float": float}.get(str(spec.type), str)
+        flag = getattr(args, spec.name, None) if args is not None else None
+        if flag is not None:
+            values[spec.name] = flag
+        elif _env_name(spec.name) in environ:
+            values[spec.name] = _convert(kind, environ[_env_name(spec.name)], spec.name)
+    return ServerConfig(**values)  # type: ignore[arg-type]

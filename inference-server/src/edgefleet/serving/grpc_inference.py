@@ -1,0 +1,124 @@
+"""edgefleet.v1.Inference servicer: validate, call the model service, convert."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from edgefleet.serving import grpc_errors
+from edgefleet.serving.service import Finished, ModelService
+from edgefleet.serving.types import FinishReason
+from edgefleet.serving.validation import generation_request
+from edgefleet.v1 import inference_pb2 as pb
+from edgefleet.v1 import inference_pb2_grpc as pb_grpc
+
+_FINISH_REASONS = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, service: ModelService, instance_name: str) -> None:
+        self.service = service
+        self.served_by = pb.ServedBy(
+            backend="local",
+            engine=service.engine.name,
+            model=service.model_name,
+            instance=instance_name,
+        )
+
+    def record_outcome(self, outcome: str) -> None:
+        self.service.metrics.outcome(outcome)
+
+    def _request(self, request: pb.GenerateRequest):
+        return generation_request(
+            request, self.service.config, self.service.model_name, self.service.model_aliases
+        )
+
+    @staticmethod
+    def _usage(done: Finished) -> pb.Usage:
+        return pb.Usage(
+            prompt_tokens=done.usage.prompt_tokens,
+            completion_tokens=done.usage.completion_tokens,
+            total_tokens=done.usage.total_tokens,
+        )
+
+    @staticmethod
+    def _timings(done: Finished) -> pb.Timings:
+        return pb.Timings(
+            time_to_first_token_ms=done.time_to_first_token_s * 1000,
+            total_ms=done.total_s * 1000,
+            queue_ms=done.queue_s * 1000,
+            decode_tokens_per_second=done.decode_tokens_per_second,
+        )
+
+    @grpc_errors.unary
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
+        generation = self._request(request)
+        parts: list[str] = []
+        async for item in self.service.stream(generation):
+            if isinstance(item, Finished):
+                return pb.GenerateResponse(
+                    id=generation.request_id,
+                    text="".join(parts),
+                    finish_reason=_FINISH_REASONS[item.finish_reason],
+                    usage=self._usage(item),
+                    timings=self._timings(item),
+                    served_by=self.served_by,
+                )
+            parts.append(item.text)
+        raise RuntimeError("the model service ended without finishing")
+
+    @grpc_errors.server_stream
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        generation = self._request(request)
+        async for item in self.service.stream(generation):
+            if isinstance(item, Finished):
+                yield pb.GenerateStreamResponse(
+                    id=generation.request_id,
+                    is_final=True,
+                    finish_reason=_FINISH_REASONS[item.finish_reason],
+                    usage=self._usage(item),
+                    timings=self._timings(item),
+                    served_by=self.served_by,
+                )
+            else:
+                yield pb.GenerateStreamResponse(id=generation.request_id, delta=item.text)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        engine = self.service.engine
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelInfo(
+                    name=engine.model_name,
+                    engine=engine.name,
+                    context_length=engine.context_length,
+                    ready=engine.ready(),
+                    instances=engine.capacity,
+                    sha256=engine.model_sha256 or "",
+                )
+            ]
+        )
+
+    async def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatsResponse:
+        admission = self.service.admission
+        return pb.GetStatsResponse(
+            requests_running=admission.running,
+            requests_waiting=admission.waiting,
+            max_concurrency=admission.max_concurrency,
+            max_queue=admission.max_queue,
+            kv_cache_usage=self.service.engine.stats().kv_cache_usage,
+            recent_ttft_ms=self.service.recent_ttft_s * 1000,
+            ready=self.service.engine.ready() and not admission.draining,
+            draining=admission.draining,
+        )

@@ -1,0 +1,170 @@
+"""edgefleet-server: the model server a SmallModel pod runs.
+
+One gRPC port serves edgefleet.v1.Inference, the Open Inference Protocol v2,
+grpc.health.v1 (overall, per service and per model) and reflection; a second
+port serves Prometheus metrics. SIGTERM drains: health turns NOT_SERVING,
+new generations get UNAVAILABLE, in-flight ones finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+
+import grpc
+from edgefleet.oip import grpc_predict_v2_pb2 as oip
+from edgefleet.oip import grpc_predict_v2_pb2_grpc as oip_grpc
+from edgefleet.serving.config import ServerConfig, add_arguments, config_from
+from edgefleet.serving.engines.base import Engine
+from edgefleet.serving.errors import ModelFileError
+from edgefleet.serving.grpc_inference import InferenceServicer
+from edgefleet.serving.grpc_oip import OpenInferenceServicer
+from edgefleet.serving.model_files import DEFAULT_MODEL_NAME, resolve_model
+from edgefleet.serving.service import ModelService
+from edgefleet.v1 import inference_pb2 as pb
+from edgefleet.v1 import inference_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+log = logging.getLogger("edgefleet.server")
+
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+OIP_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def build_engine(config: ServerConfig) -> Engine:
+    if config.engine != "llamacpp":
+        raise ValueError(f"unknown engine {config.engine!r}; this build has: llamacpp")
+    model_file = resolve_model(config.model, config.model_sha256 or None)
+    from edgefleet.serving.engines.llamacpp import LlamaCppEngine
+
+    name = config.model_name or (
+        DEFAULT_MODEL_NAME
+        if config.model in ("default", DEFAULT_MODEL_NAME)
+        else model_file.path.stem
+    )
+    return LlamaCppEngine(
+        model_file.path,
+        name,
+        instances=config.instances,
+        threads=config.threads,
+        context_length=config.context_length,
+        model_sha256=model_file.sha256,
+    )
+
+
+class InferenceServer:
+    """Owns the gRPC server, the health states and the shutdown sequence."""
+
+    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+        self.config = config
+        self.engine = engine
+        self.service = ModelService(engine, config)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)]
+        )
+        pb_grpc.add_InferenceServicer_to_server(
+            InferenceServicer(self.service, config.instance_name), self.server
+        )
+        oip_grpc.add_GRPCInferenceServiceServicer_to_server(
+            OpenInferenceServicer(self.service), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (INFERENCE_SERVICE, OIP_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+        self._stopped = asyncio.Event()
+
+    @property
+    def health_names(self) -> tuple[str, ...]:
+        return ("", INFERENCE_SERVICE, OIP_SERVICE, self.engine.model_name)
+
+    async def _set_health(self, status: int) -> None:
+        for name in self.health_names:
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        """Listen first (health NOT_SERVING), then load, then report SERVING."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        log.info("listening on %s; loading %s", self.config.listen, self.engine.model_name)
+        started = time.monotonic()
+        await self.engine.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving %s with %s (%d instances, context %d) after %.1fs",
+            self.engine.model_name,
+            self.engine.name,
+            self.engine.capacity,
+            self.engine.context_length,
+            time.monotonic() - started,
+        )
+
+    async def drain_and_stop(self) -> None:
+        """Refuse new work, let in-flight requests finish (up to the grace), stop."""
+        admission = self.service.admission
+        if admission.draining:
+            return
+        admission.draining = True
+        await self.health.enter_graceful_shutdown()
+        deadline = time.monotonic() + self.config.drain_grace_s
+        log.info("draining %d running, %d queued", admission.running, admission.waiting)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(admission.wait_idle(), self.config.drain_grace_s)
+        await self.server.stop(grace=max(0.0, deadline - time.monotonic()))
+        await self.engine.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: ServerConfig) -> None:
+    engine = build_engine(config)
+    server = InferenceServer(engine, config)
+    if config.metrics_listen:
+        host, _, port = config.metrics_listen.rpartition(":")
+        registry = server.service.metrics.registry
+        start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.drain_and_stop()))
+    await server.start()
+    await server.wait_stopped()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="edgefleet-server",
+        description="Serve a small language model over gRPC (edgefleet.v1, OIP v2, health).",
+    )
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from(args)
+        asyncio.run(serve(config))
+    except (ModelFileError, ValueError, OSError) as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+
+
+if __name__ == "__main__":
+    main()

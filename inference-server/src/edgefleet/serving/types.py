@@ -1,0 +1,82 @@
+"""Plain data passed between the gRPC layer and the engines.
+
+The servicers convert protobuf messages into these types and back, so engines
+never see protobuf and the decision code stays testable without gRPC.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+ALLOWED_ROLES = ("system", "user", "assistant")
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request: messages already include the system prompt."""
+
+    request_id: str
+    model: str
+    messages: tuple[Message, ...]
+    sampling: Sampling
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Text generated since the previous delta of the same request."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The end of a generation; always the last item an engine yields."""
+
+    finish_reason: FinishReason
+    usage: Usage
+    # Seconds from the engine starting work (instance acquired) to the first
+    # text, and to the end. The server adds its own queueing time.
+    first_token_s: float | None
+    total_s: float
+
+
+@dataclass
+class EngineStats:
+    """Live load figures an engine reports; the router reads them."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The edgefleet Kubernetes operator (Kopf handlers and manifest builders)."""
