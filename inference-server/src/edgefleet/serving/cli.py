@@ -14,9 +14,10 @@ import os
 import sys
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from edgefleet.v1 import inference_pb2 as pb
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 DEFAULT_TARGET = "localhost:50051"
 

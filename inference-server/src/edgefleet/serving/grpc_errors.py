@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from edgefleet.serving.errors import EdgefleetError, grpc_status
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+
 from edgefleet.serving import grpc_errors
 from edgefleet.serving.service import Finished, ModelService
 from edgefleet.serving.types import FinishReason

@@ -14,6 +14,7 @@ import struct
 import uuid
 
 import grpc
+
 from edgefleet.oip import grpc_predict_v2_pb2 as oip
 from edgefleet.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from edgefleet.serving import grpc_errors

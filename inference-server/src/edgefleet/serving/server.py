@@ -17,6 +17,10 @@ import sys
 import time
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
 from edgefleet.oip import grpc_predict_v2_pb2 as oip
 from edgefleet.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from edgefleet.serving.config import ServerConfig, add_arguments, config_from
@@ -28,9 +32,6 @@ from edgefleet.serving.model_files import DEFAULT_MODEL_NAME, resolve_model
 from edgefleet.serving.service import ModelService
 from edgefleet.v1 import inference_pb2 as pb
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 log = logging.getLogger("edgefleet.server")
 

@@ -31,6 +31,7 @@ class Sampling:
     top_p: float
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

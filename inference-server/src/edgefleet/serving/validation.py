@@ -78,6 +78,7 @@ def sampling_from(params: pb.SamplingParams, config: ServerConfig) -> Sampling:
         top_p=top_p,
         seed=params.seed if params.HasField("seed") else None,
         stop=tuple(params.stop),
+        ignore_eos=params.ignore_eos,
     )
 
 

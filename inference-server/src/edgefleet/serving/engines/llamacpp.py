@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
 from edgefleet.serving.engines.base import Engine, StreamItem
 from edgefleet.serving.engines.text import StopStringFilter
 from edgefleet.serving.errors import InvalidArgument
@@ -34,7 +36,6 @@ from edgefleet.serving.types import (
     TextDelta,
     Usage,
 )
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 # llama_cpp.Llama.create_chat_completion's defaults, so that our answers match
 # the library's own for the same seed.
@@ -270,7 +271,7 @@ class LlamaCppEngine(Engine):
                 if cancel.is_set():
                     finish = FinishReason.CANCELLED
                     break
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                if not sampling.ignore_eos and llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = FinishReason.STOP
                     break
                 generated += 1

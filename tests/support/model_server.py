@@ -1,0 +1,110 @@
+"""Start a real edgefleet-server process on the packaged model, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgefleet.v1 import inference_pb2_grpc as pb_grpc
+
+START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ModelServer:
+    process: subprocess.Popen[bytes]
+    target: str
+    metrics_url: str
+    log_path: Path
+    channel: grpc.Channel = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(self.target)
+
+    @property
+    def stub(self) -> pb_grpc.InferenceStub:
+        return pb_grpc.InferenceStub(self.channel)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Block on the health Watch stream until the server reports SERVING."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        try:
+            for reply in stub.Watch(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s, wait_for_ready=True
+            ):
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError as error:
+            raise RuntimeError(
+                f"server at {self.target} never became SERVING ({error.code().name}); "
+                f"exit code {self.process.poll()}; log:\n{self.log()[-3000:]}"
+            ) from error
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        self.channel.close()
+        if self.process.poll() is None:
+            self.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def spawn_server(*args: str, env: dict[str, str] | None = None) -> ModelServer:
+    """Start edgefleet-server with extra flags; does not wait for readiness."""
+    target = f"127.0.0.1:{free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
+    log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
+        prefix="edgefleet-server-", suffix=".log", delete=False
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgefleet.serving.server",
+            "--listen",
+            target,
+            "--metrics-listen",
+            metrics,
+            *args,
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    return ModelServer(process, target, f"http://{metrics}/metrics", Path(log_file.name))
+
+
+@contextlib.contextmanager
+def running_server(*args: str) -> Iterator[ModelServer]:
+    server = spawn_server(*args)
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        server.stop()
