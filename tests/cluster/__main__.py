@@ -16,7 +16,9 @@ def main() -> int:
     sub.add_parser("up", help="start a fresh cluster with the fleet from fleet.yaml")
     sub.add_parser("down", help="stop the cluster and check nothing is left behind")
     sub.add_parser("status", help="say whether the cluster is up and list its nodes")
-    sub.add_parser("fleet", help="print the kwok nodes of fleet.yaml as a List (e.g. for kind + kwok)")
+    sub.add_parser(
+        "fleet", help="print the kwok nodes of fleet.yaml as a List (e.g. for kind + kwok)"
+    )
     s = sub.add_parser("scale", help="register N more kwok nodes and time until all are Ready")
     s.add_argument("count", type=int)
     args = parser.parse_args()
@@ -37,7 +39,9 @@ def main() -> int:
         started = time.monotonic()
         testbed.apply_nodes(kubeconfig, nodes)
         names = {n["metadata"]["name"] for n in nodes}
-        kube.wait_for(f"{args.count} nodes Ready", lambda: testbed.nodes_ready(kubeconfig, names), 900, 2)
+        kube.wait_for(
+            f"{args.count} nodes Ready", lambda: testbed.nodes_ready(kubeconfig, names), 900, 2
+        )
         print(f"{args.count} nodes registered and Ready in {time.monotonic() - started:.1f}s")
     return 0
 

@@ -40,7 +40,11 @@ def _targets() -> list[tuple[str, list[str], str]]:
     """(wrapper module folder, packages, ldflags); binaries are named by package."""
     kwok_version = versions.KUBERNETES_VERSION.lstrip("v")
     return [
-        ("kubernetes", [f"k8s.io/kubernetes/cmd/{b}" for b in versions.CONTROL_PLANE], _k8s_ldflags()),
+        (
+            "kubernetes",
+            [f"k8s.io/kubernetes/cmd/{b}" for b in versions.CONTROL_PLANE],
+            _k8s_ldflags(),
+        ),
         ("etcd", ["go.etcd.io/etcd/server/v3"], "-s -w"),
         (
             "kwok",
@@ -52,7 +56,11 @@ def _targets() -> list[tuple[str, list[str], str]]:
             ["helm.sh/helm/v3/cmd/helm"],
             f"-s -w -X helm.sh/helm/v3/internal/version.version={versions.HELM_VERSION}",
         ),
-        ("grpcurl", ["github.com/fullstorydev/grpcurl/cmd/grpcurl"], f"-s -w -X main.version={versions.GRPCURL_VERSION}"),
+        (
+            "grpcurl",
+            ["github.com/fullstorydev/grpcurl/cmd/grpcurl"],
+            f"-s -w -X main.version={versions.GRPCURL_VERSION}",
+        ),
     ]
 
 
@@ -85,7 +93,9 @@ def ensure_host_tools() -> None:
     print(f"installing {' '.join(missing)}", file=sys.stderr)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env
+    )
 
 
 def is_built(target: Path) -> bool:

@@ -16,7 +16,9 @@ KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 PROCESS_LABEL = ("edgefleet.io/runtime", "process")
 
 
-def _node(name: str, spec: dict[str, Any], *, kwok: bool, extra_labels: dict[str, str]) -> dict[str, Any]:
+def _node(
+    name: str, spec: dict[str, Any], *, kwok: bool, extra_labels: dict[str, str]
+) -> dict[str, Any]:
     resources = {
         "cpu": str(spec.get("cpu", "4")),
         "memory": str(spec.get("memory", "8Gi")),
@@ -70,7 +72,9 @@ def kwok_nodes(fleet: dict[str, Any]) -> list[dict[str, Any]]:
             for site in sites:
                 for i in range(group.get("countPerSite", 1)):
                     name = f"{prefix}{site}-{i}"
-                    nodes.append(_node(name, group, kwok=True, extra_labels={"edgefleet.io/site": site}))
+                    nodes.append(
+                        _node(name, group, kwok=True, extra_labels={"edgefleet.io/site": site})
+                    )
         else:
             for i in range(group.get("count", 1)):
                 nodes.append(_node(f"{prefix}{i}", group, kwok=True, extra_labels={}))
@@ -82,7 +86,8 @@ def process_nodes(fleet: dict[str, Any]) -> list[dict[str, Any]]:
     subnets = network.PROCESS_POD_RANGE.subnets(new_prefix=24)
     next(subnets)  # 10.244.0.0/24 holds the bridge (API) address
     nodes = []
-    for group, cidr in zip(fleet.get("processNodes", []), subnets):
+    # subnets is far longer than the node list; zip stops at the last node.
+    for group, cidr in zip(fleet.get("processNodes", []), subnets, strict=False):
         node = _node(group["name"], group, kwok=False, extra_labels={})
         node["spec"]["podCIDR"] = str(cidr)
         node["spec"]["podCIDRs"] = [str(cidr)]
@@ -96,9 +101,19 @@ def load(path: Path = FLEET_FILE) -> dict[str, Any]:
 
 def scale_fleet(count: int, sites: int = 10) -> list[dict[str, Any]]:
     """`count` small kwok edge nodes spread over `sites` sites, for scale tests."""
-    group = {"cpu": "4", "memory": "8Gi", "pods": 110, "labels": {"edgefleet.io/node-class": "scale"}}
+    group = {
+        "cpu": "4",
+        "memory": "8Gi",
+        "pods": 110,
+        "labels": {"edgefleet.io/node-class": "scale"},
+    }
     return [
-        _node(f"scale-{i:04d}", group, kwok=True, extra_labels={"edgefleet.io/site": f"scale-site-{i % sites}"})
+        _node(
+            f"scale-{i:04d}",
+            group,
+            kwok=True,
+            extra_labels={"edgefleet.io/site": f"scale-site-{i % sites}"},
+        )
         for i in range(count)
     ]
 

@@ -38,7 +38,9 @@ def run(
         [binary(name), *args], input=stdin, capture_output=True, text=True, env=env, timeout=timeout
     )
     if check and proc.returncode != 0:
-        raise CommandError(f"{name} {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}")
+        raise CommandError(
+            f"{name} {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}"
+        )
     return proc
 
 
@@ -59,7 +61,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
             result = probe()
             if result:
                 return result
-        except Exception as exc:  # noqa: BLE001 - remembered and reported on timeout
+        except Exception as exc:
             last_error = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_error})" if last_error else ""

@@ -35,7 +35,9 @@ RESTART_BACKOFF_SECONDS = 2
 
 
 class ProcessKubelet:
-    def __init__(self, node: str, kubeconfig: str, state: Path, image_map: dict[str, list[str]]) -> None:
+    def __init__(
+        self, node: str, kubeconfig: str, state: Path, image_map: dict[str, list[str]]
+    ) -> None:
         config.load_kube_config(config_file=kubeconfig)
         self.cfg = client.Configuration.get_default_copy()
         self.api = client.ApiClient(self.cfg)
@@ -67,23 +69,37 @@ class ProcessKubelet:
             self.coord.create_namespaced_lease("kube-node-lease", lease)
         conditions = [
             {"type": t, "status": "False", "reason": f"KubeletHas{r}", "lastHeartbeatTime": now()}
-            for t, r in (("MemoryPressure", "SufficientMemory"), ("DiskPressure", "NoDiskPressure"),
-                         ("PIDPressure", "SufficientPID"))
+            for t, r in (
+                ("MemoryPressure", "SufficientMemory"),
+                ("DiskPressure", "NoDiskPressure"),
+                ("PIDPressure", "SufficientPID"),
+            )
         ]
-        conditions.append({"type": "Ready", "status": "True", "reason": "KubeletReady",
-                           "message": "process kubelet is posting ready status", "lastHeartbeatTime": now()})
-        body = {"status": {
-            "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": network.API_ADDRESS},
-                          {"type": "Hostname", "address": self.node}],
-        }}
+        conditions.append(
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "process kubelet is posting ready status",
+                "lastHeartbeatTime": now(),
+            }
+        )
+        body = {
+            "status": {
+                "conditions": conditions,
+                "addresses": [
+                    {"type": "InternalIP", "address": network.API_ADDRESS},
+                    {"type": "Hostname", "address": self.node},
+                ],
+            }
+        }
         self.core.patch_node_status(self.node, body)
 
     def heartbeat_loop(self) -> None:
         while not self.stopping.is_set():
             try:
                 self.heartbeat()
-            except Exception as exc:  # noqa: BLE001 - keep beating; the log says why
+            except Exception as exc:
                 print(f"heartbeat failed: {exc}", flush=True)
             self.stopping.wait(HEARTBEAT_SECONDS)
 
@@ -110,10 +126,13 @@ class ProcessKubelet:
             "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
         }
         fields = {
-            "metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"],
-            "metadata.uid": pod["metadata"]["uid"], "spec.nodeName": self.node,
+            "metadata.name": pod["metadata"]["name"],
+            "metadata.namespace": pod["metadata"]["namespace"],
+            "metadata.uid": pod["metadata"]["uid"],
+            "spec.nodeName": self.node,
             "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
-            "status.podIP": address, "status.hostIP": network.API_ADDRESS,
+            "status.podIP": address,
+            "status.hostIP": network.API_ADDRESS,
         }
         for item in container.get("env", []):
             if "value" in item:
@@ -127,11 +146,21 @@ class ProcessKubelet:
             return None
         meta = pod["metadata"]
         sa = pod["spec"].get("serviceAccountName", "default")
-        request = {"spec": {
-            "audiences": [], "expirationSeconds": 3600,
-            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": meta["name"], "uid": meta["uid"]},
-        }}
-        token = self.core.create_namespaced_service_account_token(sa, meta["namespace"], request).status.token
+        request = {
+            "spec": {
+                "audiences": [],
+                "expirationSeconds": 3600,
+                "boundObjectRef": {
+                    "kind": "Pod",
+                    "apiVersion": "v1",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+            }
+        }
+        token = self.core.create_namespaced_service_account_token(
+            sa, meta["namespace"], request
+        ).status.token
         sa_dir = workdir / "serviceaccount"
         sa_dir.mkdir(parents=True, exist_ok=True)
         (sa_dir / "token").write_text(token)
@@ -145,8 +174,13 @@ class ProcessKubelet:
         with self.lock:
             address = self.free_ips.pop(0)
         proc = PodProcess(
-            namespace=meta["namespace"], name=meta["name"], uid=meta["uid"], container=container,
-            address=address, host_ip=network.API_ADDRESS, workdir=self.state / meta["uid"],
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            container=container,
+            address=address,
+            host_ip=network.API_ADDRESS,
+            workdir=self.state / meta["uid"],
             restart_policy=pod["spec"].get("restartPolicy", "Always"),
         )
         with self.lock:
@@ -155,15 +189,20 @@ class ProcessKubelet:
             proc.setup_network()
             sa_dir = self._service_account(pod, proc.workdir)
             proc.start(self._command(container), self._env(pod, container, address), sa_dir)
-            print(f"started {meta['namespace']}/{meta['name']} at {address} pid {proc.proc.pid}", flush=True)
-        except Exception as exc:  # noqa: BLE001 - reported on the Pod, where a test sees it
+            print(
+                f"started {meta['namespace']}/{meta['name']} at {address} pid {proc.proc.pid}",
+                flush=True,
+            )
+        except Exception as exc:
             print(f"cannot start {meta['namespace']}/{meta['name']}: {exc}", flush=True)
             proc.exit_code, proc.restart_policy = 127, "Never"
         self.report(proc)
 
     def report(self, proc: PodProcess) -> None:
         try:
-            self.core.patch_namespaced_pod_status(proc.name, proc.namespace, {"status": proc.status()})
+            self.core.patch_namespaced_pod_status(
+                proc.name, proc.namespace, {"status": proc.status()}
+            )
         except client.ApiException as exc:
             if exc.status != 404:
                 print(f"status of {proc.namespace}/{proc.name}: {exc.reason}", flush=True)
@@ -178,7 +217,9 @@ class ProcessKubelet:
             self.free_ips.append(proc.address)
         if finalize:
             # A real kubelet confirms the deletion once the containers are gone.
-            body = client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid))
+            body = client.V1DeleteOptions(
+                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+            )
             try:
                 self.core.delete_namespaced_pod(proc.name, proc.namespace, body=body)
             except client.ApiException as exc:
@@ -195,7 +236,9 @@ class ProcessKubelet:
                 was_ready, code = proc.ready, proc.poll()
                 if code is None and proc.proc is not None:
                     proc.ready = proc.probe(self.grpcurl)
-                elif code is not None and proc.proc is not None and self._should_restart(proc, code):
+                elif (
+                    code is not None and proc.proc is not None and self._should_restart(proc, code)
+                ):
                     proc.restart()
                 if proc.ready != was_ready or code is not None:
                     self.report(proc)
@@ -203,14 +246,19 @@ class ProcessKubelet:
 
     @staticmethod
     def _should_restart(proc: PodProcess, code: int) -> bool:
-        wants = proc.restart_policy == "Always" or (proc.restart_policy == "OnFailure" and code != 0)
-        return wants and time.monotonic() - proc.last_exit_mono > RESTART_BACKOFF_SECONDS * (proc.restarts + 1)
+        wants = proc.restart_policy == "Always" or (
+            proc.restart_policy == "OnFailure" and code != 0
+        )
+        return wants and time.monotonic() - proc.last_exit_mono > RESTART_BACKOFF_SECONDS * (
+            proc.restarts + 1
+        )
 
     def watch_loop(self) -> None:
         while not self.stopping.is_set():
             stream = watch.Watch().stream(
                 self.core.list_pod_for_all_namespaces,
-                field_selector=f"spec.nodeName={self.node}", timeout_seconds=20,
+                field_selector=f"spec.nodeName={self.node}",
+                timeout_seconds=20,
                 _preload_content=False,
             )
             for event in stream:
@@ -226,7 +274,11 @@ class ProcessKubelet:
             self.stop_pod(uid, 0, finalize=False)
         elif pod["metadata"].get("deletionTimestamp"):
             if known:
-                self.stop_pod(uid, float(pod["metadata"].get("deletionGracePeriodSeconds") or 0), finalize=True)
+                self.stop_pod(
+                    uid,
+                    float(pod["metadata"].get("deletionGracePeriodSeconds") or 0),
+                    finalize=True,
+                )
             else:
                 self._finalize_unknown(pod)
         elif not known and pod.get("status", {}).get("phase", "Pending") == "Pending":
@@ -235,7 +287,9 @@ class ProcessKubelet:
     def _finalize_unknown(self, pod: dict[str, Any]) -> None:
         body = client.V1DeleteOptions(grace_period_seconds=0)
         try:
-            self.core.delete_namespaced_pod(pod["metadata"]["name"], pod["metadata"]["namespace"], body=body)
+            self.core.delete_namespaced_pod(
+                pod["metadata"]["name"], pod["metadata"]["namespace"], body=body
+            )
         except client.ApiException as exc:
             if exc.status != 404:
                 raise
@@ -262,7 +316,8 @@ def main() -> None:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--state", required=True, type=Path)
     parser.add_argument(
-        "--image-map", default=os.environ.get("EDGEFLEET_PROCESS_IMAGES", "{}"),
+        "--image-map",
+        default=os.environ.get("EDGEFLEET_PROCESS_IMAGES", "{}"),
         help='JSON {"image or repo": ["command", ...]} for containers without a command',
     )
     args = parser.parse_args()

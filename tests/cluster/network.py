@@ -81,7 +81,7 @@ def create_pod_namespace(netns: str, address: str) -> PodNetwork:
     """A namespace with one veth on the bridge, as a bridge CNI plugin would make."""
     if ipaddress.ip_address(address) not in PROCESS_POD_RANGE:
         raise ValueError(f"{address} is outside {PROCESS_POD_RANGE}")
-    host_end = "v" + netns[len(NETNS_PREFIX):][:13]
+    host_end = "v" + netns[len(NETNS_PREFIX) :][:13]
     ip("netns", "add", netns)
     ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", netns)
     ip("link", "set", host_end, "master", BRIDGE, "up")

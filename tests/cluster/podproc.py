@@ -63,13 +63,33 @@ class PodProcess:
         argv = ["ip", "netns", "exec", self.netns]
         if sa_dir is not None:
             Path(SA_MOUNT).mkdir(parents=True, exist_ok=True)
-            argv += ["unshare", "--mount", "--propagation", "private", "sh", "-c", _MOUNT_AND_EXEC, "sh", str(sa_dir)]
+            argv += [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                _MOUNT_AND_EXEC,
+                "sh",
+                str(sa_dir),
+            ]
         self.proc = subprocess.Popen(
-            [*argv, *command], env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.container.get("workingDir") or "/",
+            [*argv, *command],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.container.get("workingDir") or "/",
         )
         log.close()
-        self.started_at, self.started_mono, self.ready, self.exit_code = now(), time.monotonic(), False, None
+        self.started_at, self.started_mono, self.ready, self.exit_code = (
+            now(),
+            time.monotonic(),
+            False,
+            None,
+        )
 
     def restart(self) -> None:
         self.restarts += 1
@@ -95,18 +115,33 @@ class PodProcess:
             if "httpGet" in spec:
                 get = spec["httpGet"]
                 url = f"http://{self.address}:{self._port(get['port'])}{get.get('path', '/')}"
-                with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - pod IP on our bridge
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
                     return 200 <= resp.status < 400
             if "tcpSocket" in spec:
-                with socket.create_connection((self.address, self._port(spec["tcpSocket"]["port"])), timeout):
+                with socket.create_connection(
+                    (self.address, self._port(spec["tcpSocket"]["port"])), timeout
+                ):
                     return True
             if "grpc" in spec:
                 target = f"{self.address}:{self._port(spec['grpc']['port'])}"
                 out = subprocess.run(
-                    [grpcurl, "-plaintext", "-max-time", str(timeout), target, "grpc.health.v1.Health/Check"],
-                    capture_output=True, text=True, timeout=timeout + 5,
+                    [
+                        grpcurl,
+                        "-plaintext",
+                        "-max-time",
+                        str(timeout),
+                        target,
+                        "grpc.health.v1.Health/Check",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout + 5,
                 )
-                return out.returncode == 0 and "SERVING" in out.stdout and "NOT_SERVING" not in out.stdout
+                return (
+                    out.returncode == 0
+                    and "SERVING" in out.stdout
+                    and "NOT_SERVING" not in out.stdout
+                )
             if "exec" in spec:
                 cmd = ["ip", "netns", "exec", self.netns, *spec["exec"]["command"]]
                 return subprocess.run(cmd, capture_output=True, timeout=timeout + 5).returncode == 0
@@ -143,13 +178,24 @@ class PodProcess:
             state: dict[str, Any] = {"running": {"startedAt": self.started_at}}
         else:
             phase = "Succeeded" if self.exit_code == 0 else "Failed"
-            if self.restart_policy == "Always" or (self.restart_policy == "OnFailure" and self.exit_code):
+            if self.restart_policy == "Always" or (
+                self.restart_policy == "OnFailure" and self.exit_code
+            ):
                 phase = "Running"  # the kubelet restarts it
-            state = {"terminated": {"exitCode": self.exit_code, "finishedAt": now(), "startedAt": self.started_at}}
+            state = {
+                "terminated": {
+                    "exitCode": self.exit_code,
+                    "finishedAt": now(),
+                    "startedAt": self.started_at,
+                }
+            }
         ready = "True" if self.ready else "False"
         conditions = [
-            ("PodReadyToStartContainers", "True"), ("Initialized", "True"),
-            ("ContainersReady", ready), ("Ready", ready), ("PodScheduled", "True"),
+            ("PodReadyToStartContainers", "True"),
+            ("Initialized", "True"),
+            ("ContainersReady", ready),
+            ("Ready", ready),
+            ("PodScheduled", "True"),
         ]
         return {
             "phase": phase,
@@ -158,17 +204,21 @@ class PodProcess:
             "podIP": self.address,
             "podIPs": [{"ip": self.address}],
             "startTime": self.started_at,
-            "conditions": [{"type": t, "status": s, "lastTransitionTime": now()} for t, s in conditions],
-            "containerStatuses": [{
-                "name": self.container["name"],
-                "image": self.container.get("image", ""),
-                "imageID": "",
-                "containerID": f"process://{self.proc.pid if self.proc else 0}",
-                "ready": self.ready,
-                "started": running,
-                "restartCount": self.restarts,
-                "state": state,
-            }],
+            "conditions": [
+                {"type": t, "status": s, "lastTransitionTime": now()} for t, s in conditions
+            ],
+            "containerStatuses": [
+                {
+                    "name": self.container["name"],
+                    "image": self.container.get("image", ""),
+                    "imageID": "",
+                    "containerID": f"process://{self.proc.pid if self.proc else 0}",
+                    "ready": self.ready,
+                    "started": running,
+                    "restartCount": self.restarts,
+                    "state": state,
+                }
+            ],
         }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,8 @@ import yaml
 from tests.cluster import build, fleet, kube, network, versions
 
 CLUSTER = "edgefleet"
+# klog error/fatal lines ("E1125 ...", "F1125 ...") and cobra's "Error: ...".
+_ERROR_LINE = re.compile(r"^([EF]\d{4} |Error: |panic: )")
 START_TIMEOUT = float(os.environ.get("EDGEFLEET_TESTBED_START_TIMEOUT", "240"))
 
 
@@ -113,35 +116,67 @@ def _create_args(p: Paths) -> list[str]:
     config_file = p.root / "kwokctl.yaml"
     config_file.write_text(yaml.safe_dump(_component_patches(), sort_keys=False))
     return [
-        "--config", str(config_file),
-        "create", "cluster", "--name", CLUSTER, "--runtime", "binary",
-        "--kubeconfig", str(p.kubeconfig),
-        "--secure-port=true", "--kube-authorization=true", "--kube-admission=true",
+        "--config",
+        str(config_file),
+        "create",
+        "cluster",
+        "--name",
+        CLUSTER,
+        "--runtime",
+        "binary",
+        "--kubeconfig",
+        str(p.kubeconfig),
+        "--secure-port=true",
+        "--kube-authorization=true",
+        "--kube-admission=true",
         # kwok v0.7+ nodes go NotReady without a lease duration.
-        "--node-lease-duration-seconds", "40",
-        "--timeout", f"{int(START_TIMEOUT)}s",
+        "--node-lease-duration-seconds",
+        "40",
+        "--timeout",
+        f"{int(START_TIMEOUT)}s",
     ]
 
 
 def _log_tail(p: Paths, component: str, lines: int = 30) -> str:
+    """The log's first error lines (a crash's cause often precedes pages of usage) and its tail."""
     log = p.component_log(component)
     if not log.exists():
         return f"(no log at {log})"
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    text = log.read_text(errors="replace").splitlines()
+    errors = [line for line in text if _ERROR_LINE.match(line)][:10]
+    head = ["(first error lines)", *errors, "(last lines)"] if errors else []
+    return "\n".join(head + text[-lines:])
 
 
 def _fail(p: Paths, component: str, why: str) -> ComponentFailed:
-    return ComponentFailed(f"{component} is not ready: {why}\n--- {component} log tail ---\n{_log_tail(p, component)}")
+    return ComponentFailed(
+        f"{component} is not ready: {why}\n--- {component} log tail ---\n{_log_tail(p, component)}"
+    )
 
 
 def _lease_held(p: Paths, name: str) -> bool:
-    out = kube.kubectl("-n", "kube-system", "get", "lease", name, "-o", "json", kubeconfig=p.kubeconfig, check=False)
+    out = kube.kubectl(
+        "-n",
+        "kube-system",
+        "get",
+        "lease",
+        name,
+        "-o",
+        "json",
+        kubeconfig=p.kubeconfig,
+        check=False,
+    )
     return out.returncode == 0 and bool(json.loads(out.stdout)["spec"].get("holderIdentity"))
 
 
 def _wait_control_plane(p: Paths, timeout: float) -> None:
     def api_ready() -> bool:
-        return kube.kubectl("get", "--raw", "/readyz", kubeconfig=p.kubeconfig, check=False).stdout.strip() == "ok"
+        return (
+            kube.kubectl(
+                "get", "--raw", "/readyz", kubeconfig=p.kubeconfig, check=False
+            ).stdout.strip()
+            == "ok"
+        )
 
     try:
         kube.wait_for("kube-apiserver /readyz", api_ready, timeout)
@@ -149,7 +184,9 @@ def _wait_control_plane(p: Paths, timeout: float) -> None:
         raise _fail(p, "kube-apiserver", str(exc)) from None
     for component in ("kube-controller-manager", "kube-scheduler"):
         try:
-            kube.wait_for(f"{component} leader lease", lambda c=component: _lease_held(p, c), timeout)
+            kube.wait_for(
+                f"{component} leader lease", lambda c=component: _lease_held(p, c), timeout
+            )
         except TimeoutError as exc:
             raise _fail(p, component, str(exc)) from None
 
@@ -160,7 +197,10 @@ def nodes_ready(kubeconfig: Path, names: set[str]) -> bool:
     ready = {
         n["metadata"]["name"]
         for n in json.loads(out.stdout)["items"]
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in n["status"].get("conditions", [])
+        )
     }
     return names <= ready
 
@@ -175,16 +215,40 @@ def _start_kubelets(p: Paths, nodes: list[dict[str, object]]) -> None:
         name = node["metadata"]["name"]  # type: ignore[index]
         log = open(p.kubelets / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster.kubelet", "--node", name,
-             "--kubeconfig", str(p.kubeconfig), "--state", str(p.kubelets / name)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "tests.cluster.kubelet",
+                "--node",
+                name,
+                "--kubeconfig",
+                str(p.kubeconfig),
+                "--state",
+                str(p.kubelets / name),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             cwd=Path(__file__).resolve().parents[2],
         )
         (p.kubelets / f"{name}.pid").write_text(str(proc.pid))
 
 
+_COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok-controller",
+)
+
+
 def up() -> Paths:
-    """Start a fresh cluster with the fleet from fleet.yaml; raise naming what failed."""
+    """Start a fresh cluster with the fleet from fleet.yaml; raise naming what failed.
+
+    On failure everything started so far is stopped again (logs stay in the
+    state folder), so a failed start leaves no processes behind.
+    """
     started = time.monotonic()
     build.ensure_host_tools()
     bins = build.build()
@@ -193,17 +257,30 @@ def up() -> Paths:
     # Logs of the previous run are kept until now, for debugging; start clean.
     shutil.rmtree(p.root, ignore_errors=True)
     p.root.mkdir(parents=True)
+    try:
+        _start(p, bins)
+    except BaseException:
+        down(quiet=True)
+        raise
+    print(
+        f"cluster up in {time.monotonic() - started:.1f}s; KUBECONFIG={p.kubeconfig}",
+        file=sys.stderr,
+    )
+    return p
+
+
+def _start(p: Paths, bins: Path) -> None:
     network.host_up()
     # The bridge exists first so kwokctl puts its address in the serving cert.
     proc = subprocess.run(
-        [str(bins / "kwokctl"), *_create_args(p)], env=_kwok_env(bins, p),
-        capture_output=True, text=True, timeout=START_TIMEOUT + 60,
+        [str(bins / "kwokctl"), *_create_args(p)],
+        env=_kwok_env(bins, p),
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT + 60,
     )
     if proc.returncode != 0:
-        tails = "\n".join(
-            f"--- {c} ---\n{_log_tail(p, c, 10)}"
-            for c in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
-        )
+        tails = "\n".join(f"--- {c} ---\n{_log_tail(p, c, 10)}" for c in _COMPONENTS)
         raise ComponentFailed(f"kwokctl create cluster failed:\n{proc.stderr[-3000:]}\n{tails}")
     _wait_control_plane(p, START_TIMEOUT)
     spec = fleet.load()
@@ -218,9 +295,9 @@ def up() -> Paths:
             f"--- {f.name} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:])
             for f in sorted(p.kubelets.glob("*.log"))
         )
-        raise ComponentFailed(f"{exc}\n--- kwok-controller ---\n{_log_tail(p, 'kwok-controller')}\n{kubelet_logs}") from None
-    print(f"cluster up in {time.monotonic() - started:.1f}s; KUBECONFIG={p.kubeconfig}", file=sys.stderr)
-    return p
+        raise ComponentFailed(
+            f"{exc}\n--- kwok-controller ---\n{_log_tail(p, 'kwok-controller')}\n{kubelet_logs}"
+        ) from None
 
 
 def _stop_kubelets(p: Paths) -> None:
@@ -280,7 +357,11 @@ def down(quiet: bool = False) -> None:
     if p.cluster_dir.exists() and (bins / "kwokctl").exists():
         subprocess.run(
             [str(bins / "kwokctl"), "delete", "cluster", "--name", CLUSTER],
-            env=_kwok_env(bins, p), capture_output=True, text=True, timeout=120, check=False,
+            env=_kwok_env(bins, p),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
     network.host_down()
     p.kubeconfig.unlink(missing_ok=True)
@@ -296,7 +377,9 @@ def status() -> int:
     if not p.kubeconfig.exists():
         print("down (no kubeconfig)")
         return 1
-    ready = kube.kubectl("get", "--raw", "/readyz", kubeconfig=p.kubeconfig, check=False, timeout=10)
+    ready = kube.kubectl(
+        "get", "--raw", "/readyz", kubeconfig=p.kubeconfig, check=False, timeout=10
+    )
     if ready.stdout.strip() != "ok":
         print(f"API server not ready: {ready.stderr.strip()}")
         return 1

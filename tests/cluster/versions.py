@@ -16,7 +16,13 @@ GRPCURL_VERSION = "v1.9.3"
 BUILD_RECIPE = "1"
 
 GOMOD_DIR = Path(__file__).resolve().parent / "gomod"
-CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kube-proxy")
+CONTROL_PLANE = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kube-proxy",
+)
 BINARIES = (*CONTROL_PLANE, "etcd", "kwok", "kwokctl", "helm", "grpcurl")
 
 
@@ -30,7 +36,14 @@ def bundle_key() -> str:
     for path in sorted(GOMOD_DIR.rglob("go.*")):
         digest.update(path.relative_to(GOMOD_DIR).as_posix().encode())
         digest.update(path.read_bytes())
-    pins = (KUBERNETES_VERSION, ETCD_VERSION, KWOK_VERSION, HELM_VERSION, GRPCURL_VERSION, BUILD_RECIPE)
+    pins = (
+        KUBERNETES_VERSION,
+        ETCD_VERSION,
+        KWOK_VERSION,
+        HELM_VERSION,
+        GRPCURL_VERSION,
+        BUILD_RECIPE,
+    )
     digest.update(" ".join(pins).encode())
     return f"{KUBERNETES_VERSION}-{digest.hexdigest()[:10]}"
 

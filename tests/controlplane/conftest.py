@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.cluster import testbed
 from tests.controlplane.helpers import Cluster
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from tests.cluster import kube, versions
 from tests.cluster.kube import wait_for
 
@@ -36,13 +37,28 @@ class Cluster:
     # True on the Docker-free test bed (kwok nodes, process kubelet); False on kind.
     testbed: bool
 
-    def run(self, tool: str, *args: str, stdin: str | None = None, check: bool = True,
-            kubeconfig: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        tool: str,
+        *args: str,
+        stdin: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig)}
-        proc = subprocess.run([_tool(tool), *args], input=stdin, capture_output=True, text=True,
-                              env=env, timeout=timeout)
+        proc = subprocess.run(
+            [_tool(tool), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
-            raise kube.CommandError(f"{tool} {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}")
+            raise kube.CommandError(
+                f"{tool} {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}"
+            )
         return proc
 
     def kubectl(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -58,7 +74,9 @@ class Cluster:
     def get(self, kind: str, name: str = "", namespace: str | None = None, **kw: Any) -> Any:
         """The object (or list) as JSON, or None when it does not exist."""
         ns = ["-n", namespace] if namespace else []
-        out = self.kubectl("get", kind, *([name] if name else []), *ns, "-o", "json", check=False, **kw)
+        out = self.kubectl(
+            "get", kind, *([name] if name else []), *ns, "-o", "json", check=False, **kw
+        )
         if out.returncode != 0:
             if "NotFound" in out.stderr:
                 return None
@@ -67,15 +85,25 @@ class Cluster:
 
     def service_account_kubeconfig(self, namespace: str, service_account: str, path: Path) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount, with exactly its RBAC."""
-        token = self.kubectl("-n", namespace, "create", "token", service_account, "--duration", "1h").stdout.strip()
-        admin = json.loads(self.kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "json").stdout)
+        token = self.kubectl(
+            "-n", namespace, "create", "token", service_account, "--duration", "1h"
+        ).stdout.strip()
+        admin = json.loads(
+            self.kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "json").stdout
+        )
         cluster = admin["clusters"][0]["cluster"]
         user = f"system:serviceaccount:{namespace}:{service_account}"
         config = {
-            "apiVersion": "v1", "kind": "Config",
+            "apiVersion": "v1",
+            "kind": "Config",
             "clusters": [{"name": "testbed", "cluster": cluster}],
             "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "sa", "context": {"cluster": "testbed", "user": user, "namespace": namespace}}],
+            "contexts": [
+                {
+                    "name": "sa",
+                    "context": {"cluster": "testbed", "user": user, "namespace": namespace},
+                }
+            ],
             "current-context": "sa",
         }
         path.write_text(yaml.safe_dump(config))

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.cluster import versions
 from tests.controlplane.helpers import Cluster, wait_for
 
@@ -21,10 +22,20 @@ def _crd() -> dict[str, object]:
     spec_schema = {
         "type": "object",
         "description": "What the gadget should look like.",
-        "x-kubernetes-validations": [{"rule": "self.maxReplicas >= self.minReplicas", "message": CEL_MESSAGE}],
+        "x-kubernetes-validations": [
+            {"rule": "self.maxReplicas >= self.minReplicas", "message": CEL_MESSAGE}
+        ],
         "properties": {
-            "minReplicas": {"type": "integer", "minimum": 0, "description": "Fewest replicas to keep."},
-            "maxReplicas": {"type": "integer", "minimum": 0, "description": "Most replicas to allow."},
+            "minReplicas": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Fewest replicas to keep.",
+            },
+            "maxReplicas": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Most replicas to allow.",
+            },
             "site": {"type": "string", "description": "Edge site the gadget serves."},
         },
         "required": ["minReplicas", "maxReplicas"],
@@ -37,10 +48,16 @@ def _crd() -> dict[str, object]:
             "group": GROUP,
             "scope": "Namespaced",
             "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec_schema}}},
-            }],
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {"type": "object", "properties": {"spec": spec_schema}}
+                    },
+                }
+            ],
         },
     }
 
@@ -51,7 +68,10 @@ def gadget_crd(cluster: Cluster) -> Iterator[str]:
 
     def established() -> bool:
         crd = cluster.get("crd", CRD_NAME)
-        return any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"].get("conditions", []))
+        return any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in crd["status"].get("conditions", [])
+        )
 
     wait_for(f"{CRD_NAME} Established", established, 60)
     yield CRD_NAME
@@ -59,8 +79,12 @@ def gadget_crd(cluster: Cluster) -> Iterator[str]:
 
 
 def _gadget(name: str, minimum: int, maximum: int) -> dict[str, object]:
-    return {"apiVersion": f"{GROUP}/v1", "kind": "Gadget", "metadata": {"name": name},
-            "spec": {"minReplicas": minimum, "maxReplicas": maximum, "site": "site-a"}}
+    return {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "Gadget",
+        "metadata": {"name": name},
+        "spec": {"minReplicas": minimum, "maxReplicas": maximum, "site": "site-a"},
+    }
 
 
 def test_kubectl_version_reports_the_built_server_version(cluster: Cluster) -> None:
@@ -75,16 +99,29 @@ def test_kubectl_version_reports_the_built_server_version(cluster: Cluster) -> N
 def test_applied_crd_is_established_and_explained(cluster: Cluster, gadget_crd: str) -> None:
     explained = wait_for(
         "kubectl explain to see the new schema",
-        lambda: cluster.kubectl("explain", "gadgets.spec", "--api-version", f"{GROUP}/v1", check=False).stdout,
+        lambda: (
+            cluster.kubectl(
+                "explain", "gadgets.spec", "--api-version", f"{GROUP}/v1", check=False
+            ).stdout
+        ),
         60,
     )
     assert "Edge site the gadget serves." in explained
     assert "maxReplicas" in explained and "<integer>" in explained
 
 
-def test_cel_rule_rejects_a_bad_object_with_its_message(cluster: Cluster, gadget_crd: str, namespace: str) -> None:
-    bad = cluster.kubectl("apply", "-n", namespace, "-f", "-", check=False,
-                          stdin=json.dumps(_gadget("bad", minimum=3, maximum=1)))
+def test_cel_rule_rejects_a_bad_object_with_its_message(
+    cluster: Cluster, gadget_crd: str, namespace: str
+) -> None:
+    bad = cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        check=False,
+        stdin=json.dumps(_gadget("bad", minimum=3, maximum=1)),
+    )
     assert bad.returncode != 0
     assert CEL_MESSAGE in bad.stderr
     cluster.apply(_gadget("good", minimum=1, maximum=3), namespace=namespace)
@@ -93,44 +130,84 @@ def test_cel_rule_rejects_a_bad_object_with_its_message(cluster: Cluster, gadget
 
 
 def test_deleting_an_owner_garbage_collects_its_children(cluster: Cluster, namespace: str) -> None:
-    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}}, namespace=namespace)
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}},
+        namespace=namespace,
+    )
     owner_uid = cluster.get("configmap", "owner", namespace)["metadata"]["uid"]
     children = [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-            "name": f"child-{i}",
-            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner_uid}],
-        }}
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": f"child-{i}",
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner_uid}
+                ],
+            },
+        }
         for i in range(3)
     ]
     cluster.apply(*children, namespace=namespace)
     assert all(cluster.get("configmap", f"child-{i}", namespace) for i in range(3))
     cluster.kubectl("-n", namespace, "delete", "configmap", "owner", "--cascade=background")
-    wait_for("children to be collected",
-             lambda: all(cluster.get("configmap", f"child-{i}", namespace) is None for i in range(3)), 60)
+    wait_for(
+        "children to be collected",
+        lambda: all(cluster.get("configmap", f"child-{i}", namespace) is None for i in range(3)),
+        60,
+    )
 
 
 def test_service_account_is_forbidden_until_a_role_binding_allows_it(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
     cluster.kubectl("-n", namespace, "create", "serviceaccount", "reader")
-    sa_config = cluster.service_account_kubeconfig(namespace, "reader", tmp_path / "reader.kubeconfig")
+    sa_config = cluster.service_account_kubeconfig(
+        namespace, "reader", tmp_path / "reader.kubeconfig"
+    )
     # -v=6 makes kubectl log each response's HTTP status.
-    refused = cluster.kubectl("-n", namespace, "get", "configmaps", "-v=6", kubeconfig=sa_config, check=False)
+    refused = cluster.kubectl(
+        "-n", namespace, "get", "configmaps", "-v=6", kubeconfig=sa_config, check=False
+    )
     assert refused.returncode != 0
     assert "403 Forbidden" in refused.stderr
-    cluster.kubectl("-n", namespace, "create", "role", "cm-reader", "--verb=get,list", "--resource=configmaps")
-    cluster.kubectl("-n", namespace, "create", "rolebinding", "reader", "--role=cm-reader",
-                    f"--serviceaccount={namespace}:reader")
+    cluster.kubectl(
+        "-n", namespace, "create", "role", "cm-reader", "--verb=get,list", "--resource=configmaps"
+    )
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "rolebinding",
+        "reader",
+        "--role=cm-reader",
+        f"--serviceaccount={namespace}:reader",
+    )
     allowed = wait_for(
         "RBAC to allow the reader",
-        lambda: cluster.kubectl("-n", namespace, "get", "configmaps", "-o", "name",
-                                kubeconfig=sa_config, check=False).returncode == 0,
+        lambda: (
+            cluster.kubectl(
+                "-n",
+                namespace,
+                "get",
+                "configmaps",
+                "-o",
+                "name",
+                kubeconfig=sa_config,
+                check=False,
+            ).returncode
+            == 0
+        ),
         30,
     )
     assert allowed
     # The binding grants configmaps only: secrets stay refused.
-    assert "Forbidden" in cluster.kubectl("-n", namespace, "get", "secrets", kubeconfig=sa_config,
-                                          check=False).stderr
+    assert (
+        "Forbidden"
+        in cluster.kubectl(
+            "-n", namespace, "get", "secrets", kubeconfig=sa_config, check=False
+        ).stderr
+    )
 
 
 def _tiny_chart(root: Path) -> Path:
@@ -147,9 +224,22 @@ def _tiny_chart(root: Path) -> Path:
     return chart
 
 
-def test_helm_installs_and_uninstalls_a_tiny_chart(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+def test_helm_installs_and_uninstalls_a_tiny_chart(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
     chart = _tiny_chart(tmp_path)
-    cluster.helm("install", "demo", str(chart), "-n", namespace, "--set", "greeting=hi", "--wait", "--timeout", "60s")
+    cluster.helm(
+        "install",
+        "demo",
+        str(chart),
+        "-n",
+        namespace,
+        "--set",
+        "greeting=hi",
+        "--wait",
+        "--timeout",
+        "60s",
+    )
     assert cluster.get("configmap", "demo-tiny", namespace)["data"] == {"greeting": "hi"}
     listed = json.loads(cluster.helm("list", "-n", namespace, "-o", "json").stdout)
     assert [(r["name"], r["status"]) for r in listed] == [("demo", "deployed")]

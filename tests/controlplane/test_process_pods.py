@@ -8,6 +8,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+
 from tests.cluster import network, testbed
 from tests.controlplane.helpers import Cluster, wait_for
 
@@ -58,13 +59,19 @@ IN_CLUSTER = textwrap.dedent("""
 
 def _pod(name: str, script: str, env: dict[str, str], **spec: Any) -> dict[str, Any]:
     container = {
-        "name": "main", "image": "edgefleet/python-script:test", "command": ["python3", "-c", script],
+        "name": "main",
+        "image": "edgefleet/python-script:test",
+        "command": ["python3", "-c", script],
         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
         + [{"name": k, "value": v} for k, v in env.items()],
     }
     container.update(spec.pop("container", {}))
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {"containers": [container], **PROCESS_PLACEMENT, **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"containers": [container], **PROCESS_PLACEMENT, **spec},
+    }
 
 
 def _ready(pod: dict[str, Any] | None) -> bool:
@@ -74,14 +81,23 @@ def _ready(pod: dict[str, Any] | None) -> bool:
 
 
 def _container_log(pod: dict[str, Any]) -> str:
-    log = testbed.paths().kubelets / pod["spec"]["nodeName"] / pod["metadata"]["uid"] / "container.log"
+    log = (
+        testbed.paths().kubelets
+        / pod["spec"]["nodeName"]
+        / pod["metadata"]["uid"]
+        / "container.log"
+    )
     return log.read_text(errors="replace") if log.exists() else f"(no log at {log})"
 
 
 def _finished(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return wait_for(
         f"pod {name} to finish",
-        lambda: (p := cluster.get("pod", name, namespace)) and p["status"].get("phase") in ("Succeeded", "Failed") and p,
+        lambda: (
+            (p := cluster.get("pod", name, namespace))
+            and p["status"].get("phase") in ("Succeeded", "Failed")
+            and p
+        ),
         60,
     )
 
@@ -92,18 +108,37 @@ def test_process_pod_serves_http_at_its_endpointslice_address_to_host_and_pods(
     cluster = testbed_cluster
     readiness = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
     cluster.apply(
-        _pod("server", SERVER, {}, container={"readinessProbe": readiness, "ports": [{"containerPort": 8080}]}),
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "server"},
-         "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]}},
+        _pod(
+            "server",
+            SERVER,
+            {},
+            container={"readinessProbe": readiness, "ports": [{"containerPort": 8080}]},
+        ),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "server"},
+            "spec": {"selector": {"app": "server"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
         namespace=namespace,
     )
-    pod = wait_for("server pod Ready", lambda: (p := cluster.get("pod", "server", namespace)) and _ready(p) and p, 60)
+    pod = wait_for(
+        "server pod Ready",
+        lambda: (p := cluster.get("pod", "server", namespace)) and _ready(p) and p,
+        60,
+    )
     assert ipaddress.ip_address(pod["status"]["podIP"]) in network.PROCESS_POD_RANGE
 
     def endpoint() -> str | None:
         slices = cluster.get("endpointslices", namespace=namespace)["items"]
-        ready = [a for s in slices if s["metadata"]["labels"].get("kubernetes.io/service-name") == "server"
-                 for e in s.get("endpoints") or [] if e["conditions"].get("ready") for a in e["addresses"]]
+        ready = [
+            a
+            for s in slices
+            if s["metadata"]["labels"].get("kubernetes.io/service-name") == "server"
+            for e in s.get("endpoints") or []
+            if e["conditions"].get("ready")
+            for a in e["addresses"]
+        ]
         return ready[0] if ready else None
 
     address = wait_for("a ready endpoint for the server", endpoint, 60)
@@ -111,8 +146,15 @@ def test_process_pod_serves_http_at_its_endpointslice_address_to_host_and_pods(
     with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as resp:
         assert resp.read().decode() == "hello from server"
 
-    cluster.apply(_pod("client", CLIENT, {"TARGET": f"http://{address}:8080/", "EXPECT": "server"},
-                       restartPolicy="Never"), namespace=namespace)
+    cluster.apply(
+        _pod(
+            "client",
+            CLIENT,
+            {"TARGET": f"http://{address}:8080/", "EXPECT": "server"},
+            restartPolicy="Never",
+        ),
+        namespace=namespace,
+    )
     client_pod = _finished(cluster, namespace, "client")
     assert client_pod["status"]["phase"] == "Succeeded", _container_log(client_pod)
     assert client_pod["status"]["podIP"] != address
@@ -123,12 +165,23 @@ def test_process_pod_uses_its_in_cluster_service_account_with_exactly_its_rbac(
 ) -> None:
     cluster = testbed_cluster
     cluster.kubectl("-n", namespace, "create", "serviceaccount", "lister")
-    cluster.kubectl("-n", namespace, "create", "role", "cm-lister", "--verb=list", "--resource=configmaps")
-    cluster.kubectl("-n", namespace, "create", "rolebinding", "lister", "--role=cm-lister",
-                    f"--serviceaccount={namespace}:lister")
+    cluster.kubectl(
+        "-n", namespace, "create", "role", "cm-lister", "--verb=list", "--resource=configmaps"
+    )
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "rolebinding",
+        "lister",
+        "--role=cm-lister",
+        f"--serviceaccount={namespace}:lister",
+    )
     cluster.kubectl("-n", namespace, "create", "configmap", "marker")
-    cluster.apply(_pod("in-cluster", IN_CLUSTER, {}, serviceAccountName="lister", restartPolicy="Never"),
-                  namespace=namespace)
+    cluster.apply(
+        _pod("in-cluster", IN_CLUSTER, {}, serviceAccountName="lister", restartPolicy="Never"),
+        namespace=namespace,
+    )
     pod = _finished(cluster, namespace, "in-cluster")
     log = _container_log(pod)
     assert pod["status"]["phase"] == "Succeeded", log
@@ -140,7 +193,11 @@ def test_deleting_a_process_pod_stops_its_process_and_removes_its_namespace(
 ) -> None:
     cluster = testbed_cluster
     cluster.apply(_pod("short-lived", SERVER, {}), namespace=namespace)
-    pod = wait_for("pod Ready", lambda: (p := cluster.get("pod", "short-lived", namespace)) and _ready(p) and p, 60)
+    pod = wait_for(
+        "pod Ready",
+        lambda: (p := cluster.get("pod", "short-lived", namespace)) and _ready(p) and p,
+        60,
+    )
     netns = network.NETNS_PREFIX + pod["metadata"]["uid"].replace("-", "")[:10]
     assert netns in network.pod_namespaces()
     cluster.kubectl("-n", namespace, "delete", "pod", "short-lived", "--wait=true", "--timeout=60s")

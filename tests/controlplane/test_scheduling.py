@@ -6,22 +6,38 @@ import ipaddress
 from typing import Any
 
 import pytest
+
 from tests.cluster import network
 from tests.controlplane.helpers import Cluster, wait_for
 
 pytestmark = pytest.mark.controlplane
 
-EDGE_TOLERATION = {"key": "edgefleet.io/edge", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+EDGE_TOLERATION = {
+    "key": "edgefleet.io/edge",
+    "operator": "Equal",
+    "value": "true",
+    "effect": "NoSchedule",
+}
 
 
 def _deployment(name: str, replicas: int, pod_spec: dict[str, Any]) -> dict[str, Any]:
     labels = {"app": name}
-    container = {"name": "app", "image": "registry.invalid/edgefleet/fake:1", "ports": [{"containerPort": 8080}]}
+    container = {
+        "name": "app",
+        "image": "registry.invalid/edgefleet/fake:1",
+        "ports": [{"containerPort": 8080}],
+    }
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
         "spec": {
-            "replicas": replicas, "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container], **pod_spec}},
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [container], **pod_spec},
+            },
         },
     }
 
@@ -33,8 +49,13 @@ def _pods(cluster: Cluster, namespace: str, app: str) -> list[dict[str, Any]]:
 
 def _available(cluster: Cluster, namespace: str, name: str) -> bool:
     dep = cluster.get("deployment", name, namespace)
-    return any(c["type"] == "Available" and c["status"] == "True" for c in dep["status"].get("conditions", [])) and \
-        dep["status"].get("readyReplicas") == dep["spec"]["replicas"]
+    return (
+        any(
+            c["type"] == "Available" and c["status"] == "True"
+            for c in dep["status"].get("conditions", [])
+        )
+        and dep["status"].get("readyReplicas") == dep["spec"]["replicas"]
+    )
 
 
 def _node(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -47,8 +68,12 @@ def test_deployment_on_kwok_nodes_becomes_available_and_lists_pod_ips_in_its_end
     cluster = fleet_cluster
     cluster.apply(
         _deployment("web", 3, {"nodeSelector": {"edgefleet.io/node-class": "gpu"}}),
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
         namespace=namespace,
     )
     wait_for("deployment web Available", lambda: _available(cluster, namespace, "web"), 90)
@@ -61,9 +86,16 @@ def test_deployment_on_kwok_nodes_becomes_available_and_lists_pod_ips_in_its_end
 
     def slice_addresses() -> set[str] | None:
         items = cluster.get("endpointslices", namespace=namespace)["items"]
-        items = [s for s in items if s["metadata"]["labels"].get("kubernetes.io/service-name") == "web"]
-        ready = {a for s in items for e in s.get("endpoints") or [] if e["conditions"].get("ready")
-                 for a in e["addresses"]}
+        items = [
+            s for s in items if s["metadata"]["labels"].get("kubernetes.io/service-name") == "web"
+        ]
+        ready = {
+            a
+            for s in items
+            for e in s.get("endpoints") or []
+            if e["conditions"].get("ready")
+            for a in e["addresses"]
+        }
         return ready if ready == pod_ips else None
 
     assert wait_for("EndpointSlice to list every pod IP", slice_addresses, 60) == pod_ips
@@ -74,10 +106,17 @@ def test_node_selector_and_toleration_send_pods_to_the_right_node_class(
 ) -> None:
     cluster = fleet_cluster
     gpu = _deployment("gpu-job", 1, {})
-    gpu["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
-    site_b = _deployment("site-b", 2, {"nodeSelector": {"edgefleet.io/site": "site-b"},
-                                       "tolerations": [EDGE_TOLERATION]})
-    untolerated = _deployment("no-toleration", 1, {"nodeSelector": {"edgefleet.io/node-class": "edge"}})
+    gpu["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "limits": {"nvidia.com/gpu": "1"}
+    }
+    site_b = _deployment(
+        "site-b",
+        2,
+        {"nodeSelector": {"edgefleet.io/site": "site-b"}, "tolerations": [EDGE_TOLERATION]},
+    )
+    untolerated = _deployment(
+        "no-toleration", 1, {"nodeSelector": {"edgefleet.io/node-class": "edge"}}
+    )
     cluster.apply(gpu, site_b, untolerated, namespace=namespace)
     wait_for("gpu-job Available", lambda: _available(cluster, namespace, "gpu-job"), 90)
     wait_for("site-b Available", lambda: _available(cluster, namespace, "site-b"), 90)
@@ -85,7 +124,10 @@ def test_node_selector_and_toleration_send_pods_to_the_right_node_class(
     (gpu_pod,) = _pods(cluster, namespace, "gpu-job")
     assert "nvidia.com/gpu" in _node(cluster, gpu_pod["spec"]["nodeName"])["status"]["capacity"]
     for pod in _pods(cluster, namespace, "site-b"):
-        assert _node(cluster, pod["spec"]["nodeName"])["metadata"]["labels"]["edgefleet.io/site"] == "site-b"
+        assert (
+            _node(cluster, pod["spec"]["nodeName"])["metadata"]["labels"]["edgefleet.io/site"]
+            == "site-b"
+        )
 
     def unschedulable_for_taint() -> str | None:
         (pod,) = _pods(cluster, namespace, "no-toleration")

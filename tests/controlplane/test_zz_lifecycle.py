@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+
 from tests.cluster import fleet, network, testbed
 from tests.controlplane.helpers import Cluster, wait_for
 
@@ -19,12 +20,21 @@ def test_a_thousand_node_fleet_registers_and_becomes_ready(testbed_cluster: Clus
     names = {n["metadata"]["name"] for n in nodes}
     started = time.monotonic()
     testbed.apply_nodes(testbed_cluster.kubeconfig, nodes)
-    wait_for(f"{SCALE_NODES} nodes Ready", lambda: testbed.nodes_ready(testbed_cluster.kubeconfig, names), 600, 2)
+    wait_for(
+        f"{SCALE_NODES} nodes Ready",
+        lambda: testbed.nodes_ready(testbed_cluster.kubeconfig, names),
+        600,
+        2,
+    )
     print(f"\n{SCALE_NODES} kwok nodes registered and Ready in {time.monotonic() - started:.1f}s")
-    testbed_cluster.kubectl("delete", "nodes", "-l", "edgefleet.io/node-class=scale", "--wait=false", timeout=300)
+    testbed_cluster.kubectl(
+        "delete", "nodes", "-l", "edgefleet.io/node-class=scale", "--wait=false", timeout=300
+    )
 
 
-def test_cluster_down_leaves_no_process_mount_interface_or_namespace(testbed_cluster: Cluster) -> None:
+def test_cluster_down_leaves_no_process_mount_interface_or_namespace(
+    testbed_cluster: Cluster,
+) -> None:
     paths = testbed.paths()
     testbed.down()  # raises itself if anything is left; the checks below say what
     assert testbed.stray_processes(paths) == []
