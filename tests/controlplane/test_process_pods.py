@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import textwrap
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -203,3 +204,38 @@ def test_deleting_a_process_pod_stops_its_process_and_removes_its_namespace(
     cluster.kubectl("-n", namespace, "delete", "pod", "short-lived", "--wait=true", "--timeout=60s")
     assert cluster.get("pod", "short-lived", namespace) is None
     assert netns not in network.pod_namespaces()
+
+
+def test_process_pod_is_ready_and_an_endpoint_only_once_its_readiness_probe_passes(
+    testbed_cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    cluster = testbed_cluster
+    gate = tmp_path / "ready"
+    probe = {"exec": {"command": ["test", "-f", str(gate)]}, "periodSeconds": 1}
+    cluster.apply(
+        _pod("gated", SERVER, {}, container={"readinessProbe": probe}),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "gated"},
+            "spec": {"selector": {"app": "gated"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+        namespace=namespace,
+    )
+
+    def endpoint_readiness() -> list[bool]:
+        slices = cluster.get("endpointslices", namespace=namespace)["items"]
+        return [
+            bool(e["conditions"].get("ready"))
+            for s in slices
+            if s["metadata"]["labels"].get("kubernetes.io/service-name") == "gated"
+            for e in s.get("endpoints") or []
+        ]
+
+    # Running with an IP but failing its probe: listed, not ready.
+    assert wait_for("a not-ready endpoint", lambda: endpoint_readiness() == [False], 60)
+    pod = cluster.get("pod", "gated", namespace)
+    assert pod["status"]["phase"] == "Running" and not _ready(pod)
+    gate.touch()
+    assert wait_for("the endpoint to turn ready", lambda: endpoint_readiness() == [True], 60)
+    assert _ready(cluster.get("pod", "gated", namespace))
