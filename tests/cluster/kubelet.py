@@ -32,6 +32,8 @@ from tests.cluster.podproc import PodProcess, now
 HEARTBEAT_SECONDS = 10
 LEASE_SECONDS = 40
 RESTART_BACKOFF_SECONDS = 2
+# Images every test bed knows; EDGEFLEET_PROCESS_IMAGES adds to (or overrides) these.
+BUILTIN_IMAGES: dict[str, list[str]] = {"edgefleet-testbed/python": ["python3"]}
 
 
 class ProcessKubelet:
@@ -254,17 +256,22 @@ class ProcessKubelet:
         )
 
     def watch_loop(self) -> None:
+        """List-and-watch Pods bound to this node; each 20 s watch ends in a fresh relist."""
         while not self.stopping.is_set():
-            stream = watch.Watch().stream(
-                self.core.list_pod_for_all_namespaces,
-                field_selector=f"spec.nodeName={self.node}",
-                timeout_seconds=20,
-                _preload_content=False,
-            )
-            for event in stream:
-                if self.stopping.is_set():
-                    break
-                self.handle(event["type"], event["raw_object"])
+            try:
+                stream = watch.Watch().stream(
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector=f"spec.nodeName={self.node}",
+                    timeout_seconds=20,
+                    _preload_content=False,
+                )
+                for event in stream:
+                    if self.stopping.is_set():
+                        break
+                    self.handle(event["type"], event["raw_object"])
+            except Exception as exc:  # the API server may be restarting; try again shortly
+                print(f"watch failed: {exc}", flush=True)
+                self.stopping.wait(1)
 
     def handle(self, kind: str, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
@@ -282,7 +289,9 @@ class ProcessKubelet:
             else:
                 self._finalize_unknown(pod)
         elif not known and pod.get("status", {}).get("phase", "Pending") == "Pending":
-            threading.Thread(target=self.start_pod, args=(pod,), daemon=True).start()
+            # Synchronously, in the watch thread: starting takes well under a
+            # second, and it means a Pod's events are handled strictly in order.
+            self.start_pod(pod)
 
     def _finalize_unknown(self, pod: dict[str, Any]) -> None:
         body = client.V1DeleteOptions(grace_period_seconds=0)
@@ -321,7 +330,8 @@ def main() -> None:
         help='JSON {"image or repo": ["command", ...]} for containers without a command',
     )
     args = parser.parse_args()
-    ProcessKubelet(args.node, args.kubeconfig, args.state, json.loads(args.image_map)).run()
+    image_map = {**BUILTIN_IMAGES, **json.loads(args.image_map)}
+    ProcessKubelet(args.node, args.kubeconfig, args.state, image_map).run()
 
 
 if __name__ == "__main__":

@@ -147,15 +147,17 @@ def test_process_pod_serves_http_at_its_endpointslice_address_to_host_and_pods(
     with urllib.request.urlopen(f"http://{address}:8080/", timeout=5) as resp:
         assert resp.read().decode() == "hello from server"
 
-    cluster.apply(
-        _pod(
-            "client",
-            CLIENT,
-            {"TARGET": f"http://{address}:8080/", "EXPECT": "server"},
-            restartPolicy="Never",
-        ),
-        namespace=namespace,
+    client = _pod(
+        "client",
+        CLIENT,
+        {"TARGET": f"http://{address}:8080/", "EXPECT": "server"},
+        restartPolicy="Never",
     )
+    # No command: the kubelet maps the image to its command, as for edgefleet-server.
+    container = client["spec"]["containers"][0]
+    del container["command"]
+    container.update(image="edgefleet-testbed/python:3.11", args=["-c", CLIENT])
+    cluster.apply(client, namespace=namespace)
     client_pod = _finished(cluster, namespace, "client")
     assert client_pod["status"]["phase"] == "Succeeded", _container_log(client_pod)
     assert client_pod["status"]["podIP"] != address
