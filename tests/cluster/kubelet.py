@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -119,7 +120,11 @@ class ProcessKubelet:
     def _env(self, pod: dict[str, Any], container: dict[str, Any], address: str) -> dict[str, str]:
         port = urlparse(self.cfg.host).port or 443
         env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            # The kubelet's own interpreter folder first: in a virtualenv, `python3`
+            # and console scripts such as edgefleet-server resolve to the project's.
+            "PATH": os.pathsep.join(
+                [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
+            ),
             "HOME": "/root",
             "HOSTNAME": pod["metadata"]["name"],
             # No kube-proxy: point in-cluster clients straight at the API server.
