@@ -10,6 +10,7 @@ component that failed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -250,6 +251,12 @@ def up() -> Paths:
     state folder), so a failed start leaves no processes behind.
     """
     started = time.monotonic()
+    if importlib.util.find_spec("kubernetes") is None:
+        # The process kubelet needs it; without this check the failure would be
+        # a Ready timeout minutes later.
+        raise ComponentFailed(
+            f"process kubelet: the kubernetes package is missing from {sys.executable}"
+        )
     build.ensure_host_tools()
     bins = build.build()
     p = paths()

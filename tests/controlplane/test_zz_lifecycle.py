@@ -1,4 +1,4 @@
-"""Runs last (file order): the 1,000-node fleet, then `cluster down` leaves nothing behind."""
+"""The 1,000-node fleet, and `cluster down` leaving nothing behind (then a restart)."""
 
 from __future__ import annotations
 
@@ -40,5 +40,7 @@ def test_cluster_down_leaves_no_process_mount_interface_or_namespace(
     assert testbed.stray_processes(paths) == []
     assert testbed.stray_mounts(paths) == []
     assert network.leftovers() == []
-    # down removed the kubeconfig, so the session fixture will not tear down again.
     assert not paths.kubeconfig.exists()
+    # Bring it back, so tests collected after this one still find a cluster.
+    testbed.up()
+    assert testbed.nodes_ready(paths.kubeconfig, {"gpu-0", "proc-0"})
