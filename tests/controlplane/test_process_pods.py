@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import network, testbed
+from tests.cluster import kube, network, testbed
 from tests.controlplane.helpers import Cluster, wait_for
 
 pytestmark = pytest.mark.controlplane
@@ -241,3 +241,42 @@ def test_process_pod_is_ready_and_an_endpoint_only_once_its_readiness_probe_pass
     gate.touch()
     assert wait_for("the endpoint to turn ready", lambda: endpoint_readiness() == [True], 60)
     assert _ready(cluster.get("pod", "gated", namespace))
+
+
+GRPC_SERVER = textwrap.dedent("""
+    from concurrent import futures
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    names = (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    server.add_insecure_port("0.0.0.0:50051")
+    server.start()
+    server.wait_for_termination()
+""")
+
+
+def test_process_pod_serves_grpc_health_gated_by_a_grpc_probe_and_reachable_with_grpcurl(
+    testbed_cluster: Cluster, namespace: str
+) -> None:
+    cluster = testbed_cluster
+    probe = {"grpc": {"port": 50051}, "periodSeconds": 1}
+    cluster.apply(
+        _pod("grpc", GRPC_SERVER, {}, container={"readinessProbe": probe}), namespace=namespace
+    )
+    pod = wait_for(
+        "gRPC pod Ready",
+        lambda: (p := cluster.get("pod", "grpc", namespace)) and _ready(p) and p,
+        60,
+    )
+    target = f"{pod['status']['podIP']}:50051"
+    listed = kube.run("grpcurl", "-plaintext", "-max-time", "5", target, "list", timeout=15)
+    assert "grpc.health.v1.Health" in listed.stdout.split()
+    checked = kube.run(
+        "grpcurl", "-plaintext", "-max-time", "5", target, "grpc.health.v1.Health/Check", timeout=15
+    )
+    assert '"status": "SERVING"' in checked.stdout
