@@ -204,6 +204,7 @@ class ProcessKubelet:
             print(f"cannot start {meta['namespace']}/{meta['name']}: {exc}", flush=True)
             proc.exit_code, proc.restart_policy = 127, "Never"
         self.report(proc)
+        proc.reported = (proc.ready, proc.exit_code, proc.restarts)
 
     def report(self, proc: PodProcess) -> None:
         try:
@@ -240,15 +241,22 @@ class ProcessKubelet:
             with self.lock:
                 procs = list(self.pods.values())
             for proc in procs:
-                was_ready, code = proc.ready, proc.poll()
+                code = proc.poll()
                 if code is None and proc.proc is not None:
                     proc.ready = proc.probe(self.grpcurl)
                 elif (
                     code is not None and proc.proc is not None and self._should_restart(proc, code)
                 ):
-                    proc.restart()
-                if proc.ready != was_ready or code is not None:
+                    with self.lock:
+                        # Under the lock, and only while the Pod is still ours:
+                        # stop_pod takes the Pod out first, so nothing restarts
+                        # a process that is being stopped.
+                        if self.pods.get(proc.uid) is proc:
+                            proc.restart()
+                state = (proc.ready, proc.exit_code, proc.restarts)
+                if state != proc.reported:
                     self.report(proc)
+                    proc.reported = state
             self.stopping.wait(0.5)
 
     @staticmethod

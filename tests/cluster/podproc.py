@@ -49,6 +49,8 @@ class PodProcess:
     command: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     sa_dir: Path | None = None
+    # (ready, exit code, restarts) last written to the API, to report changes only.
+    reported: tuple[bool, int | None, int] | None = None
 
     def __post_init__(self) -> None:
         self.netns = network.NETNS_PREFIX + self.uid.replace("-", "")[:10]

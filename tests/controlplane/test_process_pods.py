@@ -280,3 +280,19 @@ def test_process_pod_serves_grpc_health_gated_by_a_grpc_probe_and_reachable_with
         "grpcurl", "-plaintext", "-max-time", "5", target, "grpc.health.v1.Health/Check", timeout=15
     )
     assert '"status": "SERVING"' in checked.stdout
+
+
+def test_process_that_exits_is_restarted_and_counted(
+    testbed_cluster: Cluster, namespace: str
+) -> None:
+    cluster = testbed_cluster
+    cluster.apply(_pod("crashy", "import sys; sys.exit(3)", {}), namespace=namespace)
+
+    def restarted() -> dict[str, Any] | None:
+        pod = cluster.get("pod", "crashy", namespace)
+        statuses = pod["status"].get("containerStatuses") or []
+        return pod if statuses and statuses[0]["restartCount"] >= 1 else None
+
+    pod = wait_for("a restart to be counted", restarted, 60)
+    assert pod["status"]["phase"] == "Running"
+    assert not _ready(pod)
