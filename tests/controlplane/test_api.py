@@ -158,6 +158,15 @@ def test_deleting_an_owner_garbage_collects_its_children(cluster: Cluster, names
     )
 
 
+def test_deleting_a_namespace_removes_it_and_its_objects(cluster: Cluster) -> None:
+    name = "t-doomed"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("-n", name, "create", "configmap", "inside")
+    cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=90s", timeout=120)
+    assert cluster.get("namespace", name) is None
+    assert cluster.get("configmap", "inside", name) is None
+
+
 def test_service_account_is_forbidden_until_a_role_binding_allows_it(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:

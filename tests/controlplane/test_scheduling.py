@@ -141,3 +141,39 @@ def test_node_selector_and_toleration_send_pods_to_the_right_node_class(
     assert "untolerated taint" in message
     (pending,) = _pods(cluster, namespace, "no-toleration")
     assert pending["status"]["phase"] == "Pending" and not pending["spec"].get("nodeName")
+
+
+def test_daemonset_runs_one_ready_pod_on_each_matching_edge_node(
+    fleet_cluster: Cluster, namespace: str
+) -> None:
+    cluster = fleet_cluster
+    labels = {"app": "agent"}
+    cluster.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": {"name": "agent"},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "nodeSelector": {"edgefleet.io/site": "site-a"},
+                        "tolerations": [EDGE_TOLERATION],
+                        "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}],
+                    },
+                },
+            },
+        },
+        namespace=namespace,
+    )
+
+    def all_ready() -> dict[str, Any] | None:
+        status = cluster.get("daemonset", "agent", namespace).get("status", {})
+        desired = status.get("desiredNumberScheduled")
+        return status if desired and status.get("numberReady") == desired else None
+
+    status = wait_for("daemonset agent ready everywhere", all_ready, 90)
+    assert status["desiredNumberScheduled"] == 2
+    nodes = sorted(p["spec"]["nodeName"] for p in _pods(cluster, namespace, "agent"))
+    assert nodes == ["edge-site-a-0", "edge-site-a-1"]
