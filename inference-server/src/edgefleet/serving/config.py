@@ -34,6 +34,10 @@ class ServerConfig:
     instances: int = 2
     # CPU threads shared by all instances; 0 means all cores.
     threads: int = 0
+    # llama.cpp worker threads' polling between tokens: 0 sleeps (frees the
+    # cores for gRPC and clients), 50 is llama.cpp's default, -1 keeps
+    # llama.cpp's own threadpool untouched.
+    cpu_poll: int = 0
     # Context length per instance, in tokens (prompt plus answer).
     context_length: int = 2048
     # Requests generating at once; 0 means one per instance.

@@ -26,6 +26,7 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from edgefleet.serving.engines.base import Engine, StreamItem
+from edgefleet.serving.engines.llamacpp_threads import QuietThreadpool
 from edgefleet.serving.engines.text import StopStringFilter
 from edgefleet.serving.errors import InvalidArgument
 from edgefleet.serving.types import (
@@ -48,6 +49,7 @@ class _Instance:
     index: int
     llama: llama_cpp.Llama
     lock: threading.Lock
+    threadpool: QuietThreadpool
     threads: int = 0
     tokens_in_use: int = 0
 
@@ -64,6 +66,7 @@ class LlamaCppEngine(Engine):
         threads: int,
         context_length: int,
         model_sha256: str | None = None,
+        cpu_poll: int = 0,
     ) -> None:
         self.model_path = model_path
         self.model_name = model_name
@@ -71,6 +74,7 @@ class LlamaCppEngine(Engine):
         self.context_length = context_length
         self.capacity = instances
         self._threads = threads
+        self._cpu_poll = cpu_poll
         self._instances: list[_Instance] = []
         self._free: asyncio.Queue[_Instance] = asyncio.Queue()
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -85,7 +89,12 @@ class LlamaCppEngine(Engine):
     async def start(self) -> None:
         for index in range(self.capacity):
             llama = await asyncio.to_thread(self._load)
-            instance = _Instance(index=index, llama=llama, lock=threading.Lock())
+            instance = _Instance(
+                index=index,
+                llama=llama,
+                lock=threading.Lock(),
+                threadpool=QuietThreadpool(llama, self._threads, self._cpu_poll),
+            )
             self._instances.append(instance)
             self._free.put_nowait(instance)
         self._formatter = self._chat_formatter(self._instances[0].llama)
@@ -138,6 +147,7 @@ class LlamaCppEngine(Engine):
         self._executor.shutdown(wait=True)
         for instance in self._instances:
             with instance.lock:
+                instance.threadpool.free()
                 instance.llama.close()
         self._instances.clear()
 
