@@ -31,8 +31,9 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from edgefleet.serving.config import DEFAULT_SYSTEM_PROMPT
 from edgefleet.serving.model_files import default_model_path
+from edgefleet.serving.readiness import free_local_port
 from edgefleet.v1 import inference_pb2 as pb
-from tests.support.model_server import free_port, spawn_server
+from tests.support.model_server import spawn_server
 
 PROMPTS = (
     "Write a detailed essay about the history of the bicycle.",
@@ -128,7 +129,7 @@ def edgefleet(
 
 
 def llama_cpp_server(max_tokens: int, threads: int) -> tuple[Generate, Callable[[], None]]:
-    port = free_port()
+    port = free_local_port()
     process = subprocess.Popen(
         [
             sys.executable,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,17 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from edgefleet.serving.readiness import NotServing, free_local_port, wait_until_serving
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
 
 START_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -47,18 +40,13 @@ class ModelServer:
 
     def wait_serving(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Block on the health Watch stream until the server reports SERVING."""
-        stub = health_pb2_grpc.HealthStub(self.channel)
         try:
-            for reply in stub.Watch(
-                health_pb2.HealthCheckRequest(), timeout=timeout_s, wait_for_ready=True
-            ):
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError as error:
+            wait_until_serving(self.channel, timeout_s)
+        except NotServing as exc:
             raise RuntimeError(
-                f"server at {self.target} never became SERVING ({error.code().name}); "
-                f"exit code {self.process.poll()}; log:\n{self.log()[-3000:]}"
-            ) from error
+                f"server at {self.target}: {exc}; exit code {self.process.poll()}; "
+                f"log:\n{self.log()[-3000:]}"
+            ) from exc
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -77,8 +65,8 @@ class ModelServer:
 
 def spawn_server(*args: str, env: dict[str, str] | None = None) -> ModelServer:
     """Start edgefleet-server with extra flags; does not wait for readiness."""
-    target = f"127.0.0.1:{free_port()}"
-    metrics = f"127.0.0.1:{free_port()}"
+    target = f"127.0.0.1:{free_local_port()}"
+    metrics = f"127.0.0.1:{free_local_port()}"
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
         prefix="edgefleet-server-", suffix=".log", delete=False
     )

@@ -16,6 +16,7 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from edgefleet.serving.readiness import NotServing, wait_until_serving
 from edgefleet.v1 import inference_pb2 as pb
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
 
@@ -47,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the models the endpoint serves")
     health = commands.add_parser("health", help="exit 0 when SERVING, 1 otherwise")
     health.add_argument("--service", default="", help="service or model name; empty = overall")
+    health.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="block until SERVING (exit 1 if not within SECONDS)",
+    )
     return parser
 
 
@@ -117,6 +124,12 @@ def _models(channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 
 def _health(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    if args.wait is not None:
+        try:
+            wait_until_serving(channel, args.wait, args.service)
+        except NotServing as exc:
+            print(f"NOT_SERVING: {exc}")
+            return 1
     stub = health_pb2_grpc.HealthStub(channel)
     reply = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -7,6 +7,7 @@ from `errors.grpc_status`, count the outcome, and let cancellation through.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,27 +33,34 @@ async def _abort(context: grpc.aio.ServicerContext, error: EdgefleetError) -> No
     await context.abort(code, details)
 
 
+@contextlib.asynccontextmanager
+async def _mapped_errors(
+    record: OutcomeSink, context: grpc.aio.ServicerContext, method: str
+) -> AsyncIterator[None]:
+    try:
+        yield
+    except EdgefleetError as error:
+        record(_outcome_of(error))
+        await _abort(context, error)
+    except asyncio.CancelledError:
+        record("cancelled")
+        raise
+    except Exception:
+        record("error")
+        log.exception("unexpected error in %s", method)
+        raise
+    else:
+        record("ok")
+
+
 def unary(
     method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
-        record: OutcomeSink = self.record_outcome
-        try:
-            response = await method(self, request, context)
-        except EdgefleetError as error:
-            record(_outcome_of(error))
-            await _abort(context, error)
-            raise  # abort() raises; this line only satisfies type checkers
-        except asyncio.CancelledError:
-            record("cancelled")
-            raise
-        except Exception:
-            record("error")
-            log.exception("unexpected error in %s", method.__name__)
-            raise
-        record("ok")
-        return response
+        async with _mapped_errors(self.record_outcome, context, method.__name__):
+            return await method(self, request, context)
+        raise AssertionError("unreachable: an error either aborts the call or propagates")
 
     return wrapper
 
@@ -64,21 +72,8 @@ def server_stream(
     async def wrapper(
         self: Any, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Response]:
-        record: OutcomeSink = self.record_outcome
-        try:
+        async with _mapped_errors(self.record_outcome, context, method.__name__):
             async for response in method(self, request, context):
                 yield response
-        except EdgefleetError as error:
-            record(_outcome_of(error))
-            await _abort(context, error)
-        except asyncio.CancelledError:
-            record("cancelled")
-            raise
-        except Exception:
-            record("error")
-            log.exception("unexpected error in %s", method.__name__)
-            raise
-        else:
-            record("ok")
 
     return wrapper
