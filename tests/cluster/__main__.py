@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from tests.cluster import build, fleet, kube, testbed
+from tests.cluster import build
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or reuse) the cached binaries")
@@ -21,11 +21,19 @@ def main() -> int:
     )
     s = sub.add_parser("scale", help="register N more kwok nodes and time until all are Ready")
     s.add_argument("count", type=int)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = _parser().parse_args()
     if args.command == "build":
+        # Standard library only, so CI can build before any virtualenv exists.
         build.ensure_host_tools()
         print(build.build(force=args.force))
-    elif args.command == "up":
+        return 0
+    from tests.cluster import fleet, kube, testbed  # these need PyYAML
+
+    if args.command == "up":
         print(testbed.up().kubeconfig)
     elif args.command == "down":
         testbed.down()
