@@ -17,9 +17,19 @@ from typing import Any
 from tests.cluster import network
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
-# Bind the Pod's token over the standard path in a private mount namespace, so
-# the host (and other pods) never see it, then become the container command.
-_MOUNT_AND_EXEC = 'd="$1"; shift; mount --bind "$d" ' + SA_MOUNT + ' && exec "$@"'
+# In a private mount namespace (so the host and other pods never see them),
+# bind the Pod's hosts file over /etc/hosts and its token folder over the
+# standard path, then become the container command.
+_MOUNT_AND_EXEC = (
+    'hosts="$1"; sa="$2"; shift 2; '
+    'mount --bind "$hosts" /etc/hosts || exit 121; '
+    'if [ -n "$sa" ]; then mount --bind "$sa" ' + SA_MOUNT + " || exit 122; fi; "
+    'exec "$@"'
+)
+# What cluster DNS would answer for the API server's in-cluster names.
+API_HOSTNAMES = (
+    "kubernetes kubernetes.default kubernetes.default.svc kubernetes.default.svc.cluster.local"
+)
 
 
 def now() -> str:
@@ -62,20 +72,14 @@ class PodProcess:
         self.command, self.env, self.sa_dir = command, env, sa_dir
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "container.log", "ab")  # noqa: SIM115 - handed to the child
-        argv = ["ip", "netns", "exec", self.netns]
+        hosts = self.workdir / "hosts"
+        entries = [("127.0.0.1", "localhost"), (self.address, self.name)]
+        entries.append((network.API_ADDRESS, API_HOSTNAMES))
+        hosts.write_text("".join(f"{ip} {names}\n" for ip, names in entries))
         if sa_dir is not None:
             Path(SA_MOUNT).mkdir(parents=True, exist_ok=True)
-            argv += [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                _MOUNT_AND_EXEC,
-                "sh",
-                str(sa_dir),
-            ]
+        argv = ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private"]
+        argv += ["sh", "-c", _MOUNT_AND_EXEC, "sh", str(hosts), str(sa_dir or "")]
         self.proc = subprocess.Popen(
             [*argv, *command],
             env=env,

@@ -30,6 +30,9 @@ CLUSTER = "edgefleet"
 # klog error/fatal lines ("E1125 ...", "F1125 ...") and cobra's "Error: ...".
 _ERROR_LINE = re.compile(r"^([EF]\d{4} |Error: |panic: )")
 START_TIMEOUT = float(os.environ.get("EDGEFLEET_TESTBED_START_TIMEOUT", "240"))
+# 443, as behind the `kubernetes` Service, so in-cluster clients that use the
+# name https://kubernetes.default.svc (Kopf's plain service-account login) work.
+API_PORT = int(os.environ.get("EDGEFLEET_TESTBED_API_PORT", "443"))
 
 
 class ComponentFailed(RuntimeError):
@@ -127,6 +130,8 @@ def _create_args(p: Paths) -> list[str]:
         "binary",
         "--kubeconfig",
         str(p.kubeconfig),
+        "--kube-apiserver-port",
+        str(API_PORT),
         "--secure-port=true",
         "--kube-authorization=true",
         "--kube-admission=true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import textwrap
 import urllib.request
@@ -296,3 +297,54 @@ def test_process_that_exits_is_restarted_and_counted(
     pod = wait_for("a restart to be counted", restarted, 60)
     assert pod["status"]["phase"] == "Running"
     assert not _ready(pod)
+
+
+KOPF_LOGIN = textwrap.dedent("""
+    import json, ssl, sys, urllib.error, urllib.request
+    import kopf
+    # Kopf's plain service-account login: https://kubernetes.default.svc + the mounted token.
+    info = kopf.login_with_service_account(settings=kopf.OperatorSettings())
+    print("server:", info.server, "namespace:", info.default_namespace)
+    ctx = ssl.create_default_context(cafile=info.ca_path)
+    def get(path):
+        auth = {"Authorization": "Bearer " + info.token}
+        req = urllib.request.Request(info.server + path, headers=auth)
+        try:
+            return urllib.request.urlopen(req, context=ctx, timeout=5).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+    ns = info.default_namespace
+    cms = get(f"/api/v1/namespaces/{ns}/configmaps")
+    secrets = get(f"/api/v1/namespaces/{ns}/secrets")
+    print("configmaps:", cms, "secrets:", secrets)
+    sys.exit(0 if (cms, secrets) == (200, 403) else 1)
+""")
+
+
+def test_kopf_service_account_login_reaches_the_api_by_its_in_cluster_name(
+    testbed_cluster: Cluster, namespace: str
+) -> None:
+    if importlib.util.find_spec("kopf") is None:
+        pytest.skip("kopf is not installed yet (the operator brings it)")
+    cluster = testbed_cluster
+    cluster.kubectl("-n", namespace, "create", "serviceaccount", "operator")
+    cluster.kubectl(
+        "-n", namespace, "create", "role", "cm-lister", "--verb=list", "--resource=configmaps"
+    )
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "rolebinding",
+        "operator",
+        "--role=cm-lister",
+        f"--serviceaccount={namespace}:operator",
+    )
+    cluster.apply(
+        _pod("kopf-login", KOPF_LOGIN, {}, serviceAccountName="operator", restartPolicy="Never"),
+        namespace=namespace,
+    )
+    pod = _finished(cluster, namespace, "kopf-login")
+    log = _container_log(pod)
+    assert pod["status"]["phase"] == "Succeeded", log
+    assert "server: https://kubernetes.default.svc" in log
