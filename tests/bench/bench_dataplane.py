@@ -95,9 +95,7 @@ def raw_llama(max_tokens: int, threads: int) -> tuple[Generate, Callable[[], Non
     return generate, llama.close
 
 
-def edgefleet(
-    max_tokens: int, instances: int, cpu_poll: int
-) -> tuple[Generate, Callable[[], None]]:
+def edgefleet(max_tokens: int, instances: int) -> tuple[Generate, Callable[[], None]]:
     server = spawn_server(
         "--instances",
         str(instances),
@@ -105,8 +103,6 @@ def edgefleet(
         "16",
         "--context-length",
         str(CONTEXT),
-        "--cpu-poll",
-        str(cpu_poll),
     )
     server.wait_serving()
     stub = server.stub
@@ -230,12 +226,9 @@ def main() -> None:
     systems = {
         "(a) llama_cpp.Llama in-process": lambda: raw_llama(args.max_tokens, threads),
         f"(b) edgefleet-server gRPC ({args.instances} instances)": lambda: edgefleet(
-            args.max_tokens, args.instances, 0
+            args.max_tokens, args.instances
         ),
         "(c) llama_cpp.server HTTP (peer)": lambda: llama_cpp_server(args.max_tokens, threads),
-        "(b') edgefleet-server, llama.cpp's own spinning threads (--cpu-poll -1)": lambda: (
-            edgefleet(args.max_tokens, args.instances, -1)
-        ),
     }
     rows = []
     for name, start in systems.items():

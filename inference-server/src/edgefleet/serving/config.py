@@ -34,10 +34,9 @@ class ServerConfig:
     instances: int = 2
     # CPU threads shared by all instances; 0 means all cores.
     threads: int = 0
-    # llama.cpp worker threads' polling between tokens: 0 sleeps (frees the
-    # cores for gRPC and clients), 50 is llama.cpp's default, -1 keeps
-    # llama.cpp's own threadpool untouched.
-    cpu_poll: int = 0
+    # Streamed text is handed over at most this often (the first token at
+    # once); fewer wake-ups leave more CPU to the model. 0 sends every token.
+    stream_interval_ms: float = 50.0
     # Context length per instance, in tokens (prompt plus answer).
     context_length: int = 2048
     # Requests generating at once; 0 means one per instance.

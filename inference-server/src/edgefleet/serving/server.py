@@ -57,7 +57,7 @@ def build_engine(config: ServerConfig) -> Engine:
         threads=config.threads,
         context_length=config.context_length,
         model_sha256=model_file.sha256,
-        cpu_poll=config.cpu_poll,
+        stream_interval_s=config.stream_interval_ms / 1000,
     )
 
 

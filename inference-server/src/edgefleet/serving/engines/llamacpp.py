@@ -1,12 +1,18 @@
 """llama.cpp engine for CPU edge nodes, on llama-cpp-python.
 
 A pool of model instances, each a `llama_cpp.Llama` guarded by its own lock
-(one Llama object is not thread-safe). A request takes a free instance, runs
-its token loop in a worker thread and hands text back to the event loop.
+(one Llama object is not thread-safe) and driven by its own dedicated thread.
+A request takes a free instance, runs its token loop on that instance's
+thread and hands text back to the event loop.
 
-CPU threads are shared: with one request running it gets every core, with
-two each gets half, adjusted between tokens. llama.cpp's worker threads spin,
-so oversubscribing cores would slow every request down.
+CPU threads: llama.cpp parallelises a decode with OpenMP, and every thread
+that runs a parallel decode owns an OpenMP team whose threads stay alive.
+Once libgomp manages more threads than there are cores it stops spinning
+between decodes, and every team (even a lone one) slows down ~2.5x (measured:
+93 -> 32 tok/s on 2 cores). So only the primary instance (index 0) may use
+several threads; the others always decode single-threaded, which needs no
+team. Requests go to the primary whenever it is free, and it gives up one core
+for each other instance that is generating, re-balanced between tokens.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from edgefleet.serving.engines.base import Engine, StreamItem
-from edgefleet.serving.engines.llamacpp_threads import QuietThreadpool
 from edgefleet.serving.engines.text import StopStringFilter
 from edgefleet.serving.errors import InvalidArgument
 from edgefleet.serving.types import (
@@ -49,9 +54,37 @@ class _Instance:
     index: int
     llama: llama_cpp.Llama
     lock: threading.Lock
-    threadpool: QuietThreadpool
+    # The one thread that ever touches this instance (see the module doc).
+    thread: concurrent.futures.ThreadPoolExecutor
     threads: int = 0
     tokens_in_use: int = 0
+
+
+class _DeltaBatcher:
+    """Hands text to the event loop: the first piece at once, then at most once per interval.
+
+    Every hand-over wakes the event loop and, through gRPC, the client; on a
+    small machine those wake-ups steal the cores the model runs on. Batching
+    tokens into ~tens of milliseconds keeps streaming smooth for people while
+    costing far fewer wake-ups (vLLM's --stream-interval does the same).
+    """
+
+    def __init__(self, emit: Callable[[StreamItem | BaseException], None], interval_s: float):
+        self._emit = emit
+        self._interval_s = interval_s
+        self._parts: list[str] = []
+        self._last_flush: float | None = None
+
+    def add(self, text: str, now: float) -> None:
+        self._parts.append(text)
+        if self._last_flush is None or now - self._last_flush >= self._interval_s:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        if self._parts:
+            self._emit(TextDelta("".join(self._parts)))
+            self._parts.clear()
+            self._last_flush = now
 
 
 class LlamaCppEngine(Engine):
@@ -66,7 +99,7 @@ class LlamaCppEngine(Engine):
         threads: int,
         context_length: int,
         model_sha256: str | None = None,
-        cpu_poll: int = 0,
+        stream_interval_s: float = 0.0,
     ) -> None:
         self.model_path = model_path
         self.model_name = model_name
@@ -74,12 +107,10 @@ class LlamaCppEngine(Engine):
         self.context_length = context_length
         self.capacity = instances
         self._threads = threads
-        self._cpu_poll = cpu_poll
+        self._stream_interval_s = stream_interval_s
         self._instances: list[_Instance] = []
-        self._free: asyncio.Queue[_Instance] = asyncio.Queue()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=instances, thread_name_prefix="llamacpp"
-        )
+        self._idle: list[_Instance] = []
+        self._instance_freed = asyncio.Event()
         self._active = 0
         self._active_lock = threading.Lock()
         self._cancels: dict[str, threading.Event] = {}
@@ -87,27 +118,42 @@ class LlamaCppEngine(Engine):
         self._ready = False
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         for index in range(self.capacity):
-            llama = await asyncio.to_thread(self._load)
+            thread = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"llamacpp-{index}"
+            )
+            threads = self._threads if index == 0 else 1
+            llama = await loop.run_in_executor(thread, self._load, threads)
             instance = _Instance(
-                index=index,
-                llama=llama,
-                lock=threading.Lock(),
-                threadpool=QuietThreadpool(llama, self._threads, self._cpu_poll),
+                index=index, llama=llama, lock=threading.Lock(), thread=thread, threads=threads
             )
             self._instances.append(instance)
-            self._free.put_nowait(instance)
+            self._idle.append(instance)
         self._formatter = self._chat_formatter(self._instances[0].llama)
         self._ready = True
 
-    def _load(self) -> llama_cpp.Llama:
+    def _load(self, threads: int) -> llama_cpp.Llama:
         return llama_cpp.Llama(
             model_path=str(self.model_path),
             n_ctx=self.context_length,
-            n_threads=self._threads,
-            n_threads_batch=self._threads,
+            n_threads=threads,
+            n_threads_batch=threads,
             verbose=False,
         )
+
+    async def _acquire(self) -> _Instance:
+        """The free instance with the lowest index: the primary when it is free."""
+        while not self._idle:
+            self._instance_freed.clear()
+            await self._instance_freed.wait()
+        instance = min(self._idle, key=lambda candidate: candidate.index)
+        self._idle.remove(instance)
+        return instance
+
+    def _release(self, instance: _Instance) -> None:
+        self._idle.append(instance)
+        self._instance_freed.set()
 
     @staticmethod
     def _chat_formatter(llama: llama_cpp.Llama) -> Jinja2ChatFormatter:
@@ -144,10 +190,9 @@ class LlamaCppEngine(Engine):
         self._ready = False
         for event in self._cancels.values():
             event.set()
-        self._executor.shutdown(wait=True)
         for instance in self._instances:
+            instance.thread.shutdown(wait=True)
             with instance.lock:
-                instance.threadpool.free()
                 instance.llama.close()
         self._instances.clear()
 
@@ -158,7 +203,7 @@ class LlamaCppEngine(Engine):
         return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
-        instance = await self._free.get()
+        instance = await self._acquire()
         handed_to_worker = False
         try:
             tokens = self.prompt_tokens(request, instance.llama)
@@ -180,10 +225,10 @@ class LlamaCppEngine(Engine):
 
             def give_back() -> None:
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._free.put_nowait, instance)
+                    loop.call_soon_threadsafe(self._release, instance)
 
             max_new = min(request.sampling.max_tokens, room)
-            self._executor.submit(
+            instance.thread.submit(
                 self._run, instance, tokens, request, max_new, emit, give_back, cancel
             )
             handed_to_worker = True
@@ -204,7 +249,7 @@ class LlamaCppEngine(Engine):
                 self._cancels.pop(request.request_id, None)
         finally:
             if not handed_to_worker:
-                self._free.put_nowait(instance)
+                self._release(instance)
 
     @staticmethod
     def _coalesce(first: TextDelta, items: asyncio.Queue[StreamItem | BaseException]) -> TextDelta:
@@ -218,7 +263,9 @@ class LlamaCppEngine(Engine):
         return TextDelta("".join(parts)) if len(parts) > 1 else first
 
     def _fit_threads(self, instance: _Instance) -> None:
-        wanted = max(1, self._threads // max(1, self._active))
+        if instance.index != 0:
+            return  # secondaries stay single-threaded (see the module doc)
+        wanted = max(1, self._threads - (self._active - 1))
         if wanted != instance.threads:
             llama_cpp.llama_set_n_threads(instance.llama._ctx.ctx, wanted, wanted)
             instance.threads = wanted
@@ -263,6 +310,7 @@ class LlamaCppEngine(Engine):
         llama.set_seed(seed & 0xFFFFFFFF)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopStringFilter(sampling.stop)
+        deltas = _DeltaBatcher(emit, self._stream_interval_s)
         vocab = llama._model.vocab
         generated = 0
         finish = FinishReason.LENGTH
@@ -288,8 +336,9 @@ class LlamaCppEngine(Engine):
                 instance.tokens_in_use = len(tokens) + generated
                 text, stopped = stops.feed(decoder.decode(llama.detokenize([token])))
                 if text:
-                    first_text_at = first_text_at or time.monotonic()
-                    emit(TextDelta(text))
+                    now = time.monotonic()
+                    first_text_at = first_text_at or now
+                    deltas.add(text, now)
                 if stopped:
                     finish, stop_string_hit = FinishReason.STOP, True
                     break
@@ -305,8 +354,9 @@ class LlamaCppEngine(Engine):
             text += stops.flush()
             if text:
                 first_text_at = first_text_at or time.monotonic()
-                emit(TextDelta(text))
+                deltas.add(text, time.monotonic())
         ended = time.monotonic()
+        deltas.flush(ended)
         return Completion(
             finish_reason=finish,
             usage=Usage(prompt_tokens=len(tokens), completion_tokens=generated),
