@@ -237,8 +237,6 @@ class LlamaCppEngine(Engine):
                     item = await items.get()
                     if isinstance(item, BaseException):
                         raise item
-                    if isinstance(item, TextDelta):
-                        item = self._coalesce(item, items)
                     yield item
                     if isinstance(item, Completion):
                         return
@@ -250,17 +248,6 @@ class LlamaCppEngine(Engine):
         finally:
             if not handed_to_worker:
                 self._release(instance)
-
-    @staticmethod
-    def _coalesce(first: TextDelta, items: asyncio.Queue[StreamItem | BaseException]) -> TextDelta:
-        """Join deltas that queued up while the client was slower than the model."""
-        parts = [first.text]
-        while not items.empty():
-            peeked = items._queue[0]  # type: ignore[attr-defined]
-            if not isinstance(peeked, TextDelta):
-                break
-            parts.append(items.get_nowait().text)  # type: ignore[union-attr]
-        return TextDelta("".join(parts)) if len(parts) > 1 else first
 
     def _fit_threads(self, instance: _Instance) -> None:
         if instance.index != 0:
