@@ -55,7 +55,7 @@ test: install protos-check lint testbed
 test-unit: install
 	$(PY) -m pytest tests/unit
 
-test-dataplane: install
+test-dataplane: install testbed
 	$(PY) -m pytest tests/dataplane
 
 # The Kubernetes test bed's binaries (kube-apiserver & co., etcd, kwok, helm,
