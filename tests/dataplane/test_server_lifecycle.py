@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -105,3 +106,28 @@ def test_matching_checksum_starts_and_reports_it() -> None:
         assert model.sha256.startswith("b179c952")
     finally:
         server.stop()
+
+
+def run_server(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgefleet.serving.server", "--metrics-listen", "", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_file_that_is_not_a_model_is_refused_clearly(tmp_path: Path) -> None:
+    not_a_model = tmp_path / "notes.gguf"
+    not_a_model.write_text("not a model")
+    result = run_server("--model", str(not_a_model), "--listen", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert "cannot load notes" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+
+
+def test_busy_listen_address_is_refused_clearly(model_server: ModelServer) -> None:
+    result = run_server("--listen", model_server.target)
+    assert result.returncode == 2
+    assert f"cannot listen on {model_server.target}" in result.stderr
+    assert "Traceback" not in result.stderr

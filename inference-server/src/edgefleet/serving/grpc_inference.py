@@ -8,7 +8,7 @@ import grpc
 
 from edgefleet.serving import grpc_errors
 from edgefleet.serving.service import Finished, ModelService
-from edgefleet.serving.types import FinishReason
+from edgefleet.serving.types import FinishReason, GenerationRequest
 from edgefleet.serving.validation import generation_request
 from edgefleet.v1 import inference_pb2 as pb
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
@@ -33,7 +33,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def record_outcome(self, outcome: str) -> None:
         self.service.metrics.outcome(outcome)
 
-    def _request(self, request: pb.GenerateRequest):
+    def _request(self, request: pb.GenerateRequest) -> GenerationRequest:
         return generation_request(
             request, self.service.config, self.service.model_name, self.service.model_aliases
         )

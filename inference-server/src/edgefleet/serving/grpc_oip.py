@@ -132,20 +132,28 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def _model(self, name: str) -> str:
         return served_model(name, self.service.model_name, self.service.model_aliases)
 
-    async def ServerLive(self, request, context):
+    async def ServerLive(
+        self, request: oip.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ServerLiveResponse:
         return oip.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context):
+    async def ServerReady(
+        self, request: oip.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ServerReadyResponse:
         ready = self.service.engine.ready() and not self.service.admission.draining
         return oip.ServerReadyResponse(ready=ready)
 
     @grpc_errors.unary
-    async def ModelReady(self, request: oip.ModelReadyRequest, context) -> oip.ModelReadyResponse:
+    async def ModelReady(
+        self, request: oip.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ModelReadyResponse:
         self._model(request.name)
         ready = self.service.engine.ready() and not self.service.admission.draining
         return oip.ModelReadyResponse(ready=ready)
 
-    async def ServerMetadata(self, request, context):
+    async def ServerMetadata(
+        self, request: oip.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> oip.ServerMetadataResponse:
         return oip.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
 
     @grpc_errors.unary

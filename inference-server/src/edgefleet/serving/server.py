@@ -83,9 +83,10 @@ class InferenceServer:
             (INFERENCE_SERVICE, OIP_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
             self.server,
         )
-        self.port = self.server.add_insecure_port(config.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.listen}")
+        try:
+            self.port = self.server.add_insecure_port(config.listen)
+        except RuntimeError as exc:  # grpc reports bind failures this way
+            raise OSError(f"cannot listen on {config.listen}: address invalid or in use") from exc
         self._stopped = asyncio.Event()
 
     @property
@@ -102,7 +103,11 @@ class InferenceServer:
         await self.server.start()
         log.info("listening on %s; loading %s", self.config.listen, self.engine.model_name)
         started = time.monotonic()
-        await self.engine.start()
+        try:
+            await self.engine.start()
+        except Exception as exc:
+            await self.server.stop(grace=None)
+            raise ModelFileError(f"cannot load {self.engine.model_name}: {exc}") from exc
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving %s with %s (%d instances, context %d) after %.1fs",
