@@ -164,11 +164,9 @@ def test_process_pod_serves_http_at_its_endpointslice_address_to_host_and_pods(
     assert client_pod["status"]["podIP"] != address
 
 
-def test_process_pod_uses_its_in_cluster_service_account_with_exactly_its_rbac(
-    testbed_cluster: Cluster, namespace: str
-) -> None:
-    cluster = testbed_cluster
-    cluster.kubectl("-n", namespace, "create", "serviceaccount", "lister")
+def _service_account_that_may_list_configmaps(cluster: Cluster, namespace: str, name: str) -> None:
+    """A ServiceAccount whose only permission is listing ConfigMaps in its namespace."""
+    cluster.kubectl("-n", namespace, "create", "serviceaccount", name)
     cluster.kubectl(
         "-n", namespace, "create", "role", "cm-lister", "--verb=list", "--resource=configmaps"
     )
@@ -177,10 +175,17 @@ def test_process_pod_uses_its_in_cluster_service_account_with_exactly_its_rbac(
         namespace,
         "create",
         "rolebinding",
-        "lister",
+        name,
         "--role=cm-lister",
-        f"--serviceaccount={namespace}:lister",
+        f"--serviceaccount={namespace}:{name}",
     )
+
+
+def test_process_pod_uses_its_in_cluster_service_account_with_exactly_its_rbac(
+    testbed_cluster: Cluster, namespace: str
+) -> None:
+    cluster = testbed_cluster
+    _service_account_that_may_list_configmaps(cluster, namespace, "lister")
     cluster.kubectl("-n", namespace, "create", "configmap", "marker")
     cluster.apply(
         _pod("in-cluster", IN_CLUSTER, {}, serviceAccountName="lister", restartPolicy="Never"),
@@ -327,19 +332,7 @@ def test_kopf_service_account_login_reaches_the_api_by_its_in_cluster_name(
     # kopf is a dev dependency: a missing kopf must fail here, not skip.
     assert importlib.util.find_spec("kopf") is not None, "pip install -e .[dev] brings kopf"
     cluster = testbed_cluster
-    cluster.kubectl("-n", namespace, "create", "serviceaccount", "operator")
-    cluster.kubectl(
-        "-n", namespace, "create", "role", "cm-lister", "--verb=list", "--resource=configmaps"
-    )
-    cluster.kubectl(
-        "-n",
-        namespace,
-        "create",
-        "rolebinding",
-        "operator",
-        "--role=cm-lister",
-        f"--serviceaccount={namespace}:operator",
-    )
+    _service_account_that_may_list_configmaps(cluster, namespace, "operator")
     cluster.apply(
         _pod("kopf-login", KOPF_LOGIN, {}, serviceAccountName="operator", restartPolicy="Never"),
         namespace=namespace,
