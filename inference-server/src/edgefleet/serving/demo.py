@@ -14,7 +14,12 @@ import grpc
 
 from edgefleet.serving.readiness import NotServing, free_local_port, wait_until_serving
 
-QUESTIONS = ("What is the capital of France?", "Give me two tips for staying focused.")
+# Fixed sampling so the demo shows the same answers every time: a 135M model
+# answers facts well greedily, and lists better with a little temperature.
+QUESTIONS = (
+    ("What is the capital of France?", ("--temperature", "0")),
+    ("Name three planets in our solar system.", ("--temperature", "0.2", "--seed", "1")),
+)
 START_TIMEOUT_S = 120.0
 
 
@@ -42,9 +47,9 @@ def main() -> None:
         with grpc.insecure_channel(target) as channel:
             wait_until_serving(channel, START_TIMEOUT_S)
         print("==> health: SERVING")
-        for question in QUESTIONS:
-            print(f"\n==> edgefleet generate {question!r}")
-            cli(target, "generate", question, "--max-tokens", "96", "--temperature", "0")
+        for question, sampling in QUESTIONS:
+            print(f"\n==> edgefleet generate {question!r} {' '.join(sampling)}")
+            cli(target, "generate", question, "--max-tokens", "96", *sampling)
         print("\n==> edgefleet models")
         cli(target, "models")
     except NotServing as exc:
