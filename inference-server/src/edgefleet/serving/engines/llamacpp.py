@@ -113,7 +113,8 @@ class LlamaCppEngine(Engine):
         self._instance_freed = asyncio.Event()
         self._active = 0
         self._active_lock = threading.Lock()
-        self._cancels: dict[str, threading.Event] = {}
+        # Clients choose request ids, so two running requests may share one.
+        self._cancels: dict[str, list[threading.Event]] = {}
         self._formatter: Jinja2ChatFormatter | None = None
         self._ready = False
 
@@ -180,16 +181,16 @@ class LlamaCppEngine(Engine):
         )
 
     async def cancel(self, request_id: str) -> bool:
-        event = self._cancels.get(request_id)
-        if event is None:
-            return False
-        event.set()
-        return True
+        events = self._cancels.get(request_id, [])
+        for event in events:
+            event.set()
+        return bool(events)
 
     async def close(self) -> None:
         self._ready = False
-        for event in self._cancels.values():
-            event.set()
+        for events in self._cancels.values():
+            for event in events:
+                event.set()
         for instance in self._instances:
             instance.thread.shutdown(wait=True)
             with instance.lock:
@@ -217,7 +218,7 @@ class LlamaCppEngine(Engine):
             loop = asyncio.get_running_loop()
             items: asyncio.Queue[StreamItem | BaseException] = asyncio.Queue()
             cancel = threading.Event()
-            self._cancels[request.request_id] = cancel
+            self._cancels.setdefault(request.request_id, []).append(cancel)
 
             def emit(item: StreamItem | BaseException) -> None:
                 with contextlib.suppress(RuntimeError):  # loop already closed
@@ -244,7 +245,10 @@ class LlamaCppEngine(Engine):
                 # Reached on completion, error, client cancellation and
                 # deadline alike: the worker stops at its next token.
                 cancel.set()
-                self._cancels.pop(request.request_id, None)
+                sharing = self._cancels[request.request_id]
+                sharing.remove(cancel)
+                if not sharing:
+                    del self._cancels[request.request_id]
         finally:
             if not handed_to_worker:
                 self._release(instance)
