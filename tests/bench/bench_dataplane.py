@@ -95,15 +95,8 @@ def raw_llama(max_tokens: int, threads: int) -> tuple[Generate, Callable[[], Non
     return generate, llama.close
 
 
-def edgefleet(max_tokens: int, instances: int) -> tuple[Generate, Callable[[], None]]:
-    server = spawn_server(
-        "--instances",
-        str(instances),
-        "--max-queue",
-        "16",
-        "--context-length",
-        str(CONTEXT),
-    )
+def edgefleet(max_tokens: int, *engine_flags: str) -> tuple[Generate, Callable[[], None]]:
+    server = spawn_server(*engine_flags, "--max-queue", "16", "--context-length", str(CONTEXT))
     server.wait_serving()
     stub = server.stub
 
@@ -221,12 +214,16 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="single-stream passes over prompts")
     parser.add_argument("--instances", type=int, default=2, help="edgefleet model instances")
+    parser.add_argument("--sequences", type=int, default=8, help="edgefleet batched sequences")
     args = parser.parse_args()
     threads = os.cpu_count() or 1
     systems = {
         "(a) llama_cpp.Llama in-process": lambda: raw_llama(args.max_tokens, threads),
-        f"(b) edgefleet-server gRPC ({args.instances} instances)": lambda: edgefleet(
-            args.max_tokens, args.instances
+        f"(b) edgefleet-server gRPC, instance pool ({args.instances} instances)": lambda: edgefleet(
+            args.max_tokens, "--instances", str(args.instances)
+        ),
+        f"(b2) edgefleet-server gRPC, continuous batching ({args.sequences} sequences)": lambda: (
+            edgefleet(args.max_tokens, "--batch-sequences", str(args.sequences))
         ),
         "(c) llama_cpp.server HTTP (peer)": lambda: llama_cpp_server(args.max_tokens, threads),
     }
@@ -264,12 +261,15 @@ def main() -> None:
             f"| {name} | {single['tps']:.1f} | {single['ttft_p50']:.1f} | "
             f"{single['ttft_p95']:.1f} | " + " | ".join(cells) + " |"
         )
-    a, b = rows[0][1], rows[1][1]
-    print(
-        f"\n(b) vs (a) single-stream: tok/s {100 * (b['tps'] / a['tps'] - 1):+.1f} %, "
-        f"TTFT p50 {b['ttft_p50'] - a['ttft_p50']:+.1f} ms"
-    )
-    print(f"(b) vs (c) aggregate @4: {rows[1][2][4] / rows[2][2][4]:.2f}x")
+    raw, peer = rows[0], rows[-1]
+    for name, single, levels in rows[1:-1]:
+        label = name.split(" ", 1)[0]
+        loss = 100 * (single["tps"] / raw[1]["tps"] - 1)
+        print(
+            f"\n{label} vs (a) single-stream: tok/s {loss:+.1f} %,"
+            f" TTFT p50 {single['ttft_p50'] - raw[1]['ttft_p50']:+.1f} ms; "
+            f"vs (c) aggregate @4: {levels[4] / peer[2][4]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -6,11 +6,9 @@ import pytest
 
 from tests.support.model_server import ModelServer, running_server
 
-# Two instances, two generating at once, two more may queue: small numbers
-# that make admission behaviour easy to drive from a test.
+# Two generating at once, two more may queue: small numbers that make
+# admission behaviour easy to drive from a test.
 SERVER_FLAGS = (
-    "--instances",
-    "2",
     "--max-concurrency",
     "2",
     "--max-queue",
@@ -22,9 +20,17 @@ SERVER_FLAGS = (
 )
 
 
-@pytest.fixture(scope="session")
-def model_server() -> Iterator[ModelServer]:
-    with running_server(*SERVER_FLAGS) as server:
+# Every data-plane test runs against both llama.cpp engines: the instance pool
+# and continuous batching.
+ENGINES = {
+    "pool": ("--instances", "2"),
+    "batch": ("--batch-sequences", "2"),
+}
+
+
+@pytest.fixture(scope="session", params=list(ENGINES))
+def model_server(request: pytest.FixtureRequest) -> Iterator[ModelServer]:
+    with running_server(*SERVER_FLAGS, *ENGINES[request.param]) as server:
         yield server
 
 

@@ -32,6 +32,9 @@ class ServerConfig:
     metrics_listen: str = "0.0.0.0:9090"
     # Model instances kept in memory; each serves one request at a time.
     instances: int = 2
+    # Continuous batching: 0 keeps the instance pool; N > 0 loads the model
+    # once and decodes up to N requests together in one context.
+    batch_sequences: int = 0
     # CPU threads shared by all instances; 0 means all cores.
     threads: int = 0
     # Streamed text is handed over at most this often (the first token at
@@ -60,10 +63,12 @@ class ServerConfig:
         if self.threads <= 0:
             self.threads = os.cpu_count() or 1
         if self.max_concurrency <= 0:
-            self.max_concurrency = self.instances
+            self.max_concurrency = self.batch_sequences or self.instances
         problems = []
         if self.instances < 1:
             problems.append("instances must be at least 1")
+        if self.batch_sequences < 0:
+            problems.append("batch_sequences must not be negative")
         if self.max_queue < 0:
             problems.append("max_queue must not be negative")
         if self.context_length < 64:

@@ -43,13 +43,25 @@ def build_engine(config: ServerConfig) -> Engine:
     if config.engine != "llamacpp":
         raise ValueError(f"unknown engine {config.engine!r}; this build has: llamacpp")
     model_file = resolve_model(config.model, config.model_sha256 or None)
-    from edgefleet.serving.engines.llamacpp import LlamaCppEngine
-
     name = config.model_name or (
         DEFAULT_MODEL_NAME
         if config.model in ("default", DEFAULT_MODEL_NAME)
         else model_file.path.stem
     )
+    if config.batch_sequences:
+        from edgefleet.serving.engines.llamacpp_batch import LlamaCppBatchEngine
+
+        return LlamaCppBatchEngine(
+            model_file.path,
+            name,
+            sequences=config.batch_sequences,
+            threads=config.threads,
+            context_length=config.context_length,
+            model_sha256=model_file.sha256,
+            stream_interval_s=config.stream_interval_ms / 1000,
+        )
+    from edgefleet.serving.engines.llamacpp import LlamaCppEngine
+
     return LlamaCppEngine(
         model_file.path,
         name,

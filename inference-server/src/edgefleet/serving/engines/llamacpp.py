@@ -32,14 +32,13 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from edgefleet.serving.engines.base import Engine, StreamItem
-from edgefleet.serving.engines.text import StopStringFilter
+from edgefleet.serving.engines.text import DeltaBatcher, StopStringFilter
 from edgefleet.serving.errors import InvalidArgument
 from edgefleet.serving.types import (
     Completion,
     EngineStats,
     FinishReason,
     GenerationRequest,
-    TextDelta,
     Usage,
 )
 
@@ -47,6 +46,39 @@ from edgefleet.serving.types import (
 # the library's own for the same seed.
 _TOP_K = 40
 _MIN_P = 0.05
+
+
+def chat_formatter(llama: llama_cpp.Llama) -> Jinja2ChatFormatter:
+    """The chat template shipped in the GGUF file, as llama-cpp-python renders it."""
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ValueError("the GGUF file has no tokenizer.chat_template; a chat model is needed")
+    model = llama._model
+    return Jinja2ChatFormatter(
+        template=template,
+        eos_token=model.token_get_text(llama.token_eos()),
+        bos_token=model.token_get_text(llama.token_bos()),
+    )
+
+
+def prompt_tokens(
+    request: GenerationRequest, formatter: Jinja2ChatFormatter, llama: llama_cpp.Llama
+) -> list[int]:
+    messages = [{"role": m.role, "content": m.content} for m in request.messages]
+    prompt = formatter(messages=messages).prompt  # type: ignore[arg-type]
+    return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+
+
+def room_for_answer(tokens: list[int], context_length: int) -> int:
+    """Tokens left for the answer; InvalidArgument when the prompt alone fills the context."""
+    room = context_length - len(tokens)
+    if room <= 0:
+        raise InvalidArgument(
+            "messages",
+            f"the prompt is {len(tokens)} tokens but the context holds "
+            f"{context_length} tokens for prompt and answer together",
+        )
+    return room
 
 
 @dataclass
@@ -58,33 +90,6 @@ class _Instance:
     thread: concurrent.futures.ThreadPoolExecutor
     threads: int = 0
     tokens_in_use: int = 0
-
-
-class _DeltaBatcher:
-    """Hands text to the event loop: the first piece at once, then at most once per interval.
-
-    Every hand-over wakes the event loop and, through gRPC, the client; on a
-    small machine those wake-ups steal the cores the model runs on. Batching
-    tokens into ~tens of milliseconds keeps streaming smooth for people while
-    costing far fewer wake-ups (vLLM's --stream-interval does the same).
-    """
-
-    def __init__(self, emit: Callable[[StreamItem | BaseException], None], interval_s: float):
-        self._emit = emit
-        self._interval_s = interval_s
-        self._parts: list[str] = []
-        self._last_flush: float | None = None
-
-    def add(self, text: str, now: float) -> None:
-        self._parts.append(text)
-        if self._last_flush is None or now - self._last_flush >= self._interval_s:
-            self.flush(now)
-
-    def flush(self, now: float) -> None:
-        if self._parts:
-            self._emit(TextDelta("".join(self._parts)))
-            self._parts.clear()
-            self._last_flush = now
 
 
 class LlamaCppEngine(Engine):
@@ -131,7 +136,7 @@ class LlamaCppEngine(Engine):
             )
             self._instances.append(instance)
             self._idle.append(instance)
-        self._formatter = self._chat_formatter(self._instances[0].llama)
+        self._formatter = chat_formatter(self._instances[0].llama)
         self._ready = True
 
     def _load(self, threads: int) -> llama_cpp.Llama:
@@ -155,18 +160,6 @@ class LlamaCppEngine(Engine):
     def _release(self, instance: _Instance) -> None:
         self._idle.append(instance)
         self._instance_freed.set()
-
-    @staticmethod
-    def _chat_formatter(llama: llama_cpp.Llama) -> Jinja2ChatFormatter:
-        template = llama.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ValueError("the GGUF file has no tokenizer.chat_template; a chat model is needed")
-        model = llama._model
-        return Jinja2ChatFormatter(
-            template=template,
-            eos_token=model.token_get_text(llama.token_eos()),
-            bos_token=model.token_get_text(llama.token_bos()),
-        )
 
     def ready(self) -> bool:
         return self._ready
@@ -197,24 +190,13 @@ class LlamaCppEngine(Engine):
                 instance.llama.close()
         self._instances.clear()
 
-    def prompt_tokens(self, request: GenerationRequest, llama: llama_cpp.Llama) -> list[int]:
-        assert self._formatter is not None
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        prompt = self._formatter(messages=messages).prompt  # type: ignore[arg-type]
-        return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         instance = await self._acquire()
         handed_to_worker = False
         try:
-            tokens = self.prompt_tokens(request, instance.llama)
-            room = self.context_length - len(tokens)
-            if room <= 0:
-                raise InvalidArgument(
-                    "messages",
-                    f"the prompt is {len(tokens)} tokens but the context holds "
-                    f"{self.context_length} tokens for prompt and answer together",
-                )
+            assert self._formatter is not None
+            tokens = prompt_tokens(request, self._formatter, instance.llama)
+            room = room_for_answer(tokens, self.context_length)
             loop = asyncio.get_running_loop()
             items: asyncio.Queue[StreamItem | BaseException] = asyncio.Queue()
             cancel = threading.Event()
@@ -301,7 +283,7 @@ class LlamaCppEngine(Engine):
         llama.set_seed(seed & 0xFFFFFFFF)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopStringFilter(sampling.stop)
-        deltas = _DeltaBatcher(emit, self._stream_interval_s)
+        deltas = DeltaBatcher(emit, self._stream_interval_s)
         vocab = llama._model.vocab
         generated = 0
         finish = FinishReason.LENGTH

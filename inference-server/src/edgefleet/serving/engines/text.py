@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from edgefleet.serving.types import TextDelta
+
 
 class StopStringFilter:
     """Cuts a stream of text before the first stop string.
@@ -41,3 +45,30 @@ class StopStringFilter:
             if buffer.endswith(stop[:length]):
                 return length
         return 0
+
+
+class DeltaBatcher:
+    """Hands text to the event loop: the first piece at once, then at most once per interval.
+
+    Every hand-over wakes the event loop and, through gRPC, the client; on a
+    small machine those wake-ups steal the cores the model runs on. Batching
+    tokens into ~tens of milliseconds keeps streaming smooth for people while
+    costing far fewer wake-ups (vLLM's --stream-interval does the same).
+    """
+
+    def __init__(self, emit: Callable[[TextDelta], None], interval_s: float):
+        self._emit = emit
+        self._interval_s = interval_s
+        self._parts: list[str] = []
+        self._last_flush: float | None = None
+
+    def add(self, text: str, now: float) -> None:
+        self._parts.append(text)
+        if self._last_flush is None or now - self._last_flush >= self._interval_s:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        if self._parts:
+            self._emit(TextDelta("".join(self._parts)))
+            self._parts.clear()
+            self._last_flush = now
