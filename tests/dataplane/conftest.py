@@ -23,7 +23,7 @@ SERVER_FLAGS = (
 # Every data-plane test runs against both llama.cpp engines: the instance pool
 # and continuous batching.
 ENGINES = {
-    "pool": ("--instances", "2"),
+    "pool": ("--batch-sequences", "0", "--instances", "2"),
     "batch": ("--batch-sequences", "2"),
 }
 
@@ -31,6 +31,7 @@ ENGINES = {
 @pytest.fixture(scope="session", params=list(ENGINES))
 def model_server(request: pytest.FixtureRequest) -> Iterator[ModelServer]:
     with running_server(*SERVER_FLAGS, *ENGINES[request.param]) as server:
+        server.label = request.param
         yield server
 
 

@@ -44,7 +44,7 @@ def test_reflection_lists_inference_oip_and_health_services(model_server: ModelS
 
 
 def test_sigterm_drains_in_flight_stream_while_health_reports_not_serving() -> None:
-    with running_server("--instances", "1", "--drain-grace-s", "60") as server:
+    with running_server("--drain-grace-s", "60") as server:
         stream = server.stub.GenerateStream(
             pb.GenerateRequest(
                 prompt="Tell a story.",

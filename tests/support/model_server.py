@@ -26,6 +26,8 @@ class ModelServer:
     target: str
     metrics_url: str
     log_path: Path
+    #: Which engine configuration the tests asked for ("pool", "batch"), if any.
+    label: str = ""
     channel: grpc.Channel = field(init=False)
 
     def __post_init__(self) -> None:

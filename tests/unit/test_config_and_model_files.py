@@ -17,11 +17,16 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_flag_wins_over_environment_which_wins_over_default() -> None:
-    environ = {"EDGEFLEET_INSTANCES": "3", "EDGEFLEET_MAX_QUEUE": "5"}
+    environ = {"EDGEFLEET_BATCH_SEQUENCES": "3", "EDGEFLEET_MAX_QUEUE": "5"}
     config = config_from(parse("--max-queue", "9"), environ)
-    assert (config.instances, config.max_queue) == (3, 9)
-    assert config.max_concurrency == 3  # follows instances unless set
-    assert config_from(parse(), {}).instances == ServerConfig().instances
+    assert (config.batch_sequences, config.max_queue) == (3, 9)
+    assert config.max_concurrency == 3  # follows the batch size unless set
+    assert config_from(parse(), {}).batch_sequences == ServerConfig().batch_sequences
+
+
+def test_instance_pool_concurrency_follows_instances() -> None:
+    config = config_from(parse("--batch-sequences", "0", "--instances", "3"), {})
+    assert config.max_concurrency == 3
 
 
 def test_bad_environment_value_names_the_variable() -> None:

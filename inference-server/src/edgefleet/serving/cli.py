@@ -114,11 +114,11 @@ def _generate(channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 def _models(channel: grpc.Channel, args: argparse.Namespace) -> int:
     reply = pb_grpc.InferenceStub(channel).ListModels(pb.ListModelsRequest(), timeout=args.timeout)
-    print(f"{'NAME':<24} {'ENGINE':<10} {'CONTEXT':>7} {'INSTANCES':>9} READY")
+    print(f"{'NAME':<24} {'ENGINE':<10} {'CONTEXT':>7} {'INSTANCES':>9} {'CONCURRENT':>10} READY")
     for model in reply.models:
         print(
             f"{model.name:<24} {model.engine:<10} {model.context_length:>7} "
-            f"{model.instances:>9} {model.ready}"
+            f"{model.instances:>9} {model.max_concurrent:>10} {model.ready}"
         )
     return 0
 

@@ -30,11 +30,12 @@ class ServerConfig:
     listen: str = "0.0.0.0:50051"
     # Prometheus /metrics address; empty disables it.
     metrics_listen: str = "0.0.0.0:9090"
-    # Model instances kept in memory; each serves one request at a time.
+    # With batch_sequences 0: model copies kept in memory, one request each.
     instances: int = 2
-    # Continuous batching: 0 keeps the instance pool; N > 0 loads the model
-    # once and decodes up to N requests together in one context.
-    batch_sequences: int = 0
+    # Continuous batching: the model is loaded once and up to N requests are
+    # decoded together in one context. 0 switches to a pool of `instances`
+    # separate model copies instead.
+    batch_sequences: int = 4
     # CPU threads shared by all instances; 0 means all cores.
     threads: int = 0
     # Streamed text is handed over at most this often (the first token at

@@ -103,7 +103,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     engine=engine.name,
                     context_length=engine.context_length,
                     ready=engine.ready(),
-                    instances=engine.capacity,
+                    instances=engine.instances,
+                    max_concurrent=engine.capacity,
                     sha256=engine.model_sha256 or "",
                 )
             ]

@@ -122,7 +122,7 @@ class InferenceServer:
             raise ModelFileError(f"cannot load {self.engine.model_name}: {exc}") from exc
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "serving %s with %s (%d instances, context %d) after %.1fs",
+            "serving %s with %s (%d generating at once, context %d) after %.1fs",
             self.engine.model_name,
             self.engine.name,
             self.engine.capacity,

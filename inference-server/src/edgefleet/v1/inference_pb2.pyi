@@ -160,20 +160,22 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "engine", "context_length", "ready", "instances", "sha256")
+    __slots__ = ("name", "engine", "context_length", "ready", "instances", "sha256", "max_concurrent")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     engine: str
     context_length: int
     ready: bool
     instances: int
     sha256: str
-    def __init__(self, name: _Optional[str] = ..., engine: _Optional[str] = ..., context_length: _Optional[int] = ..., ready: bool = ..., instances: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    max_concurrent: int
+    def __init__(self, name: _Optional[str] = ..., engine: _Optional[str] = ..., context_length: _Optional[int] = ..., ready: bool = ..., instances: _Optional[int] = ..., sha256: _Optional[str] = ..., max_concurrent: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

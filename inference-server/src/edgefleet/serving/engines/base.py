@@ -23,6 +23,8 @@ class Engine(abc.ABC):
     context_length: int
     #: Requests this engine can generate at once.
     capacity: int
+    #: Copies of the model held in memory.
+    instances: int = 1
     #: sha256 of the loaded model file, when known.
     model_sha256: str | None = None
 

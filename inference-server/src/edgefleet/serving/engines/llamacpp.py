@@ -110,7 +110,7 @@ class LlamaCppEngine(Engine):
         self.model_name = model_name
         self.model_sha256 = model_sha256
         self.context_length = context_length
-        self.capacity = instances
+        self.capacity = self.instances = instances
         self._threads = threads
         self._stream_interval_s = stream_interval_s
         self._instances: list[_Instance] = []
