@@ -220,7 +220,7 @@ def main() -> None:
     systems = {
         "(a) llama_cpp.Llama in-process": lambda: raw_llama(args.max_tokens, threads),
         f"(b) edgefleet-server gRPC, instance pool ({args.instances} instances)": lambda: edgefleet(
-            args.max_tokens, "--instances", str(args.instances)
+            args.max_tokens, "--batch-sequences", "0", "--instances", str(args.instances)
         ),
         f"(b2) edgefleet-server gRPC, continuous batching ({args.sequences} sequences)": lambda: (
             edgefleet(args.max_tokens, "--batch-sequences", str(args.sequences))
