@@ -5,10 +5,11 @@
 (c) the peer llama_cpp.server over OpenAI-compatible HTTP (openai SDK, streaming)
 
 Reports single-stream decode tok/s and TTFT p50/p95 (client-side, from sending
-the request to the first text), then aggregate tok/s at 1, 2, 4 and 8
-concurrent streams. Prints a markdown table (paste it into docs/benchmarks.md).
+the request to the first text; requests interleaved across systems), then
+aggregate tok/s at 1, 2, 4 and 8 concurrent streams. Prints a markdown table
+(paste it into docs/benchmarks.md).
 
-    .venv/bin/python tests/bench/bench_dataplane.py [--max-tokens 128] [--rounds 2]
+    .venv/bin/python tests/bench/bench_dataplane.py [--max-tokens 128] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -184,14 +185,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def single_stream(generate: Generate, rounds: int) -> dict[str, float]:
-    samples = [generate(prompt) for _ in range(rounds) for prompt in PROMPTS]
+def summarise(samples: list[Sample]) -> dict[str, float]:
     return {
         "tps": statistics.mean(s.decode_tps for s in samples),
         "ttft_p50": percentile([s.ttft_s for s in samples], 0.5) * 1000,
         "ttft_p95": percentile([s.ttft_s for s in samples], 0.95) * 1000,
         "tokens": statistics.mean(s.tokens for s in samples),
     }
+
+
+def single_stream(systems: dict[str, Generate], rounds: int) -> dict[str, dict[str, float]]:
+    """One request at a time, interleaved across systems prompt by prompt.
+
+    The machine's speed drifts by several per cent over minutes (shared
+    host); interleaving spreads that drift over every system alike instead of
+    favouring whichever ran in a fast minute.
+    """
+    samples: dict[str, list[Sample]] = {name: [] for name in systems}
+    for _ in range(rounds):
+        for prompt in PROMPTS:
+            for name, generate in systems.items():
+                samples[name].append(generate(prompt))
+    return {name: summarise(runs) for name, runs in samples.items()}
 
 
 def aggregate(generate: Generate, streams: int) -> float:
@@ -212,7 +227,7 @@ def aggregate(generate: Generate, streams: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=2, help="single-stream passes over prompts")
+    parser.add_argument("--rounds", type=int, default=3, help="single-stream passes over prompts")
     parser.add_argument("--instances", type=int, default=2, help="edgefleet model instances")
     parser.add_argument("--sequences", type=int, default=8, help="edgefleet batched sequences")
     args = parser.parse_args()
@@ -227,22 +242,25 @@ def main() -> None:
         ),
         "(c) llama_cpp.server HTTP (peer)": lambda: llama_cpp_server(args.max_tokens, threads),
     }
-    rows = []
-    for name, start in systems.items():
-        print(f"-- {name}: starting", file=sys.stderr, flush=True)
-        generate, stop = start()
-        try:
-            generate(PROMPTS[0])  # warm-up
-            print(f"-- {name}: single stream", file=sys.stderr, flush=True)
-            single = single_stream(generate, args.rounds)
+    started: dict[str, tuple[Generate, Callable[[], None]]] = {}
+    try:
+        for name, start in systems.items():
+            print(f"-- {name}: starting", file=sys.stderr, flush=True)
+            started[name] = start()
+            started[name][0](PROMPTS[0])  # warm-up
+        print("-- single stream, interleaved", file=sys.stderr, flush=True)
+        single = single_stream({name: gen for name, (gen, _) in started.items()}, args.rounds)
+        rows = []
+        for name, (generate, _) in started.items():
             levels = {}
             if not name.startswith("(a)"):  # one Llama object serves one request at a time
                 for streams in CONCURRENCY:
                     print(f"-- {name}: {streams} concurrent", file=sys.stderr, flush=True)
                     levels[streams] = aggregate(generate, streams)
-        finally:
+            rows.append((name, single[name], levels))
+    finally:
+        for _, stop in started.values():
             stop()
-        rows.append((name, single, levels))
 
     print(
         f"\nSmolLM2-135M-Instruct Q4_1, {platform.machine()} {threads} cores, "
