@@ -8,8 +8,8 @@ thread and hands text back to the event loop.
 CPU threads: llama.cpp parallelises a decode with OpenMP, and every thread
 that runs a parallel decode owns an OpenMP team whose threads stay alive.
 Once libgomp manages more threads than there are cores it stops spinning
-between decodes, and every team (even a lone one) slows down ~2.5x (measured:
-93 -> 32 tok/s on 2 cores). So only the primary instance (index 0) may use
+between decodes, and every team (even a lone one) slows down 2-3x (measured:
+tests/bench/bench_openmp_threads.py). So only the primary instance (index 0) may use
 several threads; the others always decode single-threaded, which needs no
 team. Requests go to the primary whenever it is free, and it gives up one core
 for each other instance that is generating, re-balanced between tokens.
