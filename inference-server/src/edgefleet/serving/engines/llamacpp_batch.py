@@ -250,7 +250,10 @@ class LlamaCppBatchEngine(Engine):
         slot = max(free, key=lambda s: _common_prefix(s.cached, job.tokens))
         # Keep at least one prompt token to decode: its logits start the answer.
         keep = min(_common_prefix(slot.cached, job.tokens), len(job.tokens) - 1)
-        lib.llama_memory_seq_rm(self._memory, slot.seq, keep, -1)
+        if not lib.llama_memory_seq_rm(self._memory, slot.seq, keep, -1):
+            # This cache type cannot cut a sequence in the middle: start afresh.
+            lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+            keep = 0
         del slot.cached[keep:]
         sampling = job.request.sampling
         slot.job, slot.prefilled, slot.pending_token, slot.generated = job, keep, None, 0
