@@ -32,7 +32,8 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from edgefleet.serving.engines.base import Engine, StreamItem
-from edgefleet.serving.engines.text import DeltaBatcher, StopStringFilter
+from edgefleet.serving.engines.plumbing import ItemChannel, RunningRequests
+from edgefleet.serving.engines.text import DeltaBatcher, StopStringFilter, leftover_text
 from edgefleet.serving.errors import InvalidArgument
 from edgefleet.serving.types import (
     Completion,
@@ -118,8 +119,7 @@ class LlamaCppEngine(Engine):
         self._instance_freed = asyncio.Event()
         self._active = 0
         self._active_lock = threading.Lock()
-        # Clients choose request ids, so two running requests may share one.
-        self._cancels: dict[str, list[threading.Event]] = {}
+        self._running = RunningRequests()
         self._formatter: Jinja2ChatFormatter | None = None
         self._ready = False
 
@@ -174,16 +174,11 @@ class LlamaCppEngine(Engine):
         )
 
     async def cancel(self, request_id: str) -> bool:
-        events = self._cancels.get(request_id, [])
-        for event in events:
-            event.set()
-        return bool(events)
+        return self._running.cancel(request_id)
 
     async def close(self) -> None:
         self._ready = False
-        for events in self._cancels.values():
-            for event in events:
-                event.set()
+        self._running.cancel_all()
         for instance in self._instances:
             instance.thread.shutdown(wait=True)
             with instance.lock:
@@ -197,40 +192,23 @@ class LlamaCppEngine(Engine):
             assert self._formatter is not None
             tokens = prompt_tokens(request, self._formatter, instance.llama)
             room = room_for_answer(tokens, self.context_length)
+            channel = ItemChannel()
             loop = asyncio.get_running_loop()
-            items: asyncio.Queue[StreamItem | BaseException] = asyncio.Queue()
-            cancel = threading.Event()
-            self._cancels.setdefault(request.request_id, []).append(cancel)
-
-            def emit(item: StreamItem | BaseException) -> None:
-                with contextlib.suppress(RuntimeError):  # loop already closed
-                    loop.call_soon_threadsafe(items.put_nowait, item)
 
             def give_back() -> None:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(self._release, instance)
 
             max_new = min(request.sampling.max_tokens, room)
-            instance.thread.submit(
-                self._run, instance, tokens, request, max_new, emit, give_back, cancel
-            )
-            handed_to_worker = True
-            try:
-                while True:
-                    item = await items.get()
-                    if isinstance(item, BaseException):
-                        raise item
+            with self._running.track(request.request_id) as cancel:
+                instance.thread.submit(
+                    self._run, instance, tokens, request, max_new, channel.emit, give_back, cancel
+                )
+                handed_to_worker = True
+                # Leaving this block (completion, error, client cancellation,
+                # deadline) sets `cancel`: the worker stops at its next token.
+                async for item in channel.items():
                     yield item
-                    if isinstance(item, Completion):
-                        return
-            finally:
-                # Reached on completion, error, client cancellation and
-                # deadline alike: the worker stops at its next token.
-                cancel.set()
-                sharing = self._cancels[request.request_id]
-                sharing.remove(cancel)
-                if not sharing:
-                    del self._cancels[request.request_id]
         finally:
             if not handed_to_worker:
                 self._release(instance)
@@ -321,10 +299,7 @@ class LlamaCppEngine(Engine):
         finally:
             tokens_iter.close()
         if not stop_string_hit and finish is not FinishReason.CANCELLED:
-            # Bytes of an unfinished character and text held back as a possible
-            # stop string belong to the answer after all.
-            text, _ = stops.feed(decoder.decode(b"", final=True))
-            text += stops.flush()
+            text = leftover_text(decoder, stops)
             if text:
                 first_text_at = first_text_at or time.monotonic()
                 deltas.add(text, time.monotonic())

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import concurrent.futures
-import contextlib
 import queue
 import random
 import threading
@@ -32,7 +31,8 @@ from llama_cpp import llama_cpp as lib
 
 from edgefleet.serving.engines.base import Engine, StreamItem
 from edgefleet.serving.engines.llamacpp import chat_formatter, prompt_tokens, room_for_answer
-from edgefleet.serving.engines.text import DeltaBatcher, StopStringFilter
+from edgefleet.serving.engines.plumbing import ItemChannel, RunningRequests
+from edgefleet.serving.engines.text import DeltaBatcher, StopStringFilter, leftover_text
 from edgefleet.serving.types import (
     Completion,
     EngineStats,
@@ -101,7 +101,7 @@ class LlamaCppBatchEngine(Engine):
         )
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._slots = [_Slot(seq) for seq in range(sequences)]
-        self._cancels: dict[str, list[threading.Event]] = {}
+        self._running = RunningRequests()
         self._tokenizer: llama_cpp.Llama | None = None
         self._scheduler: concurrent.futures.Future[None] | None = None
         self._ready = False
@@ -151,16 +151,11 @@ class LlamaCppBatchEngine(Engine):
         )
 
     async def cancel(self, request_id: str) -> bool:
-        events = self._cancels.get(request_id, [])
-        for event in events:
-            event.set()
-        return bool(events)
+        return self._running.cancel(request_id)
 
     async def close(self) -> None:
         self._ready = False
-        for events in self._cancels.values():
-            for event in events:
-                event.set()
+        self._running.cancel_all()
         self._jobs.put(None)
         if self._scheduler is not None:
             await asyncio.wrap_future(self._scheduler)
@@ -180,32 +175,15 @@ class LlamaCppBatchEngine(Engine):
         assert self._tokenizer is not None
         tokens = prompt_tokens(request, self._formatter, self._tokenizer)
         room = room_for_answer(tokens, self.context_length)
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[StreamItem | BaseException] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def emit(item: StreamItem | BaseException) -> None:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(items.put_nowait, item)
-
-        sharing = self._cancels.setdefault(request.request_id, [])
-        sharing.append(cancel)
-        self._jobs.put(_Job(request, tokens, min(request.sampling.max_tokens, room), emit, cancel))
-        try:
-            while True:
-                item = await items.get()
-                if isinstance(item, BaseException):
-                    raise item
+        channel = ItemChannel()
+        max_new = min(request.sampling.max_tokens, room)
+        with self._running.track(request.request_id) as cancel:
+            self._jobs.put(_Job(request, tokens, max_new, channel.emit, cancel))
+            # Leaving this block (completion, error, client cancellation,
+            # deadline) sets `cancel`: the scheduler drops the sequence before
+            # its next step.
+            async for item in channel.items():
                 yield item
-                if isinstance(item, Completion):
-                    return
-        finally:
-            # Completion, error, client cancellation and deadline alike: the
-            # scheduler drops the sequence before its next step.
-            cancel.set()
-            sharing.remove(cancel)
-            if not sharing:
-                self._cancels.pop(request.request_id, None)
 
     # -- the scheduler thread ----------------------------------------------------------
 
@@ -319,10 +297,7 @@ class LlamaCppBatchEngine(Engine):
         assert job is not None and slot.decoder and slot.stops and slot.deltas
         now = time.monotonic()
         if not stop_string_hit and reason is not FinishReason.CANCELLED:
-            # Bytes of an unfinished character and text held back as a possible
-            # stop string belong to the answer after all.
-            text, _ = slot.stops.feed(slot.decoder.decode(b"", final=True))
-            text += slot.stops.flush()
+            text = leftover_text(slot.decoder, slot.stops)
             if text:
                 slot.first_text_at = slot.first_text_at or now
                 slot.deltas.add(text, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 
 from edgefleet.serving.types import TextDelta
@@ -72,3 +73,10 @@ class DeltaBatcher:
             self._emit(TextDelta("".join(self._parts)))
             self._parts.clear()
             self._last_flush = now
+
+
+def leftover_text(decoder: codecs.IncrementalDecoder, stops: StopStringFilter) -> str:
+    """At the end of an answer: bytes of an unfinished character and text held
+    back as a possible stop string belong to the answer after all."""
+    text, _ = stops.feed(decoder.decode(b"", final=True))
+    return text + stops.flush()
