@@ -7,7 +7,7 @@ never see protobuf and the decision code stays testable without gRPC.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ALLOWED_ROLES = ("system", "user", "assistant")
 
@@ -67,10 +67,6 @@ class Completion:
 
     finish_reason: FinishReason
     usage: Usage
-    # Seconds from the engine starting work (instance acquired) to the first
-    # text, and to the end. The server adds its own queueing time.
-    first_token_s: float | None
-    total_s: float
 
 
 @dataclass
@@ -80,4 +76,3 @@ class EngineStats:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)

@@ -255,8 +255,6 @@ class LlamaCppEngine(Engine):
     ) -> Completion:
         llama = instance.llama
         sampling = request.sampling
-        started = time.monotonic()
-        first_text_at: float | None = None
         seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
         llama.set_seed(seed & 0xFFFFFFFF)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -287,9 +285,7 @@ class LlamaCppEngine(Engine):
                 instance.tokens_in_use = len(tokens) + generated
                 text, stopped = stops.feed(decoder.decode(llama.detokenize([token])))
                 if text:
-                    now = time.monotonic()
-                    first_text_at = first_text_at or now
-                    deltas.add(text, now)
+                    deltas.add(text, time.monotonic())
                 if stopped:
                     finish, stop_string_hit = FinishReason.STOP, True
                     break
@@ -301,13 +297,9 @@ class LlamaCppEngine(Engine):
         if not stop_string_hit and finish is not FinishReason.CANCELLED:
             text = leftover_text(decoder, stops)
             if text:
-                first_text_at = first_text_at or time.monotonic()
                 deltas.add(text, time.monotonic())
-        ended = time.monotonic()
-        deltas.flush(ended)
+        deltas.flush(time.monotonic())
         return Completion(
             finish_reason=finish,
             usage=Usage(prompt_tokens=len(tokens), completion_tokens=generated),
-            first_token_s=None if first_text_at is None else first_text_at - started,
-            total_s=ended - started,
         )

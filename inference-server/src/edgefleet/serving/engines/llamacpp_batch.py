@@ -68,8 +68,6 @@ class _Slot:
     pending_token: int | None = None
     logits_at: int = -1
     generated: int = 0
-    started: float = 0.0
-    first_text_at: float | None = None
     decoder: codecs.IncrementalDecoder | None = None
     stops: StopStringFilter | None = None
     deltas: DeltaBatcher | None = None
@@ -236,7 +234,6 @@ class LlamaCppBatchEngine(Engine):
         sampling = job.request.sampling
         slot.job, slot.prefilled, slot.pending_token, slot.generated = job, keep, None, 0
         slot.sampler = _sampler(sampling.temperature, sampling.top_p, sampling.seed)
-        slot.started, slot.first_text_at = time.monotonic(), None
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.stops = StopStringFilter(sampling.stop)
         slot.deltas = DeltaBatcher(job.emit, self._stream_interval_s)
@@ -282,9 +279,7 @@ class LlamaCppBatchEngine(Engine):
         piece = slot.decoder.decode(self._tokenizer.detokenize([token]))
         text, stopped = slot.stops.feed(piece)
         if text:
-            now = time.monotonic()
-            slot.first_text_at = slot.first_text_at or now
-            slot.deltas.add(text, now)
+            slot.deltas.add(text, time.monotonic())
         if stopped:
             self._finish(slot, FinishReason.STOP, stop_string_hit=True)
         elif slot.generated >= job.max_new:
@@ -299,17 +294,12 @@ class LlamaCppBatchEngine(Engine):
         if not stop_string_hit and reason is not FinishReason.CANCELLED:
             text = leftover_text(slot.decoder, slot.stops)
             if text:
-                slot.first_text_at = slot.first_text_at or now
                 slot.deltas.add(text, now)
         slot.deltas.flush(now)
         job.emit(
             Completion(
                 finish_reason=reason,
                 usage=Usage(prompt_tokens=len(job.tokens), completion_tokens=slot.generated),
-                first_token_s=None
-                if slot.first_text_at is None
-                else slot.first_text_at - slot.started,
-                total_s=now - slot.started,
             )
         )
         self._release(slot)
