@@ -1,0 +1,1 @@
+"""edgefleet-egress: the one component that talks to the cloud LLM."""
