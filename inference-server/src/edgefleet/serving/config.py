@@ -10,6 +10,7 @@ import argparse
 import os
 import socket
 from dataclasses import dataclass, field, fields
+from typing import TypeVar
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer the question directly, briefly and accurately."
@@ -80,6 +81,9 @@ class ServerConfig:
             raise ValueError("invalid server settings: " + "; ".join(problems))
 
 
+Settings = TypeVar("Settings")
+
+
 def _env_name(name: str) -> str:
     return "EDGEFLEET_" + name.upper()
 
@@ -91,9 +95,9 @@ def _convert(kind: type, raw: str, name: str) -> object:
         raise ValueError(f"{_env_name(name)}={raw!r} is not a valid {kind.__name__}") from exc
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, settings: type = ServerConfig) -> None:
     """One flag per setting (--max-queue ...); the help names its variable."""
-    for spec in fields(ServerConfig):
+    for spec in fields(settings):
         kind = {"int": int, "float": float}.get(str(spec.type), str)
         parser.add_argument(
             "--" + spec.name.replace("_", "-"),
@@ -104,15 +108,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from(
-    args: argparse.Namespace | None = None, environ: dict[str, str] | None = None
-) -> ServerConfig:
+    args: argparse.Namespace | None = None,
+    environ: dict[str, str] | None = None,
+    settings: type[Settings] = ServerConfig,  # type: ignore[assignment]
+) -> Settings:
+    """Settings of any dataclass from flags, then EDGEFLEET_* variables, then defaults."""
     environ = dict(os.environ) if environ is None else environ
     values: dict[str, object] = {}
-    for spec in fields(ServerConfig):
+    for spec in fields(settings):
         kind = {"int": int, "float": float}.get(str(spec.type), str)
         flag = getattr(args, spec.name, None) if args is not None else None
         if flag is not None:
             values[spec.name] = flag
         elif _env_name(spec.name) in environ:
             values[spec.name] = _convert(kind, environ[_env_name(spec.name)], spec.name)
-    return ServerConfig(**values)  # type: ignore[arg-type]
+    return settings(**values)

@@ -14,6 +14,8 @@ class EdgefleetError(Exception):
     """Base of every error a caller may see; the message is shown verbatim."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    #: Extra trailing metadata for the caller (e.g. the route a router took).
+    trailers: tuple[tuple[str, str], ...] = ()
 
 
 class InvalidArgument(EdgefleetError):
@@ -74,4 +76,4 @@ def grpc_status(error: EdgefleetError) -> tuple[grpc.StatusCode, str, tuple[tupl
         # for people and for clients without retry support.
         hint = str(error.retry_after_ms)
         trailers = (("grpc-retry-pushback-ms", hint), ("retry-after-ms", hint))
-    return error.code, str(error), trailers
+    return error.code, str(error), trailers + error.trailers

@@ -8,10 +8,18 @@ import grpc
 
 from edgefleet.serving import grpc_errors
 from edgefleet.serving.service import Finished, ModelService
-from edgefleet.serving.types import FinishReason, GenerationRequest
+from edgefleet.serving.types import FinishReason, GenerationRequest, Route
 from edgefleet.serving.validation import generation_request
 from edgefleet.v1 import inference_pb2 as pb
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
+
+ROUTE_TARGET_KEY = "x-edgefleet-route"
+ROUTE_REASON_KEY = "x-edgefleet-route-reason"
+
+
+def route_metadata(route: Route) -> tuple[tuple[str, str], ...]:
+    return ((ROUTE_TARGET_KEY, route.target), (ROUTE_REASON_KEY, route.reason))
+
 
 _FINISH_REASONS = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -55,6 +63,24 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             decode_tokens_per_second=done.decode_tokens_per_second,
         )
 
+    def _served_by(self, done: Finished) -> pb.ServedBy:
+        if done.served_by is None:
+            return self.served_by
+        return pb.ServedBy(
+            backend=done.served_by.backend,
+            engine=done.served_by.engine,
+            model=done.served_by.model,
+            instance=done.served_by.instance,
+        )
+
+    @staticmethod
+    def _route(done: Finished, context: grpc.aio.ServicerContext) -> pb.RouteInfo | None:
+        """The route a router took, also as trailing metadata for clients that read only those."""
+        if done.route is None:
+            return None
+        context.set_trailing_metadata(route_metadata(done.route))
+        return pb.RouteInfo(target=done.route.target, reason=done.route.reason)
+
     @grpc_errors.unary
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -69,7 +95,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     finish_reason=_FINISH_REASONS[item.finish_reason],
                     usage=self._usage(item),
                     timings=self._timings(item),
-                    served_by=self.served_by,
+                    served_by=self._served_by(item),
+                    route=self._route(item, context),
                 )
             parts.append(item.text)
         raise RuntimeError("the model service ended without finishing")
@@ -87,7 +114,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     finish_reason=_FINISH_REASONS[item.finish_reason],
                     usage=self._usage(item),
                     timings=self._timings(item),
-                    served_by=self.served_by,
+                    served_by=self._served_by(item),
+                    route=self._route(item, context),
                 )
             else:
                 yield pb.GenerateStreamResponse(id=generation.request_id, delta=item.text)

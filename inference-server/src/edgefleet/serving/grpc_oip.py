@@ -272,4 +272,9 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         params["completion_tokens"].int64_param = done.usage.completion_tokens
         params["engine"].string_param = self.service.engine.name
         params["time_to_first_token_ms"].double_param = done.time_to_first_token_s * 1000
+        if done.route is not None:
+            params["route_target"].string_param = done.route.target
+            params["route_reason"].string_param = done.route.reason
+        if done.served_by is not None:
+            params["engine"].string_param = done.served_by.engine
         return response

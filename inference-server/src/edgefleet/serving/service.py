@@ -17,7 +17,15 @@ from edgefleet.serving.engines.base import Engine
 from edgefleet.serving.errors import NotReady
 from edgefleet.serving.metrics import ServerMetrics
 from edgefleet.serving.model_files import DEFAULT_MODEL_NAME
-from edgefleet.serving.types import Completion, FinishReason, GenerationRequest, TextDelta, Usage
+from edgefleet.serving.types import (
+    Completion,
+    FinishReason,
+    GenerationRequest,
+    Route,
+    ServedBy,
+    TextDelta,
+    Usage,
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,9 @@ class Finished:
     time_to_first_token_s: float
     total_s: float
     queue_s: float
+    # From engines that forward elsewhere (the router); None means this server.
+    served_by: ServedBy | None = None
+    route: Route | None = None
 
     @property
     def decode_tokens_per_second(self) -> float:
@@ -58,7 +69,9 @@ class ModelService:
     @property
     def model_aliases(self) -> tuple[str, ...]:
         # The packaged model answers to "default" as well, as on the command line.
-        return ("default",) if self.engine.model_name == DEFAULT_MODEL_NAME else ()
+        if self.engine.model_name == DEFAULT_MODEL_NAME:
+            return ("default", *self.engine.aliases)
+        return self.engine.aliases
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
         arrival = time.monotonic()
@@ -94,4 +107,6 @@ class ModelService:
             time_to_first_token_s=ttft,
             total_s=ended - arrival,
             queue_s=queue_s,
+            served_by=completion.served_by,
+            route=completion.route,
         )

@@ -35,6 +35,18 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class RoutingHints:
+    """What the client (or the router in front) says about where a request may go."""
+
+    # SENSITIVE: must stay local. PUBLIC: the client vouches it may leave.
+    sensitive: bool = False
+    public: bool = False
+    tenant: str = ""
+    # The RoutingPolicy that sent it here (set by the router, for the audit).
+    policy: str = ""
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """A validated request: messages already include the system prompt."""
 
@@ -42,6 +54,7 @@ class GenerationRequest:
     model: str
     messages: tuple[Message, ...]
     sampling: Sampling
+    routing: RoutingHints = RoutingHints()
 
 
 @dataclass(frozen=True)
@@ -62,11 +75,33 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ServedBy:
+    """Who produced an answer; a router passes on what its backend reported."""
+
+    backend: str
+    engine: str
+    model: str
+    instance: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """The router's choice for one request: target and machine-readable reason."""
+
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Completion:
     """The end of a generation; always the last item an engine yields."""
 
     finish_reason: FinishReason
     usage: Usage
+    # Set by engines that forward to another server (the router): who really
+    # answered and why; None means this engine itself.
+    served_by: ServedBy | None = None
+    route: Route | None = None
 
 
 @dataclass

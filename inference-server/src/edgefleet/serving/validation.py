@@ -12,7 +12,13 @@ import uuid
 
 from edgefleet.serving.config import ServerConfig
 from edgefleet.serving.errors import InvalidArgument, ModelNotFound
-from edgefleet.serving.types import ALLOWED_ROLES, GenerationRequest, Message, Sampling
+from edgefleet.serving.types import (
+    ALLOWED_ROLES,
+    GenerationRequest,
+    Message,
+    RoutingHints,
+    Sampling,
+)
 from edgefleet.v1 import inference_pb2 as pb
 
 MAX_STOP_STRINGS = 8
@@ -91,4 +97,10 @@ def generation_request(
         model=model,
         messages=messages_from(request, config.system_prompt),
         sampling=sampling_from(request.sampling, config),
+        routing=RoutingHints(
+            sensitive=request.routing.sensitivity == pb.SENSITIVITY_SENSITIVE,
+            public=request.routing.sensitivity == pb.SENSITIVITY_PUBLIC,
+            tenant=request.routing.tenant,
+            policy=request.routing.policy,
+        ),
     )

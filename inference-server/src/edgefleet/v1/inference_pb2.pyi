@@ -52,12 +52,14 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: bool = ...) -> None: ...
 
 class RoutingHints(_message.Message):
-    __slots__ = ("sensitivity", "tenant")
+    __slots__ = ("sensitivity", "tenant", "policy")
     SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     sensitivity: Sensitivity
     tenant: str
-    def __init__(self, sensitivity: _Optional[_Union[Sensitivity, str]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    policy: str
+    def __init__(self, sensitivity: _Optional[_Union[Sensitivity, str]] = ..., tenant: _Optional[str] = ..., policy: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("model", "messages", "prompt", "sampling", "routing", "request_id")

@@ -27,6 +27,8 @@ class Engine(abc.ABC):
     instances: int = 1
     #: sha256 of the loaded model file, when known.
     model_sha256: str | None = None
+    #: Other names clients may ask for.
+    aliases: tuple[str, ...] = ()
 
     @abc.abstractmethod
     async def start(self) -> None:
