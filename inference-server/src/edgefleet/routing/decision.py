@@ -1,0 +1,110 @@
+"""The routing decision: one pure function from facts to a target and a reason.
+
+The steps run in a fixed order, each able to override the one before:
+privacy (fail-closed: a sensitive request is local or refused, never cloud),
+complexity (the classifier's score against the policy's threshold), capacity
+(overflow, or no local replica), cloud eligibility (enabled, breaker, budget).
+The router gathers the facts, calls `decide`, and carries the decision out,
+trying `fallback` only when the chosen target fails before answering.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from edgefleet.routing.policy import RoutingPolicy
+
+
+class Target(enum.Enum):
+    LOCAL = "local"
+    CLOUD = "cloud"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    # The client set routing.sensitivity = SENSITIVE.
+    client_sensitive: bool = False
+    # Name of the first privacy detector that matched, if any.
+    privacy_detector: str | None = None
+    # The complexity classifier's score in [0, 1]; higher needs the cloud more.
+    complexity: float = 0.0
+
+    @property
+    def sensitive(self) -> bool:
+        return self.client_sensitive or self.privacy_detector is not None
+
+
+@dataclass(frozen=True)
+class FleetFacts:
+    # A ready local replica whose breaker lets calls through exists.
+    local_available: bool = True
+    # The overflow gate's verdict (with hysteresis) from the local load.
+    overflowing: bool = False
+    # An egress endpoint is configured and its breaker lets calls through.
+    cloud_available: bool = True
+    # This request's worst case fits the cloud budget now.
+    budget_allows: bool = True
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    target: Target
+    # Machine-readable: "privacy.detector.email", "complexity.high", ...
+    reason: str
+    # Where to retry when the target fails before the first token; None: nowhere.
+    fallback: Target | None = None
+
+
+def privacy_reason(facts: RequestFacts) -> str:
+    if facts.privacy_detector is not None:
+        return f"privacy.detector.{facts.privacy_detector}"
+    return "privacy.client_marked"
+
+
+def decide(
+    policy: RoutingPolicy, threshold: float, request: RequestFacts, fleet: FleetFacts
+) -> RoutingDecision:
+    if request.sensitive:
+        reason = privacy_reason(request)
+        if fleet.local_available:
+            return RoutingDecision(Target.LOCAL, reason)
+        return RoutingDecision(Target.REJECT, reason)
+
+    if request.complexity >= threshold:
+        target, reason = Target.CLOUD, "complexity.high"
+    else:
+        target, reason = Target.LOCAL, "complexity.low"
+
+    if not fleet.local_available:
+        if target is Target.LOCAL:
+            if not policy.capacity.cloud_when_no_local:
+                return RoutingDecision(Target.REJECT, "capacity.no_local")
+            target, reason = Target.CLOUD, "capacity.no_local"
+    elif target is Target.LOCAL and fleet.overflowing:
+        target, reason = Target.CLOUD, "capacity.overflow"
+
+    if target is Target.CLOUD:
+        blocked = _cloud_blocked(policy, fleet)
+        if blocked is not None:
+            refuse = blocked == "budget.exceeded" and policy.budget.on_exceeded == "reject"
+            if fleet.local_available and not refuse:
+                return RoutingDecision(Target.LOCAL, blocked)
+            return RoutingDecision(Target.REJECT, blocked)
+        fallback = Target.LOCAL if fleet.local_available else None
+        return RoutingDecision(Target.CLOUD, reason, fallback)
+
+    may_fail_over = policy.failover.local_to_cloud and _cloud_blocked(policy, fleet) is None
+    return RoutingDecision(Target.LOCAL, reason, Target.CLOUD if may_fail_over else None)
+
+
+def _cloud_blocked(policy: RoutingPolicy, fleet: FleetFacts) -> str | None:
+    """Why the cloud cannot take this request now, or None when it can."""
+    if not policy.cloud_enabled:
+        return "cloud.disabled"
+    if not fleet.cloud_available:
+        return "cloud.unavailable"
+    if not fleet.budget_allows:
+        return "budget.exceeded"
+    return None

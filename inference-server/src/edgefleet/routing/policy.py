@@ -1,0 +1,333 @@
+"""RoutingPolicy: the typed form of the custom resource's spec, with one strict parser.
+
+The router loads it from a file (the operator writes the spec into a
+ConfigMap), the operator's admission check uses the same parser, so a policy
+is accepted or refused with the same message everywhere. Every problem names
+its field path (`spec.budget.onExceeded: ...`); unknown fields are refused
+because a misspelt limit silently ignored is a budget overrun.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgefleet.routing.privacy import BUILTIN_DETECTORS, CustomPattern, PrivacyScanner
+
+API_VERSION = "edgefleet.io/v1alpha1"
+KIND = "RoutingPolicy"
+
+
+class PolicyError(ValueError):
+    """A policy that must not be used; the message lists every problem found."""
+
+    def __init__(self, problems: list[str], source: str = "policy") -> None:
+        super().__init__(f"invalid {source}: " + "; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    detectors: tuple[str, ...] = BUILTIN_DETECTORS
+    custom_patterns: tuple[CustomPattern, ...] = ()
+
+
+@dataclass(frozen=True)
+class ComplexityPolicy:
+    # Exactly one of the two is used: a fixed score threshold, or the share of
+    # traffic (on the training distribution) the cloud should get.
+    threshold: float | None = 0.5
+    target_cloud_share: float | None = None
+
+
+@dataclass(frozen=True)
+class CapacityPolicy:
+    # Overflow to the cloud when a new request would wait behind this many
+    # others even on the least-loaded local replica (0: as soon as every slot
+    # is busy), or when its predicted time to first token reaches the limit.
+    max_queue_depth: int = 2
+    max_predicted_ttft_ms: float = 5000.0
+    # Hysteresis: overflow ends once load falls below this fraction of both limits.
+    recover_fraction: float = 0.5
+    # While no local replica is ready (cold start, scaled to zero), may the cloud serve?
+    cloud_when_no_local: bool = True
+
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    window_seconds: float = 3600.0
+    max_cloud_tokens: int | None = None
+    max_cloud_cost: float | None = None
+    price_per_1k_input_tokens: float = 0.0
+    price_per_1k_output_tokens: float = 0.0
+    # What a request gets when the cloud would overspend: "local" or "reject".
+    on_exceeded: str = "local"
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    # May a request that failed locally be retried on the cloud? (Never a sensitive one.)
+    local_to_cloud: bool = True
+    cloud_timeout_seconds: float = 60.0
+    local_timeout_seconds: float = 120.0
+    breaker_failures: int = 3
+    breaker_cooldown_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    name: str = "default"
+    # The model name clients ask the router for ("default" always works too).
+    model_name: str = "hybrid"
+    cloud_enabled: bool = True
+    privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
+    complexity: ComplexityPolicy = field(default_factory=ComplexityPolicy)
+    capacity: CapacityPolicy = field(default_factory=CapacityPolicy)
+    budget: BudgetPolicy = field(default_factory=BudgetPolicy)
+    failover: FailoverPolicy = field(default_factory=FailoverPolicy)
+
+    def scanner(self) -> PrivacyScanner:
+        return PrivacyScanner(self.privacy.detectors, self.privacy.custom_patterns)
+
+
+class _Reader:
+    """Walks a nested mapping, collecting problems instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def section(self, data: Mapping[str, Any], key: str, path: str, known: set[str]) -> dict:
+        value = data.get(key, {})
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problems.append(f"{path}.{key}: must be a mapping, got {type(value).__name__}")
+            return {}
+        self.unknown(value, f"{path}.{key}", known)
+        return dict(value)
+
+    def unknown(self, data: Mapping[str, Any], path: str, known: set[str]) -> None:
+        for key in data:
+            if key not in known:
+                self.problems.append(
+                    f"{path}.{key}: unknown field; known fields: {', '.join(sorted(known))}"
+                )
+
+    def number(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        path: str,
+        default: float | None,
+        check: Callable[[float], bool],
+        rule: str,
+        integer: bool = False,
+    ) -> Any:
+        if key not in data or data[key] is None:
+            return default
+        value = data[key]
+        kind_ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not kind_ok or not math.isfinite(value) or not check(value):
+            kind = "an integer" if integer else "a number"
+            self.problems.append(f"{path}.{key}: must be {kind} {rule}, got {value!r}")
+            return default
+        return int(value) if integer else float(value)
+
+    def flag(self, data: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            self.problems.append(f"{path}.{key}: must be true or false, got {value!r}")
+            return default
+        return value
+
+    def choice(
+        self, data: Mapping[str, Any], key: str, path: str, default: str, options: tuple[str, ...]
+    ) -> str:
+        value = data.get(key, default)
+        if value not in options:
+            allowed = ", ".join(options)
+            self.problems.append(f"{path}.{key}: must be one of {allowed}, got {value!r}")
+            return default
+        return value
+
+
+def _privacy(reader: _Reader, spec: Mapping[str, Any]) -> PrivacyPolicy:
+    data = reader.section(spec, "privacy", "spec", {"detectors", "customPatterns"})
+    detectors = data.get("detectors", list(BUILTIN_DETECTORS))
+    if not isinstance(detectors, list) or not all(isinstance(d, str) for d in detectors):
+        reader.problems.append("spec.privacy.detectors: must be a list of detector names")
+        detectors = list(BUILTIN_DETECTORS)
+    patterns: list[CustomPattern] = []
+    raw_patterns = data.get("customPatterns", [])
+    if not isinstance(raw_patterns, list):
+        reader.problems.append("spec.privacy.customPatterns: must be a list")
+        raw_patterns = []
+    for index, item in enumerate(raw_patterns):
+        path = f"spec.privacy.customPatterns[{index}]"
+        if not isinstance(item, Mapping) or not {"name", "regex"} <= set(item):
+            reader.problems.append(f"{path}: must be a mapping with name and regex")
+            continue
+        reader.unknown(item, path, {"name", "regex"})
+        patterns.append(CustomPattern(str(item["name"]), str(item["regex"])))
+    policy = PrivacyPolicy(tuple(detectors), tuple(patterns))
+    try:
+        PrivacyScanner(policy.detectors, policy.custom_patterns)
+    except ValueError as exc:
+        reader.problems.append(f"spec.privacy: {exc}")
+    return policy
+
+
+def _complexity(reader: _Reader, spec: Mapping[str, Any]) -> ComplexityPolicy:
+    data = reader.section(spec, "complexity", "spec", {"threshold", "targetCloudShare"})
+    path = "spec.complexity"
+    if "threshold" in data and "targetCloudShare" in data:
+        reader.problems.append(f"{path}: give threshold or targetCloudShare, not both")
+    in_unit = (lambda v: 0.0 <= v <= 1.0), "within [0, 1]"
+    share = reader.number(data, "targetCloudShare", path, None, *in_unit)
+    threshold = reader.number(data, "threshold", path, None if share is not None else 0.5, *in_unit)
+    return ComplexityPolicy(threshold=threshold, target_cloud_share=share)
+
+
+def _capacity(reader: _Reader, spec: Mapping[str, Any]) -> CapacityPolicy:
+    known = {"maxQueueDepth", "maxPredictedTtftMs", "recoverFraction", "cloudWhenNoLocal"}
+    data = reader.section(spec, "capacity", "spec", known)
+    path, base = "spec.capacity", CapacityPolicy()
+    positive = (lambda v: v > 0), "above 0"
+    return CapacityPolicy(
+        max_queue_depth=reader.number(
+            data, "maxQueueDepth", path, base.max_queue_depth, lambda v: v >= 0, ">= 0", True
+        ),
+        max_predicted_ttft_ms=reader.number(
+            data, "maxPredictedTtftMs", path, base.max_predicted_ttft_ms, *positive
+        ),
+        recover_fraction=reader.number(
+            data, "recoverFraction", path, base.recover_fraction, lambda v: 0 < v <= 1, "in (0, 1]"
+        ),
+        cloud_when_no_local=reader.flag(data, "cloudWhenNoLocal", path, base.cloud_when_no_local),
+    )
+
+
+def _budget(reader: _Reader, spec: Mapping[str, Any]) -> BudgetPolicy:
+    known = {
+        "windowSeconds",
+        "maxCloudTokens",
+        "maxCloudCost",
+        "pricePer1kInputTokens",
+        "pricePer1kOutputTokens",
+        "onExceeded",
+    }
+    data = reader.section(spec, "budget", "spec", known)
+    path, base = "spec.budget", BudgetPolicy()
+    not_negative = (lambda v: v >= 0), ">= 0"
+    return BudgetPolicy(
+        window_seconds=reader.number(
+            data, "windowSeconds", path, base.window_seconds, lambda v: v >= 1, ">= 1"
+        ),
+        max_cloud_tokens=reader.number(
+            data, "maxCloudTokens", path, None, *not_negative, integer=True
+        ),
+        max_cloud_cost=reader.number(data, "maxCloudCost", path, None, *not_negative),
+        price_per_1k_input_tokens=reader.number(
+            data, "pricePer1kInputTokens", path, 0.0, *not_negative
+        ),
+        price_per_1k_output_tokens=reader.number(
+            data, "pricePer1kOutputTokens", path, 0.0, *not_negative
+        ),
+        on_exceeded=reader.choice(data, "onExceeded", path, "local", ("local", "reject")),
+    )
+
+
+def _failover(reader: _Reader, spec: Mapping[str, Any]) -> FailoverPolicy:
+    known = {
+        "localToCloud",
+        "cloudTimeoutSeconds",
+        "localTimeoutSeconds",
+        "breakerFailures",
+        "breakerCooldownSeconds",
+    }
+    data = reader.section(spec, "failover", "spec", known)
+    path, base = "spec.failover", FailoverPolicy()
+    positive = (lambda v: v > 0), "above 0"
+    return FailoverPolicy(
+        local_to_cloud=reader.flag(data, "localToCloud", path, base.local_to_cloud),
+        cloud_timeout_seconds=reader.number(
+            data, "cloudTimeoutSeconds", path, base.cloud_timeout_seconds, *positive
+        ),
+        local_timeout_seconds=reader.number(
+            data, "localTimeoutSeconds", path, base.local_timeout_seconds, *positive
+        ),
+        breaker_failures=reader.number(
+            data, "breakerFailures", path, base.breaker_failures, lambda v: v >= 1, ">= 1", True
+        ),
+        breaker_cooldown_seconds=reader.number(
+            data, "breakerCooldownSeconds", path, base.breaker_cooldown_seconds, *positive
+        ),
+    )
+
+
+SPEC_FIELDS = {"modelName", "cloud", "privacy", "complexity", "capacity", "budget", "failover"}
+
+
+def parse_policy(document: Any, source: str = "policy") -> RoutingPolicy:
+    """A RoutingPolicy from a whole custom resource or from its bare spec.
+
+    Raises PolicyError listing every problem, each with its field path.
+    """
+    if not isinstance(document, Mapping):
+        raise PolicyError([f"must be a mapping, got {type(document).__name__}"], source)
+    reader = _Reader()
+    name = "default"
+    if "spec" in document or "kind" in document:
+        if document.get("kind", KIND) != KIND:
+            reader.problems.append(f"kind: must be {KIND}, got {document.get('kind')!r}")
+        if document.get("apiVersion", API_VERSION) != API_VERSION:
+            reader.problems.append(
+                f"apiVersion: must be {API_VERSION}, got {document.get('apiVersion')!r}"
+            )
+        metadata = document.get("metadata") or {}
+        name = str(metadata.get("name", name)) if isinstance(metadata, Mapping) else name
+        spec = document.get("spec") or {}
+        if not isinstance(spec, Mapping):
+            raise PolicyError(["spec: must be a mapping"], source)
+    else:
+        spec = document
+    reader.unknown(spec, "spec", SPEC_FIELDS)
+    cloud = reader.section(spec, "cloud", "spec", {"enabled"})
+    model_name = spec.get("modelName", "hybrid")
+    if not isinstance(model_name, str) or not model_name.strip():
+        reader.problems.append(f"spec.modelName: must be a non-empty string, got {model_name!r}")
+        model_name = "hybrid"
+    policy = RoutingPolicy(
+        name=name,
+        model_name=model_name,
+        cloud_enabled=reader.flag(cloud, "enabled", "spec.cloud", True),
+        privacy=_privacy(reader, spec),
+        complexity=_complexity(reader, spec),
+        capacity=_capacity(reader, spec),
+        budget=_budget(reader, spec),
+        failover=_failover(reader, spec),
+    )
+    if reader.problems:
+        raise PolicyError(reader.problems, source)
+    return policy
+
+
+def load_document(path: Path) -> Any:
+    """YAML or JSON (JSON is YAML)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PolicyError([f"not valid YAML or JSON: {exc}"], str(path)) from exc
+
+
+def load_policy(path: Path) -> RoutingPolicy:
+    try:
+        document = load_document(path)
+    except OSError as exc:
+        raise PolicyError([f"cannot read: {exc.strerror}"], str(path)) from exc
+    return parse_policy(document, str(path))
