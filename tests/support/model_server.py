@@ -65,18 +65,23 @@ class ModelServer:
         return self.process.returncode
 
 
-def spawn_server(*args: str, env: dict[str, str] | None = None) -> ModelServer:
-    """Start edgefleet-server with extra flags; does not wait for readiness."""
+def spawn_server(
+    *args: str, env: dict[str, str] | None = None, module: str = "edgefleet.serving.server"
+) -> ModelServer:
+    """Start edgefleet-server (or the router or egress: `module`) with extra flags.
+
+    Does not wait for readiness.
+    """
     target = f"127.0.0.1:{free_local_port()}"
     metrics = f"127.0.0.1:{free_local_port()}"
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
-        prefix="edgefleet-server-", suffix=".log", delete=False
+        prefix=module.replace(".", "-") + "-", suffix=".log", delete=False
     )
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "edgefleet.serving.server",
+            module,
             "--listen",
             target,
             "--metrics-listen",
@@ -91,8 +96,10 @@ def spawn_server(*args: str, env: dict[str, str] | None = None) -> ModelServer:
 
 
 @contextlib.contextmanager
-def running_server(*args: str) -> Iterator[ModelServer]:
-    server = spawn_server(*args)
+def running_server(
+    *args: str, env: dict[str, str] | None = None, module: str = "edgefleet.serving.server"
+) -> Iterator[ModelServer]:
+    server = spawn_server(*args, env=env, module=module)
     try:
         server.wait_serving()
         yield server

@@ -32,7 +32,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, service: ModelService, instance_name: str) -> None:
         self.service = service
         self.served_by = pb.ServedBy(
-            backend="local",
+            backend=service.engine.backend,
             engine=service.engine.name,
             model=service.model_name,
             instance=instance_name,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 
-from edgefleet.serving.types import Completion, EngineStats, GenerationRequest, TextDelta
+from edgefleet.serving.types import Completion, EngineStats, GenerationRequest, Route, TextDelta
 
 StreamItem = TextDelta | Completion
 
@@ -27,6 +27,8 @@ class Engine(abc.ABC):
     instances: int = 1
     #: sha256 of the loaded model file, when known.
     model_sha256: str | None = None
+    #: Where answers come from, as shown in served_by: "local" or "cloud".
+    backend: str = "local"
     #: Other names clients may ask for.
     aliases: tuple[str, ...] = ()
 
@@ -59,6 +61,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the model; the engine is unusable afterwards."""
+
+    def route_of(self, request_id: str) -> Route | None:
+        """The route a running request took, for engines that forward (the router)."""
+        return None
 
     async def generate(self, request: GenerationRequest) -> tuple[str, Completion]:
         """The whole answer at once: the stream, joined."""

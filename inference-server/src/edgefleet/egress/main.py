@@ -1,0 +1,155 @@
+"""edgefleet-egress: the only component allowed to talk to the outside.
+
+It serves the same gRPC contract as a model server (the router cannot tell
+the difference) and answers from an OpenAI-compatible chat-completions API
+through the `openai` SDK. The API key comes from a file (a mounted Kubernetes
+Secret) or the EDGEFLEET_CLOUD_API_KEY variable, never from a flag, so it
+stays out of process listings and logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import start_http_server
+
+from edgefleet.egress.audit import AuditLog
+from edgefleet.egress.engine import CloudEngine, CloudSettings
+from edgefleet.routing.policy import PolicyError, RoutingPolicy, load_policy
+from edgefleet.serving.config import ServerConfig, add_arguments, config_from
+from edgefleet.serving.server import InferenceServer
+
+log = logging.getLogger("edgefleet.egress")
+
+API_KEY_VARIABLE = "EDGEFLEET_CLOUD_API_KEY"
+
+
+@dataclass
+class EgressConfig:
+    # gRPC address the router calls.
+    listen: str = "0.0.0.0:50051"
+    # Prometheus /metrics address; empty disables it.
+    metrics_listen: str = "0.0.0.0:9090"
+    # The OpenAI-compatible API, e.g. https://api.openai.com/v1.
+    base_url: str = ""
+    # The cloud model to ask for.
+    cloud_model: str = ""
+    # File holding the API key (a mounted Secret); else $EDGEFLEET_CLOUD_API_KEY.
+    api_key_file: str = ""
+    # Name the router asks the egress for.
+    model_name: str = "cloud"
+    # The RoutingPolicy file: its privacy detectors are enforced again here and
+    # its prices used for the audit; empty: every built-in detector, no prices.
+    policy_file: str = ""
+    # Seconds one cloud call may take, and retries of retryable failures.
+    timeout_s: float = 60.0
+    max_retries: int = 2
+    retry_backoff_s: float = 0.5
+    # Calls in flight at once, and queued beyond that.
+    max_concurrency: int = 64
+    max_queue: int = 64
+    max_tokens_cap: int = 4096
+    # Audit log (JSON lines); empty: standard output.
+    audit_log: str = ""
+    drain_grace_s: float = 30.0
+    instance_name: str = field(default_factory=socket.gethostname)
+
+    def api_key(self) -> str:
+        if self.api_key_file:
+            try:
+                return Path(self.api_key_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read the API key file {self.api_key_file}: {exc.strerror}"
+                ) from exc
+        key = os.environ.get(API_KEY_VARIABLE, "")
+        if not key:
+            raise ValueError(f"no API key: set --api-key-file or ${API_KEY_VARIABLE}")
+        return key
+
+    def server_config(self) -> ServerConfig:
+        return ServerConfig(
+            engine="openai",
+            listen=self.listen,
+            metrics_listen=self.metrics_listen,
+            batch_sequences=0,
+            instances=1,
+            max_concurrency=self.max_concurrency,
+            max_queue=self.max_queue,
+            max_tokens_cap=self.max_tokens_cap,
+            default_max_tokens=min(256, self.max_tokens_cap),
+            # The router has already added its system prompt; the egress adds none.
+            system_prompt="",
+            drain_grace_s=self.drain_grace_s,
+            instance_name=self.instance_name,
+        )
+
+    def engine(self) -> CloudEngine:
+        problems = [
+            f"--{name.replace('_', '-')} is required"
+            for name in ("base_url", "cloud_model")
+            if not getattr(self, name)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        policy = load_policy(Path(self.policy_file)) if self.policy_file else RoutingPolicy()
+        settings = CloudSettings(
+            base_url=self.base_url,
+            model=self.cloud_model,
+            api_key=self.api_key(),
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            retry_backoff_s=self.retry_backoff_s,
+            price_per_1k_input_tokens=policy.budget.price_per_1k_input_tokens,
+            price_per_1k_output_tokens=policy.budget.price_per_1k_output_tokens,
+            capacity=self.max_concurrency,
+        )
+        return CloudEngine(settings, policy.scanner(), AuditLog(self.audit_log), self.model_name)
+
+
+async def serve(config: EgressConfig) -> None:
+    engine = config.engine()
+    server = InferenceServer(engine, config.server_config())
+    if config.metrics_listen:
+        host, _, port = config.metrics_listen.rpartition(":")
+        registry = server.service.metrics.registry
+        start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.drain_and_stop()))
+    await server.start()
+    log.info("egress to %s (model %s) on %s", config.base_url, config.cloud_model, config.listen)
+    await server.wait_stopped()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="edgefleet-egress",
+        description="Forward router requests to an OpenAI-compatible cloud LLM, audited.",
+    )
+    add_arguments(parser, EgressConfig)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(config_from(args, settings=EgressConfig)))
+    except (PolicyError, ValueError, OSError) as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+
+
+if __name__ == "__main__":
+    main()
