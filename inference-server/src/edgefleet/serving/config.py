@@ -19,9 +19,10 @@ DEFAULT_SYSTEM_PROMPT = (
 
 @dataclass
 class ServerConfig:
-    # Engine: "llamacpp" (CPU edge nodes).
+    # Engine: "llamacpp" (CPU edge nodes) or "vllm" (GPU nodes; needs the vllm extra).
     engine: str = "llamacpp"
-    # "default" (the packaged SmolLM2-135M-Instruct) or a path to a GGUF file.
+    # "default" (the packaged SmolLM2-135M-Instruct) or a path to a GGUF file;
+    # with the vllm engine also a Hugging Face model folder (GGUF is converted).
     model: str = "default"
     # Name clients use; derived from the model when empty.
     model_name: str = ""
@@ -58,6 +59,19 @@ class ServerConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     # Seconds in-flight requests may finish in after SIGTERM.
     drain_grace_s: float = 20.0
+    # vLLM engine only. Its max_num_seqs is batch_sequences and its
+    # max_model_len context_length. Weights and activations: auto, bfloat16,
+    # float16 or float32.
+    vllm_dtype: str = "auto"
+    # Fraction of GPU memory vLLM takes for weights and KV cache (the CPU
+    # build reads it as a fraction of host memory).
+    vllm_gpu_memory_utilization: float = 0.9
+    # KV-cache size in GiB; 0 sizes it from vllm_gpu_memory_utilization.
+    vllm_kv_cache_gib: float = 0.0
+    # GPUs one model is split over.
+    vllm_tensor_parallel_size: int = 1
+    # 1 skips torch.compile and CUDA graphs: faster start, slower decoding.
+    vllm_enforce_eager: int = 0
     # Name of this pod or host in responses.
     instance_name: str = field(default_factory=socket.gethostname)
 
@@ -75,6 +89,14 @@ class ServerConfig:
             problems.append("max_queue must not be negative")
         if self.context_length < 64:
             problems.append("context_length must be at least 64")
+        if self.engine == "vllm" and self.batch_sequences < 1:
+            problems.append("the vllm engine needs batch_sequences (max_num_seqs) of at least 1")
+        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
+            problems.append("vllm_gpu_memory_utilization must be within (0, 1]")
+        if self.vllm_kv_cache_gib < 0:
+            problems.append("vllm_kv_cache_gib must not be negative")
+        if self.vllm_tensor_parallel_size < 1:
+            problems.append("vllm_tensor_parallel_size must be at least 1")
         if not 1 <= self.default_max_tokens <= self.max_tokens_cap:
             problems.append("default_max_tokens must be between 1 and max_tokens_cap")
         if problems:

@@ -40,8 +40,10 @@ OIP_SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 def build_engine(config: ServerConfig) -> Engine:
+    if config.engine == "vllm":
+        return build_vllm_engine(config)
     if config.engine != "llamacpp":
-        raise ValueError(f"unknown engine {config.engine!r}; this build has: llamacpp")
+        raise ValueError(f"unknown engine {config.engine!r}; choose llamacpp or vllm")
     model_file = resolve_model(config.model, config.model_sha256 or None)
     name = config.model_name or (
         DEFAULT_MODEL_NAME
@@ -69,6 +71,38 @@ def build_engine(config: ServerConfig) -> Engine:
         threads=config.threads,
         context_length=config.context_length,
         model_sha256=model_file.sha256,
+        stream_interval_s=config.stream_interval_ms / 1000,
+    )
+
+
+def build_vllm_engine(config: ServerConfig) -> Engine:
+    """The vLLM engine; its imports stay here so llama.cpp-only installs never need vllm."""
+    try:
+        from edgefleet.serving.engines.vllm_engine import VllmEngine
+    except ImportError as exc:
+        raise ValueError(
+            f"--engine vllm needs vLLM ({exc}): pip install 'edgefleet[vllm]', "
+            "or 'make vllm-env' for the CPU build"
+        ) from exc
+    from edgefleet.serving.convert_gguf import model_for_vllm
+
+    model, sha256 = model_for_vllm(config.model, config.model_sha256 or None)
+    name = config.model_name or (
+        DEFAULT_MODEL_NAME
+        if config.model in ("default", DEFAULT_MODEL_NAME)
+        else (model.name if model.is_dir() else model.stem)
+    )
+    return VllmEngine(
+        model,
+        name,
+        context_length=config.context_length,
+        max_sequences=config.batch_sequences,
+        dtype=config.vllm_dtype,
+        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        kv_cache_bytes=int(config.vllm_kv_cache_gib * (1 << 30)) or None,
+        tensor_parallel_size=config.vllm_tensor_parallel_size,
+        enforce_eager=bool(config.vllm_enforce_eager),
+        model_sha256=sha256,
         stream_interval_s=config.stream_interval_ms / 1000,
     )
 

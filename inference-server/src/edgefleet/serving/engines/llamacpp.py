@@ -32,9 +32,8 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from edgefleet.serving.engines.base import Engine, StreamItem
-from edgefleet.serving.engines.plumbing import ItemChannel, RunningRequests
+from edgefleet.serving.engines.plumbing import ItemChannel, RunningRequests, room_for_answer
 from edgefleet.serving.engines.text import DeltaBatcher, StopStringFilter, leftover_text
-from edgefleet.serving.errors import InvalidArgument
 from edgefleet.serving.types import (
     Completion,
     EngineStats,
@@ -68,18 +67,6 @@ def prompt_tokens(
     messages = [{"role": m.role, "content": m.content} for m in request.messages]
     prompt = formatter(messages=messages).prompt  # type: ignore[arg-type]
     return llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-
-
-def room_for_answer(tokens: list[int], context_length: int) -> int:
-    """Tokens left for the answer; InvalidArgument when the prompt alone fills the context."""
-    room = context_length - len(tokens)
-    if room <= 0:
-        raise InvalidArgument(
-            "messages",
-            f"the prompt is {len(tokens)} tokens but the context holds "
-            f"{context_length} tokens for prompt and answer together",
-        )
-    return room
 
 
 @dataclass

@@ -8,6 +8,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 
 from edgefleet.serving.engines.base import StreamItem
+from edgefleet.serving.errors import InvalidArgument
 from edgefleet.serving.types import Completion
 
 
@@ -64,3 +65,15 @@ class ItemChannel:
             yield item
             if isinstance(item, Completion):
                 return
+
+
+def room_for_answer(tokens: list[int], context_length: int) -> int:
+    """Tokens left for the answer; InvalidArgument when the prompt alone fills the context."""
+    room = context_length - len(tokens)
+    if room <= 0:
+        raise InvalidArgument(
+            "messages",
+            f"the prompt is {len(tokens)} tokens but the context holds "
+            f"{context_length} tokens for prompt and answer together",
+        )
+    return room
