@@ -35,8 +35,9 @@ SHARES = (0.1, 0.2, 0.3, 0.5, 0.8)
 RANDOM_ORDERINGS = 200
 GROUPS: dict[str, Callable[[dict], bool]] = {
     "MMLU": lambda r: r["benchmark"] == "mmlu",
-    "MMLU without high_school_mathematics": lambda r: r["benchmark"] == "mmlu"
-    and r["subject"] != "high_school_mathematics",
+    "MMLU without high_school_mathematics": lambda r: (
+        r["benchmark"] == "mmlu" and r["subject"] != "high_school_mathematics"
+    ),
     "GSM8K": lambda r: r["benchmark"] == "gsm8k",
     "MT-Bench (21 questions, indicative only)": lambda r: r["benchmark"] == "mt_bench",
 }

@@ -104,9 +104,11 @@ class ComplexityScorer:
     def load(cls, path: Path | None = None) -> ComplexityScorer:
         """Load an artefact file; None loads the one shipped in this package."""
         if path is None:
-            with resources.files("edgefleet.routing").joinpath("models", ARTEFACT_NAME).open(
-                "rb"
-            ) as f:
+            with (
+                resources.files("edgefleet.routing")
+                .joinpath("models", ARTEFACT_NAME)
+                .open("rb") as f
+            ):
                 raw = f.read()
         else:
             raw = Path(path).read_bytes()

@@ -24,9 +24,7 @@ class PgrCurve:
     pgrs: tuple[float, ...]
 
 
-def pgr_curve(
-    scores: Sequence[float], weak: Sequence[float], strong: Sequence[float]
-) -> PgrCurve:
+def pgr_curve(scores: Sequence[float], weak: Sequence[float], strong: Sequence[float]) -> PgrCurve:
     """The full-sweep PGR curve of a router's `scores` (higher = send to strong first).
 
     `weak` / `strong` are the per-prompt quality of each model (0/1 or a judge score).

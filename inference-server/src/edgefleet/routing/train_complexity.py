@@ -231,8 +231,9 @@ def summary_table(rows: list[dict], scores: np.ndarray) -> str:
     lines = ["| benchmark | n | APGR | CPT(50%) | CPT(80%) |", "|---|---:|---:|---:|---:|"]
     groups = {
         "MMLU": lambda r: r["benchmark"] == "mmlu",
-        "MMLU w/o high_school_mathematics": lambda r: r["benchmark"] == "mmlu"
-        and r["subject"] != "high_school_mathematics",
+        "MMLU w/o high_school_mathematics": lambda r: (
+            r["benchmark"] == "mmlu" and r["subject"] != "high_school_mathematics"
+        ),
         "GSM8K": lambda r: r["benchmark"] == "gsm8k",
         "MT-Bench": lambda r: r["benchmark"] == "mt_bench",
     }
