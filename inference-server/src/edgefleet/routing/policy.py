@@ -40,9 +40,10 @@ class PrivacyPolicy:
 @dataclass(frozen=True)
 class ComplexityPolicy:
     # Exactly one of the two is used: a fixed score threshold, or the share of
-    # traffic (on the training distribution) the cloud should get.
-    threshold: float | None = 0.5
-    target_cloud_share: float | None = None
+    # traffic (on the training distribution) the cloud should get. With
+    # neither given, 30 % of that distribution goes to the cloud.
+    threshold: float | None = None
+    target_cloud_share: float | None = 0.3
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,9 @@ def _complexity(reader: _Reader, spec: Mapping[str, Any]) -> ComplexityPolicy:
         reader.problems.append(f"{path}: give threshold or targetCloudShare, not both")
     in_unit = (lambda v: 0.0 <= v <= 1.0), "within [0, 1]"
     share = reader.number(data, "targetCloudShare", path, None, *in_unit)
-    threshold = reader.number(data, "threshold", path, None if share is not None else 0.5, *in_unit)
+    threshold = reader.number(data, "threshold", path, None, *in_unit)
+    if share is None and threshold is None:
+        return ComplexityPolicy()
     return ComplexityPolicy(threshold=threshold, target_cloud_share=share)
 
 

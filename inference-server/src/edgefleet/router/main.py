@@ -1,0 +1,202 @@
+"""edgefleet-router: one gRPC port that looks like a model, backed by a fleet and a cloud.
+
+Serves edgefleet.v1.Inference, OIP v2, health and reflection on --listen (the
+same servicers as edgefleet-server), the OpenAI-compatible HTTP API on
+--http-listen and Prometheus metrics on --metrics-listen. The policy file and
+the endpoints file are re-read when they change; a bad new version is logged
+and refused while the previous one keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import start_http_server
+
+from edgefleet.router.engine import RouterEngine
+from edgefleet.router.metrics import RouterMetrics
+from edgefleet.router.sources import Endpoints, FileWatch, load_endpoints, parse_endpoints
+from edgefleet.routing.complexity import ComplexityScorer
+from edgefleet.routing.policy import PolicyError, RoutingPolicy, load_policy
+from edgefleet.serving.config import DEFAULT_SYSTEM_PROMPT, ServerConfig, add_arguments, config_from
+from edgefleet.serving.openai_http import start_http
+from edgefleet.serving.server import InferenceServer
+
+log = logging.getLogger("edgefleet.router")
+
+
+@dataclass
+class RouterConfig:
+    # gRPC address (edgefleet.v1, OIP v2, health, reflection).
+    listen: str = "0.0.0.0:50051"
+    # OpenAI-compatible HTTP API; empty disables it.
+    http_listen: str = "0.0.0.0:8080"
+    # Prometheus /metrics address; empty disables it.
+    metrics_listen: str = "0.0.0.0:9090"
+    # RoutingPolicy (whole resource or its spec) as YAML/JSON; empty: defaults.
+    policy_file: str = ""
+    # {"local": [host:port, ...], "cloud": host:port}; wins over --local/--cloud.
+    endpoints_file: str = ""
+    # Local model servers, comma-separated host:port (when no endpoints file).
+    local: str = ""
+    # The egress service, host:port (when no endpoints file); empty: no cloud.
+    cloud: str = ""
+    # How often backends' load is polled (GetStats) and files are checked.
+    poll_interval_s: float = 0.5
+    # Requests the router handles at once, and how many may wait beyond that.
+    max_concurrency: int = 256
+    max_queue: int = 256
+    # Request defaults and limits, as on the model servers.
+    max_tokens_cap: int = 1024
+    default_max_tokens: int = 256
+    default_temperature: float = 0.2
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    drain_grace_s: float = 20.0
+    instance_name: str = field(default_factory=socket.gethostname)
+
+    def server_config(self) -> ServerConfig:
+        return ServerConfig(
+            engine="router",
+            listen=self.listen,
+            metrics_listen=self.metrics_listen,
+            batch_sequences=0,
+            instances=1,
+            max_concurrency=self.max_concurrency,
+            max_queue=self.max_queue,
+            max_tokens_cap=self.max_tokens_cap,
+            default_max_tokens=self.default_max_tokens,
+            default_temperature=self.default_temperature,
+            system_prompt=self.system_prompt,
+            drain_grace_s=self.drain_grace_s,
+            instance_name=self.instance_name,
+        )
+
+    def load_policy(self) -> RoutingPolicy:
+        return load_policy(Path(self.policy_file)) if self.policy_file else RoutingPolicy()
+
+    def load_endpoints(self) -> Endpoints:
+        if self.endpoints_file:
+            return load_endpoints(Path(self.endpoints_file))
+        local = [address.strip() for address in self.local.split(",") if address.strip()]
+        return parse_endpoints({"local": local, "cloud": self.cloud or None}, "--local/--cloud")
+
+
+class Reloader:
+    """Applies changed policy/endpoint files; a bad file is refused, the old one stays."""
+
+    def __init__(self, config: RouterConfig, engine: RouterEngine, metrics: RouterMetrics) -> None:
+        self.config = config
+        self.engine = engine
+        self.metrics = metrics
+        self.policy_watch = FileWatch(Path(config.policy_file)) if config.policy_file else None
+        self.endpoints_watch = (
+            FileWatch(Path(config.endpoints_file)) if config.endpoints_file else None
+        )
+
+    async def check(self) -> None:
+        if self.policy_watch is not None and self.policy_watch.changed():
+            try:
+                self.engine.set_policy(self.config.load_policy())
+                self.metrics.policy_reloads.labels("applied").inc()
+            except PolicyError as exc:
+                self.metrics.policy_reloads.labels("rejected").inc()
+                log.error("%s; keeping the previous policy", exc)
+        if self.endpoints_watch is not None and self.endpoints_watch.changed():
+            try:
+                await self.engine.set_endpoints(self.config.load_endpoints())
+                self.metrics.policy_reloads.labels("applied").inc()
+            except PolicyError as exc:
+                self.metrics.policy_reloads.labels("rejected").inc()
+                log.error("%s; keeping the previous endpoints", exc)
+
+
+async def serve(config: RouterConfig) -> None:
+    policy = config.load_policy()
+    endpoints = config.load_endpoints()
+    engine = RouterEngine(
+        policy,
+        endpoints,
+        ComplexityScorer.load(),
+        capacity=config.max_concurrency,
+        instance_name=config.instance_name,
+    )
+    server = InferenceServer(engine, config.server_config())
+    # One registry for the serving and the routing metrics: one /metrics page.
+    engine.metrics = RouterMetrics(server.service.metrics.registry)
+    if config.metrics_listen:
+        host, _, port = config.metrics_listen.rpartition(":")
+        start_http_server(int(port), addr=host or "0.0.0.0", registry=engine.metrics.registry)
+    http = await start_http(server.service, config.http_listen) if config.http_listen else None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.drain_and_stop()))
+    await server.start()
+    reloader = Reloader(config, engine, engine.metrics)
+
+    async def keep_fresh() -> None:
+        while True:
+            await reloader.check()
+            await engine.poll()
+            await asyncio.sleep(config.poll_interval_s)
+
+    fresh = asyncio.create_task(keep_fresh())
+    log.info(
+        "routing model %r with policy %s: local %s, cloud %s; HTTP on %s",
+        policy.model_name,
+        policy.name,
+        list(endpoints.local),
+        endpoints.cloud,
+        config.http_listen or "-",
+    )
+    try:
+        await server.wait_stopped()
+    finally:
+        fresh.cancel()
+        if http is not None:
+            await http.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="edgefleet-router",
+        description="Route chat requests between local small models and the cloud egress.",
+    )
+    add_arguments(parser, RouterConfig)
+    parser.add_argument(
+        "--check-policy",
+        metavar="FILE",
+        help="validate a RoutingPolicy file, print the verdict and exit (0 valid, 2 invalid)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.check_policy:
+        try:
+            policy = load_policy(Path(args.check_policy))
+        except PolicyError as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(2)
+        print(f"{args.check_policy}: valid RoutingPolicy {policy.name!r}")
+        return
+    try:
+        config = config_from(args, settings=RouterConfig)
+        asyncio.run(serve(config))
+    except (PolicyError, ValueError, OSError) as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The router's own Prometheus metrics, registered beside the serving ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from edgefleet.routing.budget import BudgetSnapshot
+from edgefleet.serving.types import Usage
+
+if TYPE_CHECKING:
+    from edgefleet.router.backends import Backend
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.routes = Counter(
+            "edgefleet:router_routes_total",
+            "Requests by the target that served (or refused) them and the reason.",
+            ["target", "reason"],
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "edgefleet:router_decision_seconds",
+            "Time to decide a route (privacy scan, complexity score, load, budget).",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
+            registry=r,
+        )
+        self.cloud_tokens = Counter(
+            "edgefleet:router_cloud_tokens_total",
+            "Tokens charged to the cloud budget.",
+            ["kind"],
+            registry=r,
+        )
+        self.cloud_cost = Counter(
+            "edgefleet:router_cloud_cost_total", "Money charged to the cloud budget.", registry=r
+        )
+        self.budget_spent_cost = Gauge(
+            "edgefleet:router_budget_window_cost",
+            "Cloud money spent plus reserved in the current budget window.",
+            registry=r,
+        )
+        self.budget_spent_tokens = Gauge(
+            "edgefleet:router_budget_window_tokens",
+            "Cloud tokens spent plus reserved in the current budget window.",
+            registry=r,
+        )
+        self.backend_ready = Gauge(
+            "edgefleet:router_backend_ready",
+            "1 when a backend answers, is ready and its breaker lets calls through.",
+            ["backend", "kind"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "edgefleet:router_breaker_open",
+            "1 while a backend's circuit breaker is open or half-open.",
+            ["backend", "kind"],
+            registry=r,
+        )
+        self.overflowing = Gauge(
+            "edgefleet:router_overflowing",
+            "1 while local load sends traffic to the cloud.",
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            "edgefleet:router_policy_reloads_total",
+            "Policy and endpoint reloads by result (applied, rejected).",
+            ["result"],
+            registry=r,
+        )
+
+    def count_route(self, target: str, reason: str) -> None:
+        self.routes.labels(target, reason).inc()
+
+    def count_cloud_spend(self, usage: Usage, cost: float) -> None:
+        self.cloud_tokens.labels("input").inc(usage.prompt_tokens)
+        self.cloud_tokens.labels("output").inc(usage.completion_tokens)
+        self.cloud_cost.inc(cost)
+
+    def observe_budget(self, snapshot: BudgetSnapshot) -> None:
+        self.budget_spent_cost.set(snapshot.spent_cost + snapshot.reserved_cost)
+        self.budget_spent_tokens.set(snapshot.spent_tokens + snapshot.reserved_tokens)
+
+    def observe_backends(self, backends: Iterable[Backend], overflowing: bool) -> None:
+        for backend in backends:
+            labels = (backend.address, backend.kind)
+            self.backend_ready.labels(*labels).set(1 if backend.ready else 0)
+            state = backend.breaker.state.value
+            self.breaker_open.labels(*labels).set(0 if state == "closed" else 1)
+        self.overflowing.set(1 if overflowing else 0)
