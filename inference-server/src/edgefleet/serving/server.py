@@ -134,6 +134,7 @@ class InferenceServer:
         except RuntimeError as exc:  # grpc reports bind failures this way
             raise OSError(f"cannot listen on {config.listen}: address invalid or in use") from exc
         self._stopped = asyncio.Event()
+        self._engine_watch: asyncio.Task[None] | None = None
 
     @property
     def health_names(self) -> tuple[str, ...]:
@@ -155,6 +156,7 @@ class InferenceServer:
             await self.server.stop(grace=None)
             raise ModelFileError(f"cannot load {self.engine.model_name}: {exc}") from exc
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._engine_watch = asyncio.create_task(self._follow_engine_readiness())
         log.info(
             "serving %s with %s (%d generating at once, context %d) after %.1fs",
             self.engine.model_name,
@@ -164,12 +166,30 @@ class InferenceServer:
             time.monotonic() - started,
         )
 
+    async def _follow_engine_readiness(self, interval_s: float = 1.0) -> None:
+        """Health follows the engine after start-up: an engine that dies (vLLM's
+        engine core process, say) turns NOT_SERVING, so probes and routers see it."""
+        serving = True
+        while not self.service.admission.draining:
+            await asyncio.sleep(interval_s)
+            ready = self.engine.ready()
+            if ready != serving and not self.service.admission.draining:
+                serving = ready
+                log.warning("engine %s", "ready again" if ready else "no longer ready")
+                await self._set_health(
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ready
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+
     async def drain_and_stop(self) -> None:
         """Refuse new work, let in-flight requests finish (up to the grace), stop."""
         admission = self.service.admission
         if admission.draining:
             return
         admission.draining = True
+        if self._engine_watch is not None:
+            self._engine_watch.cancel()
         await self.health.enter_graceful_shutdown()
         deadline = time.monotonic() + self.config.drain_grace_s
         log.info("draining %d running, %d queued", admission.running, admission.waiting)

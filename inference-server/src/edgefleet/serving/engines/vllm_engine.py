@@ -175,7 +175,7 @@ class VllmEngine(Engine):
         self._ready = False
         if self._engine is not None:
             engine, self._engine = self._engine, None
-            if self._vllm_ids:
+            if self._vllm_ids and not engine.errored:
                 await engine.abort([i for ids in self._vllm_ids.values() for i in ids])
             await asyncio.to_thread(engine.shutdown)
 
