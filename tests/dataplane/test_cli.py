@@ -70,7 +70,7 @@ def test_unreachable_target_is_a_clear_error() -> None:
     assert "UNAVAILABLE" in result.stderr
 
 
-def test_readme_demo_streams_answers_and_stops_cleanly() -> None:
+def test_data_plane_demo_streams_answers_and_stops_cleanly() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "edgefleet.serving.demo"],
         capture_output=True,

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientPayloadError, ClientSession, ClientTimeout, web
 
 from edgefleet.serving.model_files import resolve_model
 from edgefleet.serving.readiness import free_local_port
@@ -149,9 +149,12 @@ class RecordingProxy:
                 response = web.StreamResponse(status=upstream.status)
                 response.content_type = upstream.content_type
                 await response.prepare(request)
-                async for data in upstream.content.iter_any():
-                    await response.write(data)
-                await response.write_eof()
+                # Either side may hang up mid-answer (a cancelled call, a stopped
+                # stand-in): pass on what came, as a real network would.
+                with contextlib.suppress(ClientPayloadError, ConnectionResetError):
+                    async for data in upstream.content.iter_any():
+                        await response.write(data)
+                    await response.write_eof()
                 return response
 
     def start(self) -> None:

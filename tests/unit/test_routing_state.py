@@ -132,6 +132,16 @@ def test_predicted_ttft_limit_triggers_overflow() -> None:
     assert OverflowGate().update(policy, _replica("a", 4, 2))
 
 
+def test_slow_but_idle_replica_does_not_overflow_and_recovers_once_idle() -> None:
+    policy = CapacityPolicy(max_queue_depth=100, max_predicted_ttft_ms=150)
+    slow = ReplicaLoad("a", True, 0, 0, 4, 9000.0)
+    assert not OverflowGate().update(policy, slow)
+    gate = OverflowGate()
+    assert gate.update(policy, ReplicaLoad("a", True, 4, 1, 4, 9000.0))
+    # The stale TTFT figure does not hold the overflow once a slot is free.
+    assert not gate.update(policy, ReplicaLoad("a", True, 2, 0, 4, 9000.0))
+
+
 def test_least_loaded_skips_unready_replicas() -> None:
     busy, idle = _replica("busy", 4, 3), _replica("idle", 1, 0)
     down = ReplicaLoad("down", False, 0, 0, 4, 0.0)

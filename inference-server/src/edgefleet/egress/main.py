@@ -45,8 +45,9 @@ class EgressConfig:
     cloud_model: str = ""
     # File holding the API key (a mounted Secret); else $EDGEFLEET_CLOUD_API_KEY.
     api_key_file: str = ""
-    # Name the router asks the egress for.
-    model_name: str = "cloud"
+    # Name the egress serves under (the router asks for its default); empty:
+    # the cloud model's name, so served_by says which model answered.
+    model_name: str = ""
     # The RoutingPolicy file: its privacy detectors are enforced again here and
     # its prices used for the audit; empty: every built-in detector, no prices.
     policy_file: str = ""
@@ -113,7 +114,8 @@ class EgressConfig:
             price_per_1k_output_tokens=policy.budget.price_per_1k_output_tokens,
             capacity=self.max_concurrency,
         )
-        return CloudEngine(settings, policy.scanner(), AuditLog(self.audit_log), self.model_name)
+        name = self.model_name or self.cloud_model
+        return CloudEngine(settings, policy.scanner(), AuditLog(self.audit_log), name)
 
 
 async def serve(config: EgressConfig) -> None:

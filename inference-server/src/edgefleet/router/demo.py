@@ -99,6 +99,8 @@ def cli(target: str, *args: str) -> None:
 
 
 def main() -> None:
+    # Keep this script's lines in order with the CLI's when piped.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     ports = {name: free_local_port() for name in ("local", "cloud", "egress", "router", "http")}
     local, egress, router = (f"127.0.0.1:{ports[n]}" for n in ("local", "egress", "router"))
     audit = Path(tempfile.gettempdir()) / "edgefleet-demo-audit.jsonl"
@@ -138,8 +140,10 @@ def main() -> None:
         print(f"\n==> what the egress audited ({audit.name}: no prompt, only its hash)")
         for line in audit.read_text().splitlines():
             record = json.loads(line)
-            print(f"    {record['outcome']} tokens={record['prompt_tokens']}+"
-                  f"{record['completion_tokens']} prompt_sha256={record['prompt_sha256'][:16]}…")
+            print(
+                f"    {record['outcome']} tokens={record['prompt_tokens']}+"
+                f"{record['completion_tokens']} prompt_sha256={record['prompt_sha256'][:16]}…"
+            )
 
 
 if __name__ == "__main__":

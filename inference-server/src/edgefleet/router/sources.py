@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgefleet.routing.policy import PolicyError, load_document
+from edgefleet.routing.policy import PolicyError, load_file
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,7 @@ def _is_address(value: object) -> bool:
 
 
 def load_endpoints(path: Path) -> Endpoints:
-    try:
-        document = load_document(path)
-    except OSError as exc:
-        raise PolicyError([f"cannot read: {exc.strerror}"], str(path)) from exc
-    return parse_endpoints(document, str(path))
+    return load_file(path, parse_endpoints)
 
 
 class FileWatch:

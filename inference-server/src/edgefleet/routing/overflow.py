@@ -65,7 +65,11 @@ class OverflowGate:
             # No local replica at all is a different reason (capacity.no_local).
             self.overflowing = False
             return False
-        ahead, ttft = best.queue_ahead, best.predicted_ttft_ms()
+        ahead = best.queue_ahead
+        # A free slot starts a newcomer at once: the cloud cannot beat that by
+        # queueing less, and a replica's recent TTFT is only refreshed by the
+        # requests it gets, so it must not keep traffic away on its own.
+        ttft = best.predicted_ttft_ms() if ahead >= 0 else 0.0
         if self.overflowing:
             # Calm again once the queue ahead is down to a fraction of the limit
             # (with a limit of 0: a slot is free) and TTFT is well under its limit.

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -320,17 +320,19 @@ def parse_policy(document: Any, source: str = "policy") -> RoutingPolicy:
     return policy
 
 
-def load_document(path: Path) -> Any:
-    """YAML or JSON (JSON is YAML)."""
+Parsed = TypeVar("Parsed")
+
+
+def load_file(path: Path, parse: Callable[[Any, str], Parsed]) -> Parsed:
+    """Read a YAML or JSON file (JSON is YAML) and parse it; every failure is a PolicyError."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PolicyError([f"cannot read: {exc.strerror}"], str(path)) from exc
     except yaml.YAMLError as exc:
         raise PolicyError([f"not valid YAML or JSON: {exc}"], str(path)) from exc
+    return parse(document, str(path))
 
 
 def load_policy(path: Path) -> RoutingPolicy:
-    try:
-        document = load_document(path)
-    except OSError as exc:
-        raise PolicyError([f"cannot read: {exc.strerror}"], str(path)) from exc
-    return parse_policy(document, str(path))
+    return load_file(path, parse_policy)
