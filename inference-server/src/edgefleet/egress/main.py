@@ -9,24 +9,17 @@ stays out of process listings and logs.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import start_http_server
-
 from edgefleet.egress.audit import AuditLog
 from edgefleet.egress.engine import CloudEngine, CloudSettings
-from edgefleet.routing.policy import PolicyError, RoutingPolicy, load_policy
-from edgefleet.serving.config import ServerConfig, add_arguments, config_from
-from edgefleet.serving.server import InferenceServer
+from edgefleet.routing.policy import RoutingPolicy, load_policy
+from edgefleet.serving.config import ServerConfig
+from edgefleet.serving.server import InferenceServer, expose, run_service, service_parser
 
 log = logging.getLogger("edgefleet.egress")
 
@@ -121,36 +114,19 @@ class EgressConfig:
 async def serve(config: EgressConfig) -> None:
     engine = config.engine()
     server = InferenceServer(engine, config.server_config())
-    if config.metrics_listen:
-        host, _, port = config.metrics_listen.rpartition(":")
-        registry = server.service.metrics.registry
-        start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.drain_and_stop()))
+    expose(server, config.metrics_listen, server.service.metrics.registry)
     await server.start()
     log.info("egress to %s (model %s) on %s", config.base_url, config.cloud_model, config.listen)
     await server.wait_stopped()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="edgefleet-egress",
-        description="Forward router requests to an OpenAI-compatible cloud LLM, audited.",
+    parser = service_parser(
+        "edgefleet-egress",
+        "Forward router requests to an OpenAI-compatible cloud LLM, audited.",
+        EgressConfig,
     )
-    add_arguments(parser, EgressConfig)
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(serve(config_from(args, settings=EgressConfig)))
-    except (PolicyError, ValueError, OSError) as exc:
-        log.error("%s", exc)
-        sys.exit(2)
-    with contextlib.suppress(Exception):
-        logging.shutdown()
+    run_service(parser.parse_args(argv), EgressConfig, serve)
 
 
 if __name__ == "__main__":

@@ -9,26 +9,21 @@ and refused while the previous one keeps serving.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from prometheus_client import start_http_server
 
 from edgefleet.router.engine import RouterEngine
 from edgefleet.router.metrics import RouterMetrics
 from edgefleet.router.sources import Endpoints, FileWatch, load_endpoints, parse_endpoints
 from edgefleet.routing.complexity import ComplexityScorer
 from edgefleet.routing.policy import PolicyError, RoutingPolicy, load_policy
-from edgefleet.serving.config import DEFAULT_SYSTEM_PROMPT, ServerConfig, add_arguments, config_from
+from edgefleet.serving.config import DEFAULT_SYSTEM_PROMPT, ServerConfig
 from edgefleet.serving.openai_http import start_http
-from edgefleet.serving.server import InferenceServer
+from edgefleet.serving.server import InferenceServer, expose, run_service, service_parser
 
 log = logging.getLogger("edgefleet.router")
 
@@ -131,13 +126,8 @@ async def serve(config: RouterConfig) -> None:
     server = InferenceServer(engine, config.server_config())
     # One registry for the serving and the routing metrics: one /metrics page.
     engine.metrics = RouterMetrics(server.service.metrics.registry)
-    if config.metrics_listen:
-        host, _, port = config.metrics_listen.rpartition(":")
-        start_http_server(int(port), addr=host or "0.0.0.0", registry=engine.metrics.registry)
+    expose(server, config.metrics_listen, engine.metrics.registry)
     http = await start_http(server.service, config.http_listen) if config.http_listen else None
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.drain_and_stop()))
     await server.start()
     reloader = Reloader(config, engine, engine.metrics)
 
@@ -165,21 +155,17 @@ async def serve(config: RouterConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="edgefleet-router",
-        description="Route chat requests between local small models and the cloud egress.",
+    parser = service_parser(
+        "edgefleet-router",
+        "Route chat requests between local small models and the cloud egress.",
+        RouterConfig,
     )
-    add_arguments(parser, RouterConfig)
     parser.add_argument(
         "--check-policy",
         metavar="FILE",
         help="validate a RoutingPolicy file, print the verdict and exit (0 valid, 2 invalid)",
     )
-    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     if args.check_policy:
         try:
             policy = load_policy(Path(args.check_policy))
@@ -188,14 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         print(f"{args.check_policy}: valid RoutingPolicy {policy.name!r}")
         return
-    try:
-        config = config_from(args, settings=RouterConfig)
-        asyncio.run(serve(config))
-    except (PolicyError, ValueError, OSError) as exc:
-        log.error("%s", exc)
-        sys.exit(2)
-    with contextlib.suppress(Exception):
-        logging.shutdown()
+    run_service(args, RouterConfig, serve)
 
 
 if __name__ == "__main__":

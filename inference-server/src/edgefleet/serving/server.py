@@ -15,15 +15,16 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from edgefleet.oip import grpc_predict_v2_pb2 as oip
 from edgefleet.oip import grpc_predict_v2_pb2_grpc as oip_grpc
-from edgefleet.serving.config import ServerConfig, add_arguments, config_from
+from edgefleet.serving.config import ServerConfig, Settings, add_arguments, config_from
 from edgefleet.serving.engines.base import Engine
 from edgefleet.serving.errors import ModelFileError
 from edgefleet.serving.grpc_inference import InferenceServicer
@@ -204,39 +205,55 @@ class InferenceServer:
         await self._stopped.wait()
 
 
-async def serve(config: ServerConfig) -> None:
-    engine = build_engine(config)
-    server = InferenceServer(engine, config)
-    if config.metrics_listen:
-        host, _, port = config.metrics_listen.rpartition(":")
-        registry = server.service.metrics.registry
+def expose(server: InferenceServer, metrics_listen: str, registry: CollectorRegistry) -> None:
+    """Serve /metrics when an address is given, and drain the server on SIGTERM or SIGINT."""
+    if metrics_listen:
+        host, _, port = metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.drain_and_stop()))
+
+
+async def serve(config: ServerConfig) -> None:
+    engine = build_engine(config)
+    server = InferenceServer(engine, config)
+    expose(server, config.metrics_listen, server.service.metrics.registry)
     await server.start()
     await server.wait_stopped()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="edgefleet-server",
-        description="Serve a small language model over gRPC (edgefleet.v1, OIP v2, health).",
-    )
-    add_arguments(parser)
+def service_parser(prog: str, description: str, settings: type) -> argparse.ArgumentParser:
+    """A flag per setting of `settings` (each with its EDGEFLEET_* variable) and --log-level."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser, settings)
     parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_service(
+    args: argparse.Namespace, settings: type[Settings], serve: Callable[[Settings], Awaitable[None]]
+) -> None:
+    """Configure logging, read the settings and serve; a setup error exits 2 with its message."""
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        config = config_from(args)
-        asyncio.run(serve(config))
+        asyncio.run(serve(config_from(args, settings=settings)))
     except (ModelFileError, ValueError, OSError) as exc:
         log.error("%s", exc)
         sys.exit(2)
     with contextlib.suppress(Exception):
         logging.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = service_parser(
+        "edgefleet-server",
+        "Serve a small language model over gRPC (edgefleet.v1, OIP v2, health).",
+        ServerConfig,
+    )
+    run_service(parser.parse_args(argv), ServerConfig, serve)
 
 
 if __name__ == "__main__":
