@@ -49,8 +49,9 @@ from tests.support.cloud import recorded_cloud
 from tests.support.model_server import running_server
 from tests.support.pii_corpus import pii_prompts
 from tests.support.routing import running_router, start_egress
+from tests.support.routing_data import dev_data_path
 
-DEV_DATA = Path(__file__).resolve().parents[2].parent / "shared/data/routing/dev.jsonl"
+DEV_DATA = dev_data_path()
 WARMUP = 200
 QUICK_DEV_PROMPTS = 200
 QUICK_REQUESTS = 3

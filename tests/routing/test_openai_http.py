@@ -12,7 +12,10 @@ from tests.support.routing import SYSTEM, ask, running_router
 
 QUESTION = "What is the capital of France?"
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
-ALL_LOCAL = {"complexity": {"threshold": 1.0}}
+ALL_LOCAL = {
+    "complexity": {"threshold": 1.0},
+    "capacity": {"maxQueueDepth": 1000, "maxPredictedTtftMs": 3_600_000},
+}
 
 
 def test_sdk_gets_the_same_answers_as_grpc_streaming_included(stack: Stack, tmp_path: Path) -> None:

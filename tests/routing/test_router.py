@@ -35,8 +35,11 @@ COMPLEX = (
     "90 km. At what time, to the minute, does the second train draw level with the first, and "
     "how far from the station? Show every step of the working."
 )
-ALL_LOCAL = {"complexity": {"threshold": 1.0}}
-ALL_CLOUD = {"complexity": {"threshold": 0.0}}
+# Tests about other rules keep capacity out of the way: on a shared local
+# server a slow spell (a previous test's queue) may otherwise overflow.
+NEVER_OVERFLOW = {"maxQueueDepth": 1000, "maxPredictedTtftMs": 3_600_000}
+ALL_LOCAL = {"complexity": {"threshold": 1.0}, "capacity": NEVER_OVERFLOW}
+ALL_CLOUD = {"complexity": {"threshold": 0.0}, "capacity": NEVER_OVERFLOW}
 
 
 def between(scorer: ComplexityScorer) -> float:

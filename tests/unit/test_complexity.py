@@ -8,14 +8,14 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgefleet.routing.complexity import ComplexityScorer, default_scorer
+from tests.support.routing_data import dev_data_path
 
-DEV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "routing" / "dev.jsonl"
+DEV = dev_data_path()
 
 TRIVIAL = "What is the capital of France?"
 MORAL_SCENARIO = (

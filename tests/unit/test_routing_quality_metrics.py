@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from edgefleet.routing import quality
+from tests.support.routing_data import dev_data_path
 
-DEV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "routing" / "dev.jsonl"
+DEV = dev_data_path()
 
 
 def test_curve_steps_through_prompts_in_score_order():
