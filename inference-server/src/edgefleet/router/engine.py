@@ -112,6 +112,18 @@ class _TargetFailed(Exception):
 
 
 @dataclass(frozen=True)
+class Routing:
+    """What route() found for one request, carried to where it is carried out."""
+
+    decision: RoutingDecision
+    # A detector matched or the client marked it: never to the cloud, and local
+    # servers are told so.
+    sensitive: bool
+    # Worst-case (prompt, answer) tokens, reserved against the budget before sending.
+    cloud_bound: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class ActivePolicy:
     """A policy with what is derived from it; swapped whole on reload."""
 
@@ -219,9 +231,10 @@ class RouterEngine(Engine):
 
     # -- routing -----------------------------------------------------------
 
-    def route(self, request: GenerationRequest, active: ActivePolicy) -> RoutingDecision:
+    def route(self, request: GenerationRequest, active: ActivePolicy) -> Routing:
         started = time.perf_counter()
         texts = [message.content for message in request.messages]
+        cloud_bound = (prompt_token_bound(texts), request.sampling.max_tokens)
         finding = active.scanner.sensitive(texts)
         facts = RequestFacts(
             client_sensitive=request.routing.sensitive,
@@ -236,20 +249,16 @@ class RouterEngine(Engine):
             local_available=best is not None,
             overflowing=self.gate.update(active.policy.capacity, best),
             cloud_available=cloud is not None and cloud.ready,
-            budget_allows=self.budget.would_allow(*self._cloud_bound(request)),
+            budget_allows=self.budget.would_allow(*cloud_bound),
         )
         decision = decide(active.policy, active.threshold, facts, fleet)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
-        return decision
-
-    @staticmethod
-    def _cloud_bound(request: GenerationRequest) -> tuple[int, int]:
-        texts = [message.content for message in request.messages]
-        return prompt_token_bound(texts), request.sampling.max_tokens
+        return Routing(decision, facts.sensitive, cloud_bound)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         active = self.active
-        decision = self.route(request, active)
+        routing = self.route(request, active)
+        decision = routing.decision
         if decision.target is Target.REJECT:
             self.metrics.count_route(decision.target.value, decision.reason)
             raise RouteRefused(decision, active.policy.name)
@@ -260,7 +269,7 @@ class RouterEngine(Engine):
                 plan.append((decision.fallback, f"failover.{decision.target.value}_failed"))
             for attempt, (target, reason) in enumerate(plan):
                 try:
-                    async for item in self._serve_via(target, reason, request, active):
+                    async for item in self._serve_via(target, reason, request, active, routing):
                         yield item
                     return
                 except _TargetFailed as failed:
@@ -302,7 +311,12 @@ class RouterEngine(Engine):
         )
 
     async def _serve_via(
-        self, target: Target, reason: str, request: GenerationRequest, active: ActivePolicy
+        self,
+        target: Target,
+        reason: str,
+        request: GenerationRequest,
+        active: ActivePolicy,
+        routing: Routing,
     ) -> AsyncIterator[StreamItem]:
         route = Route(target.value, reason)
         policy = active.policy
@@ -314,12 +328,11 @@ class RouterEngine(Engine):
             raise _TargetFailed(error, retry_elsewhere=True)
         reservation: Reservation | None = None
         if target is Target.CLOUD:
-            # Fail closed twice over: nothing sensitive is ever forwarded to the egress.
-            if request.routing.sensitive or active.scanner.sensitive(
-                [m.content for m in request.messages]
-            ):
+            # decide() never sends a sensitive request out; should that ever break,
+            # stop here rather than forward it (the egress checks once more).
+            if routing.sensitive:
                 raise AssertionError("a sensitive request reached the cloud path")
-            reservation = self.budget.reserve(*self._cloud_bound(request))
+            reservation = self.budget.reserve(*routing.cloud_bound)
             if reservation is None:
                 backend.breaker.release()
                 raise _TargetFailed(
@@ -331,8 +344,8 @@ class RouterEngine(Engine):
             if target is Target.CLOUD
             else policy.failover.local_timeout_seconds
         )
-        sensitive = target is Target.LOCAL and (reason.startswith("privacy."))
-        call = backend.generate_stream(self._forwarded(request, sensitive, policy.name), timeout)
+        forwarded = self._forwarded(request, routing.sensitive, policy.name)
+        call = backend.generate_stream(forwarded, timeout)
         calls = self._calls.setdefault(request.request_id, set())
         calls.add(call)
         backend.in_flight += 1
