@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.egress.audit import AuditLog
 from edgefleet.egress.engine import CloudEngine, CloudSettings
 from edgefleet.routing.policy import RoutingPolicy, load_policy
-from edgefleet.serving.config import ServerConfig
+from edgefleet.serving.config import FrontSettings, ServerConfig
 from edgefleet.serving.server import InferenceServer, expose, run_service, service_parser
 
 log = logging.getLogger("edgefleet.egress")
@@ -27,11 +26,7 @@ API_KEY_VARIABLE = "EDGEFLEET_CLOUD_API_KEY"
 
 
 @dataclass
-class EgressConfig:
-    # gRPC address the router calls.
-    listen: str = "0.0.0.0:50051"
-    # Prometheus /metrics address; empty disables it.
-    metrics_listen: str = "0.0.0.0:9090"
+class EgressConfig(FrontSettings):
     # The OpenAI-compatible API, e.g. https://api.openai.com/v1.
     base_url: str = ""
     # The cloud model to ask for.
@@ -48,14 +43,11 @@ class EgressConfig:
     timeout_s: float = 60.0
     max_retries: int = 2
     retry_backoff_s: float = 0.5
-    # Calls in flight at once, and queued beyond that.
-    max_concurrency: int = 64
-    max_queue: int = 64
+    # Cloud models take longer answers, and longer to finish them on SIGTERM.
     max_tokens_cap: int = 4096
+    drain_grace_s: float = 30.0
     # Audit log (JSON lines); empty: standard output.
     audit_log: str = ""
-    drain_grace_s: float = 30.0
-    instance_name: str = field(default_factory=socket.gethostname)
 
     def api_key(self) -> str:
         if self.api_key_file:
@@ -70,21 +62,12 @@ class EgressConfig:
             raise ValueError(f"no API key: set --api-key-file or ${API_KEY_VARIABLE}")
         return key
 
-    def server_config(self) -> ServerConfig:
-        return ServerConfig(
-            engine="openai",
-            listen=self.listen,
-            metrics_listen=self.metrics_listen,
-            batch_sequences=0,
-            instances=1,
-            max_concurrency=self.max_concurrency,
-            max_queue=self.max_queue,
-            max_tokens_cap=self.max_tokens_cap,
+    def server_config(self) -> ServerConfig:  # type: ignore[override]
+        return super().server_config(
+            "openai",
             default_max_tokens=min(256, self.max_tokens_cap),
             # The router has already added its system prompt; the egress adds none.
             system_prompt="",
-            drain_grace_s=self.drain_grace_s,
-            instance_name=self.instance_name,
         )
 
     def engine(self) -> CloudEngine:

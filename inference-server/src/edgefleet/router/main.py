@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.router.engine import RouterEngine
@@ -21,7 +20,7 @@ from edgefleet.router.metrics import RouterMetrics
 from edgefleet.router.sources import Endpoints, FileWatch, load_endpoints, parse_endpoints
 from edgefleet.routing.complexity import ComplexityScorer
 from edgefleet.routing.policy import PolicyError, RoutingPolicy, load_policy
-from edgefleet.serving.config import DEFAULT_SYSTEM_PROMPT, ServerConfig
+from edgefleet.serving.config import DEFAULT_SYSTEM_PROMPT, FrontSettings, ServerConfig
 from edgefleet.serving.openai_http import start_http
 from edgefleet.serving.server import InferenceServer, expose, run_service, service_parser
 
@@ -29,13 +28,9 @@ log = logging.getLogger("edgefleet.router")
 
 
 @dataclass
-class RouterConfig:
-    # gRPC address (edgefleet.v1, OIP v2, health, reflection).
-    listen: str = "0.0.0.0:50051"
+class RouterConfig(FrontSettings):
     # OpenAI-compatible HTTP API; empty disables it.
     http_listen: str = "0.0.0.0:8080"
-    # Prometheus /metrics address; empty disables it.
-    metrics_listen: str = "0.0.0.0:9090"
     # RoutingPolicy (whole resource or its spec) as YAML/JSON; empty: defaults.
     policy_file: str = ""
     # {"local": [host:port, ...], "cloud": host:port}; wins over --local/--cloud.
@@ -46,32 +41,20 @@ class RouterConfig:
     cloud: str = ""
     # How often backends' load is polled (GetStats) and files are checked.
     poll_interval_s: float = 0.5
-    # Requests the router handles at once, and how many may wait beyond that.
+    # A router fronts a whole fleet: it admits many more requests than one model.
     max_concurrency: int = 256
     max_queue: int = 256
-    # Request defaults and limits, as on the model servers.
-    max_tokens_cap: int = 1024
+    # Request defaults, as on the model servers.
     default_max_tokens: int = 256
     default_temperature: float = 0.2
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    drain_grace_s: float = 20.0
-    instance_name: str = field(default_factory=socket.gethostname)
 
-    def server_config(self) -> ServerConfig:
-        return ServerConfig(
-            engine="router",
-            listen=self.listen,
-            metrics_listen=self.metrics_listen,
-            batch_sequences=0,
-            instances=1,
-            max_concurrency=self.max_concurrency,
-            max_queue=self.max_queue,
-            max_tokens_cap=self.max_tokens_cap,
+    def server_config(self) -> ServerConfig:  # type: ignore[override]
+        return super().server_config(
+            "router",
             default_max_tokens=self.default_max_tokens,
             default_temperature=self.default_temperature,
             system_prompt=self.system_prompt,
-            drain_grace_s=self.drain_grace_s,
-            instance_name=self.instance_name,
         )
 
     def load_policy(self) -> RoutingPolicy:

@@ -103,6 +103,44 @@ class ServerConfig:
             raise ValueError("invalid server settings: " + "; ".join(problems))
 
 
+@dataclass
+class FrontSettings:
+    """What the router and the egress share: services whose engine answers from elsewhere.
+
+    Each runs the model server's own gRPC servicers, so it turns into a
+    ServerConfig with the engine-free parts filled in.
+    """
+
+    # gRPC address (edgefleet.v1, OIP v2, health, reflection).
+    listen: str = "0.0.0.0:50051"
+    # Prometheus /metrics address; empty disables it.
+    metrics_listen: str = "0.0.0.0:9090"
+    # Requests handled at once, and how many may wait beyond that.
+    max_concurrency: int = 64
+    max_queue: int = 64
+    # Largest max_tokens a request may ask for.
+    max_tokens_cap: int = 1024
+    # Seconds in-flight requests may finish in after SIGTERM.
+    drain_grace_s: float = 20.0
+    # Name of this pod or host in responses.
+    instance_name: str = field(default_factory=socket.gethostname)
+
+    def server_config(self, engine: str, **request_defaults: object) -> ServerConfig:
+        return ServerConfig(
+            engine=engine,
+            listen=self.listen,
+            metrics_listen=self.metrics_listen,
+            batch_sequences=0,
+            instances=1,
+            max_concurrency=self.max_concurrency,
+            max_queue=self.max_queue,
+            max_tokens_cap=self.max_tokens_cap,
+            drain_grace_s=self.drain_grace_s,
+            instance_name=self.instance_name,
+            **request_defaults,  # type: ignore[arg-type]
+        )
+
+
 Settings = TypeVar("Settings")
 
 
