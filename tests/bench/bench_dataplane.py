@@ -35,17 +35,9 @@ from edgefleet.serving.model_files import default_model_path
 from edgefleet.serving.readiness import free_local_port
 from edgefleet.v1 import inference_pb2 as pb
 from tests.support.model_server import spawn_server
+from tests.support.prompts import LONG_ANSWER_PROMPTS
 
-PROMPTS = (
-    "Write a detailed essay about the history of the bicycle.",
-    "Explain, step by step, how a refrigerator keeps food cold.",
-    "Describe a walk through a busy market in a small town.",
-    "Write a long letter to a friend about your summer holiday.",
-    "Explain the water cycle to a ten-year-old in detail.",
-    "Describe how to plant and care for a vegetable garden.",
-    "Write a story about a lighthouse keeper and a storm.",
-    "Explain why the sky is blue and why sunsets are red.",
-)
+PROMPTS = LONG_ANSWER_PROMPTS
 CONCURRENCY = (1, 2, 4, 8)
 CONTEXT = 2048
 

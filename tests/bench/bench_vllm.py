@@ -27,18 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from edgefleet.v1 import inference_pb2 as pb
 from tests.support.model_server import ModelServer, spawn_server
+from tests.support.prompts import LONG_ANSWER_PROMPTS
 from tests.support.vllm_server import VLLM_ENGINE_FLAGS, VLLM_START_TIMEOUT_S
 
-PROMPTS = (
-    "Write a detailed essay about the history of the bicycle.",
-    "Explain, step by step, how a refrigerator keeps food cold.",
-    "Describe a walk through a busy market in a small town.",
-    "Write a long letter to a friend about your summer holiday.",
-    "Explain the water cycle to a ten-year-old in detail.",
-    "Describe how to plant and care for a vegetable garden.",
-    "Write a story about a lighthouse keeper and a storm.",
-    "Explain why the sky is blue and why sunsets are red.",
-)
+PROMPTS = LONG_ANSWER_PROMPTS
 LEVELS = (1, 4, 16)
 COMMON = ("--context-length", "2048", "--max-queue", "32", "--max-concurrency", "16")
 
