@@ -7,6 +7,7 @@ client experiences it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -77,16 +78,25 @@ class ModelService:
         arrival = time.monotonic()
         if not self.engine.ready():
             raise NotReady()
+        finished: Finished | None = None
         async with self.admission.slot() as queue_s:
             self.metrics.queue_time.labels(self.model_name).observe(queue_s)
             first_text_at: float | None = None
-            async for item in self.engine.stream(request):
-                if isinstance(item, TextDelta):
-                    if first_text_at is None:
-                        first_text_at = time.monotonic()
-                    yield item
-                    continue
-                yield self._finish(item, arrival, first_text_at, queue_s)
+            # Closed here, not whenever the caller drops this generator: the
+            # engine's request and the admission slot are both free before the
+            # caller sees the end, so a client that got its answer never finds
+            # the server still counting it.
+            async with contextlib.aclosing(self.engine.stream(request)) as items:
+                async for item in items:
+                    if isinstance(item, TextDelta):
+                        if first_text_at is None:
+                            first_text_at = time.monotonic()
+                        yield item
+                        continue
+                    finished = self._finish(item, arrival, first_text_at, queue_s)
+                    break
+        if finished is not None:
+            yield finished
 
     def _finish(
         self, completion: Completion, arrival: float, first_text_at: float | None, queue_s: float
