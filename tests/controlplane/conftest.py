@@ -22,11 +22,14 @@ from tests.controlplane.helpers import Cluster
 def cluster() -> Iterator[Cluster]:
     existing = os.environ.get("EDGEFLEET_KUBECONFIG")
     if existing:
-        yield Cluster(Path(existing), testbed=False)
+        # The running test bed's own kubeconfig: use it as it is (kwok fleet,
+        # process kubelet), and leave it running for the next run.
+        shared = Path(existing).resolve() == testbed.paths().kubeconfig.resolve()
+        yield Cluster(Path(existing), testbed=shared, owned=False)
         return
     # No try/skip here: a cluster that cannot start must fail the run loudly.
     paths = testbed.up()
-    yield Cluster(paths.kubeconfig, testbed=True)
+    yield Cluster(paths.kubeconfig, testbed=True, owned=True)
     if paths.kubeconfig.exists():
         testbed.down()
 
@@ -37,6 +40,14 @@ def testbed_cluster(cluster: Cluster) -> Cluster:
     if not cluster.testbed:
         pytest.skip("needs the Docker-free test bed (kwok fleet / process kubelet)")
     return cluster
+
+
+@pytest.fixture
+def owned_testbed(testbed_cluster: Cluster) -> Cluster:
+    """The test bed, for tests that stop and restart it: never a shared one."""
+    if not testbed_cluster.owned:
+        pytest.skip("this run shares a running test bed (EDGEFLEET_KUBECONFIG); it must not stop it")
+    return testbed_cluster
 
 
 @pytest.fixture
@@ -58,3 +69,24 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+RELEASE = "edgefleet"
+RELEASE_NAMESPACE = "edgefleet-system"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "edgefleet"
+TESTBED_VALUES = Path(__file__).with_name("testbed-values.yaml")
+
+
+@pytest.fixture(scope="session")
+def release(cluster: Cluster) -> Cluster:
+    """The edgefleet chart installed once for the session (CRDs, operator, RBAC).
+
+    `helm upgrade --install` so a rerun against a kept cluster converges; tests
+    that upgrade or uninstall the chart use their own release.
+    """
+    cluster.helm(
+        "upgrade", "--install", RELEASE, str(CHART),
+        "--namespace", RELEASE_NAMESPACE, "--create-namespace",
+        "--values", str(TESTBED_VALUES), "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    return cluster

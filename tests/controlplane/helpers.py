@@ -36,6 +36,8 @@ class Cluster:
     kubeconfig: Path
     # True on the Docker-free test bed (kwok nodes, process kubelet); False on kind.
     testbed: bool
+    # True when this run started the cluster (and so may stop and restart it).
+    owned: bool = False
 
     def run(
         self,

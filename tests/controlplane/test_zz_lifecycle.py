@@ -33,7 +33,7 @@ def test_a_thousand_node_fleet_registers_and_becomes_ready(testbed_cluster: Clus
 
 
 def test_cluster_down_leaves_no_process_mount_interface_or_namespace(
-    testbed_cluster: Cluster,
+    owned_testbed: Cluster,
 ) -> None:
     paths = testbed.paths()
     testbed.down()  # raises itself if anything is left; the checks below say what
