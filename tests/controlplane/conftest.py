@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.cluster import testbed
 from tests.controlplane.helpers import Cluster
@@ -46,7 +47,7 @@ def testbed_cluster(cluster: Cluster) -> Cluster:
 def owned_testbed(testbed_cluster: Cluster) -> Cluster:
     """The test bed, for tests that stop and restart it: never a shared one."""
     if not testbed_cluster.owned:
-        pytest.skip("this run shares a running test bed (EDGEFLEET_KUBECONFIG); it must not stop it")
+        pytest.skip("this run shares a running test bed (EDGEFLEET_KUBECONFIG); not stopping it")
     return testbed_cluster
 
 
@@ -89,4 +90,36 @@ def release(cluster: Cluster) -> Cluster:
         "--namespace", RELEASE_NAMESPACE, "--create-namespace",
         "--values", str(TESTBED_VALUES), "--wait", "--timeout", "180s",
     )  # fmt: skip
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> Cluster:
+    """Only the chart's CRDs, applied as `helm install` would own them.
+
+    Rendered from the working tree and applied server-side with the release's
+    ownership metadata, so a later `helm upgrade --install` (the `release`
+    fixture) adopts them instead of refusing them.
+    """
+    rendered = cluster.helm(
+        "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
+        "--show-only", "templates/crds/smallmodels.yaml",
+        "--show-only", "templates/crds/routingpolicies.yaml",
+    ).stdout  # fmt: skip
+    documents = [d for d in yaml.safe_load_all(rendered) if d]
+    for crd in documents:
+        metadata = crd["metadata"]
+        metadata.setdefault("labels", {})["app.kubernetes.io/managed-by"] = "Helm"
+        annotations = metadata.setdefault("annotations", {})
+        annotations["meta.helm.sh/release-name"] = RELEASE
+        annotations["meta.helm.sh/release-namespace"] = RELEASE_NAMESPACE
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", "-",
+        stdin=yaml.safe_dump_all(documents),
+    )  # fmt: skip
+    for crd in documents:
+        cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}",
+            "--timeout=60s",
+        )  # fmt: skip
     return cluster
