@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster import testbed
+from tests.cluster import testbed, versions
 from tests.controlplane.helpers import Cluster
 
 
@@ -103,6 +103,8 @@ def crds(cluster: Cluster) -> Cluster:
     """
     rendered = cluster.helm(
         "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
+        # Offline rendering assumes an old cluster otherwise; Chart.yaml needs 1.30+.
+        "--kube-version", versions.KUBERNETES_VERSION,
         "--show-only", "templates/crds/smallmodels.yaml",
         "--show-only", "templates/crds/routingpolicies.yaml",
     ).stdout  # fmt: skip
