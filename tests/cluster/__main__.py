@@ -1,4 +1,4 @@
-"""CLI: python -m tests.cluster build|up|down|status|fleet|scale."""
+"""CLI: python -m tests.cluster build|up|down|status|restart-kubelet|fleet|scale."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="start a fresh cluster with the fleet from fleet.yaml")
     sub.add_parser("down", help="stop the cluster and check nothing is left behind")
     sub.add_parser("status", help="say whether the cluster is up and list its nodes")
+    sub.add_parser(
+        "restart-kubelet",
+        help="restart only the process kubelets (their Pods restart) to load changed kubelet code",
+    )
     sub.add_parser(
         "fleet", help="print the kwok nodes of fleet.yaml as a List (e.g. for kind + kwok)"
     )
@@ -39,6 +43,8 @@ def main() -> int:
         testbed.down()
     elif args.command == "status":
         return testbed.status()
+    elif args.command == "restart-kubelet":
+        testbed.restart_kubelets()
     elif args.command == "fleet":
         print(fleet.as_list(fleet.kwok_nodes(fleet.load())))
     elif args.command == "scale":

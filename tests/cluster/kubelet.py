@@ -20,7 +20,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,11 +27,13 @@ from urllib.parse import urlparse
 from kubernetes import client, config, watch
 
 from tests.cluster import network, versions
-from tests.cluster.podproc import PodProcess, now
+from tests.cluster.pod import PodRun
+from tests.cluster.podconfig import ObjectReader, resolve_env
+from tests.cluster.podproc import now
+from tests.cluster.volumes import MountPoints
 
 HEARTBEAT_SECONDS = 10
 LEASE_SECONDS = 40
-RESTART_BACKOFF_SECONDS = 2
 # Images every test bed knows; EDGEFLEET_PROCESS_IMAGES adds to (or overrides) these.
 BUILTIN_IMAGES: dict[str, list[str]] = {"edgefleet-testbed/python": ["python3"]}
 
@@ -49,7 +50,8 @@ class ProcessKubelet:
         self.node, self.state, self.image_map = node, state, image_map
         self.stopping = threading.Event()
         self.lock = threading.Lock()
-        self.pods: dict[str, PodProcess] = {}
+        self.pods: dict[str, PodRun] = {}
+        self.mount_points = MountPoints()
         pod_cidr = self.core.read_node(node).spec.pod_cidr
         self.free_ips = [str(a) for a in ipaddress.ip_network(pod_cidr).hosts()][9:]
         self.grpcurl = str(versions.bin_dir() / "grpcurl")
@@ -118,6 +120,7 @@ class ProcessKubelet:
         raise ValueError(f"image {image!r} has no command and no entry in the image map")
 
     def _env(self, pod: dict[str, Any], container: dict[str, Any], address: str) -> dict[str, str]:
+        """The process env; raises ContainerConfigError for a missing required reference."""
         port = urlparse(self.cfg.host).port or 443
         env = {
             # The kubelet's own interpreter folder first: in a virtualenv, `python3`
@@ -141,11 +144,8 @@ class ProcessKubelet:
             "status.podIP": address,
             "status.hostIP": network.API_ADDRESS,
         }
-        for item in container.get("env", []):
-            if "value" in item:
-                env[item["name"]] = item["value"]
-            elif "fieldRef" in item.get("valueFrom", {}):
-                env[item["name"]] = fields.get(item["valueFrom"]["fieldRef"]["fieldPath"], "")
+        reader = ObjectReader(self.core, pod["metadata"]["namespace"])
+        env.update(resolve_env(reader, container, fields))
         return env
 
     def _service_account(self, pod: dict[str, Any], workdir: Path) -> Path | None:
@@ -175,98 +175,94 @@ class ProcessKubelet:
         shutil.copyfile(self.cfg.ssl_ca_cert, sa_dir / "ca.crt")
         return sa_dir
 
-    def start_pod(self, pod: dict[str, Any]) -> None:
-        meta = pod["metadata"]
-        container = pod["spec"]["containers"][0]
+    def _take_address(self, previous: str | None) -> str:
+        """A free pod address; the Pod's previous one when a restarted kubelet adopts it."""
         with self.lock:
-            address = self.free_ips.pop(0)
-        proc = PodProcess(
-            namespace=meta["namespace"],
-            name=meta["name"],
-            uid=meta["uid"],
-            container=container,
+            if previous in self.free_ips:
+                self.free_ips.remove(previous)
+                return previous
+            return self.free_ips.pop(0)
+
+    def start_pod(self, pod: dict[str, Any]) -> None:
+        """Take the Pod on; the sync loop then runs its init containers and containers."""
+        meta = pod["metadata"]
+        status = pod.get("status") or {}
+        address = self._take_address(status.get("podIP"))
+
+        def configure(container: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+            return self._command(container), self._env(pod, container, address)
+
+        run = PodRun(
+            pod=pod,
             address=address,
             host_ip=network.API_ADDRESS,
             workdir=self.state / meta["uid"],
-            restart_policy=pod["spec"].get("restartPolicy", "Always"),
+            pvc_root=self.state / "pvcs",
+            reader=ObjectReader(self.core, meta["namespace"]),
+            mount_points=self.mount_points,
+            configure=configure,
+            grpcurl=self.grpcurl,
         )
-        with self.lock:
-            self.pods[meta["uid"]] = proc
+        if status.get("phase") not in (None, "Pending"):
+            run.restore(status)
         try:
-            proc.setup_network()
-            sa_dir = self._service_account(pod, proc.workdir)
-            proc.start(self._command(container), self._env(pod, container, address), sa_dir)
-            print(
-                f"started {meta['namespace']}/{meta['name']} at {address} pid {proc.proc.pid}",
-                flush=True,
-            )
+            run.setup_network()
+            run.sa_dir = self._service_account(pod, run.workdir)
         except Exception as exc:
-            print(f"cannot start {meta['namespace']}/{meta['name']}: {exc}", flush=True)
-            proc.exit_code, proc.restart_policy = 127, "Never"
-        self.report(proc)
-        proc.reported = (proc.ready, proc.exit_code, proc.restarts)
+            # Undone here; the next relist (at most 20 s away) tries again.
+            print(f"cannot set up {meta['namespace']}/{meta['name']}: {exc}", flush=True)
+            run.stop(0, keep_volumes=True)
+            with self.lock:
+                self.free_ips.append(address)
+            return
+        with self.lock:
+            self.pods[meta["uid"]] = run
+        print(f"took on {meta['namespace']}/{meta['name']} at {address}", flush=True)
 
-    def report(self, proc: PodProcess) -> None:
+    def report(self, run: PodRun, status: dict[str, Any]) -> None:
         try:
-            self.core.patch_namespaced_pod_status(
-                proc.name, proc.namespace, {"status": proc.status()}
-            )
+            self.core.patch_namespaced_pod_status(run.name, run.namespace, {"status": status})
         except client.ApiException as exc:
             if exc.status != 404:
-                print(f"status of {proc.namespace}/{proc.name}: {exc.reason}", flush=True)
-
-    def stop_pod(self, uid: str, grace: float, finalize: bool) -> None:
-        with self.lock:
-            proc = self.pods.pop(uid, None)
-        if proc is None:
+                print(f"status of {run.namespace}/{run.name}: {exc.reason} {exc.body}", flush=True)
             return
-        proc.stop(min(grace, 10))
+        run.reported = status
+
+    def stop_pod(self, uid: str, grace: float, finalize: bool, keep_volumes: bool = False) -> None:
         with self.lock:
-            self.free_ips.append(proc.address)
+            run = self.pods.pop(uid, None)
+        if run is None:
+            return
+        run.stop(min(grace, 10), keep_volumes)
+        with self.lock:
+            self.free_ips.append(run.address)
         if finalize:
             # A real kubelet confirms the deletion once the containers are gone.
             body = client.V1DeleteOptions(
                 grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
             )
             try:
-                self.core.delete_namespaced_pod(proc.name, proc.namespace, body=body)
+                self.core.delete_namespaced_pod(run.name, run.namespace, body=body)
             except client.ApiException as exc:
                 if exc.status not in (404, 409):
                     raise
-        print(f"stopped {proc.namespace}/{proc.name}", flush=True)
+        print(f"stopped {run.namespace}/{run.name}", flush=True)
 
     def sync_loop(self) -> None:
-        """Restart exited processes and move readiness as probes pass or fail."""
+        """Drive every Pod (init containers, starts, probes, restarts) and report changes."""
         while not self.stopping.is_set():
             with self.lock:
-                procs = list(self.pods.values())
-            for proc in procs:
-                code = proc.poll()
-                if code is None and proc.proc is not None:
-                    proc.ready = proc.probe(self.grpcurl)
-                elif (
-                    code is not None and proc.proc is not None and self._should_restart(proc, code)
-                ):
-                    with self.lock:
-                        # Under the lock, and only while the Pod is still ours:
-                        # stop_pod takes the Pod out first, so nothing restarts
-                        # a process that is being stopped.
-                        if self.pods.get(proc.uid) is proc:
-                            proc.restart()
-                state = (proc.ready, proc.exit_code, proc.restarts)
-                if state != proc.reported:
-                    self.report(proc)
-                    proc.reported = state
+                runs = list(self.pods.values())
+            for run in runs:
+                try:
+                    run.step()
+                    status = run.status()
+                except Exception as exc:  # one broken Pod must not stop the others
+                    print(f"sync {run.namespace}/{run.name}: {exc!r}", flush=True)
+                    continue
+                if status != run.reported and not run.stopped:
+                    self.report(run, status)
             self.stopping.wait(0.5)
-
-    @staticmethod
-    def _should_restart(proc: PodProcess, code: int) -> bool:
-        wants = proc.restart_policy == "Always" or (
-            proc.restart_policy == "OnFailure" and code != 0
-        )
-        return wants and time.monotonic() - proc.last_exit_mono > RESTART_BACKOFF_SECONDS * (
-            proc.restarts + 1
-        )
 
     def watch_loop(self) -> None:
         """List-and-watch Pods bound to this node; each 20 s watch ends in a fresh relist."""
@@ -301,9 +297,11 @@ class ProcessKubelet:
                 )
             else:
                 self._finalize_unknown(pod)
-        elif not known and pod.get("status", {}).get("phase", "Pending") == "Pending":
-            # Synchronously, in the watch thread: starting takes well under a
-            # second, and it means a Pod's events are handled strictly in order.
+        elif not known and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+            # Pending Pods, and Pods a previous kubelet ran (after a restart, as
+            # a real kubelet after a reboot). Synchronously, in the watch thread:
+            # taking a Pod on takes well under a second, and it keeps a Pod's
+            # events strictly in order.
             self.start_pod(pod)
 
     def _finalize_unknown(self, pod: dict[str, Any]) -> None:
@@ -328,7 +326,8 @@ class ProcessKubelet:
         watcher.start()
         self.stopping.wait()
         for uid in list(self.pods):
-            self.stop_pod(uid, 5, finalize=False)
+            # Volumes stay: a kubelet started after this one adopts the Pods.
+            self.stop_pod(uid, 5, finalize=False, keep_volumes=True)
         print("process kubelet stopped", flush=True)
 
 

@@ -1,234 +1,199 @@
-"""One Pod run as a real process in its own network and mount namespaces."""
+"""One container of a Pod run as a real process, and what a kubelet reports about it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import network
+from tests.cluster.volumes import Mount
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 # In a private mount namespace (so the host and other pods never see them),
-# bind the Pod's hosts file over /etc/hosts and its token folder over the
-# standard path, then become the container command.
+# bind the Pod's hosts file over /etc/hosts, its token folder over the
+# standard path and each volume over its mountPath (remounted read-only where
+# asked), then become the container command. Arguments: hosts, token folder
+# (or ""), the number of volume mounts, then "source target rw|ro" per mount,
+# then the command.
 _MOUNT_AND_EXEC = (
-    'hosts="$1"; sa="$2"; shift 2; '
+    'hosts="$1"; sa="$2"; n="$3"; shift 3; '
     'mount --bind "$hosts" /etc/hosts || exit 121; '
     'if [ -n "$sa" ]; then mount --bind "$sa" ' + SA_MOUNT + " || exit 122; fi; "
+    'while [ "$n" -gt 0 ]; do '
+    'mount --bind "$1" "$2" || exit 123; '
+    'if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 124; fi; '
+    "shift 3; n=$((n - 1)); done; "
     'exec "$@"'
 )
-# What cluster DNS would answer for the API server's in-cluster names.
-API_HOSTNAMES = (
-    "kubernetes kubernetes.default kubernetes.default.svc kubernetes.default.svc.cluster.local"
-)
+# Exit code of a container that could not be started at all (no command, no binary).
+START_ERROR_EXIT = 128
 
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def mount_argv(hosts: Path, sa_dir: Path | None, mounts: list[Mount]) -> list[str]:
+    """The `unshare` + shell prefix that sets up a container's private mounts, then execs."""
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _MOUNT_AND_EXEC, "sh"]
+    argv += [str(hosts), str(sa_dir or ""), str(len(mounts))]
+    # Parents before children, so a mount inside another mount's target lands on top.
+    for m in sorted(mounts, key=lambda m: m.target):
+        argv += [str(m.source), m.target, "ro" if m.read_only else "rw"]
+    return argv
+
+
 @dataclass
-class PodProcess:
-    """State of one running Pod; `status()` renders what the API should show."""
+class Termination:
+    """How one run of a container ended, in the API's ContainerStateTerminated shape."""
 
-    namespace: str
-    name: str
-    uid: str
-    container: dict[str, Any]
-    address: str
-    host_ip: str
-    workdir: Path
-    restart_policy: str = "Always"
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: str = ""
-    restarts: int = 0
-    ready: bool = False
-    exit_code: int | None = None
-    started_mono: float = 0.0
-    last_exit_mono: float = 0.0
-    netns: str = field(init=False)
-    command: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    sa_dir: Path | None = None
-    # (ready, exit code, restarts) last written to the API, to report changes only.
-    reported: tuple[bool, int | None, int] | None = None
+    exit_code: int
+    reason: str
+    started_at: str
+    finished_at: str
+    message: str = ""
 
-    def __post_init__(self) -> None:
-        self.netns = network.NETNS_PREFIX + self.uid.replace("-", "")[:10]
+    def as_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "exitCode": self.exit_code,
+            "reason": self.reason,
+            "startedAt": self.started_at or None,
+            "finishedAt": self.finished_at,
+        }
+        if self.message:
+            state["message"] = self.message
+        return state
 
-    def setup_network(self) -> None:
-        network.create_pod_namespace(self.netns, self.address)
 
-    def start(self, command: list[str], env: dict[str, str], sa_dir: Path | None) -> None:
-        self.command, self.env, self.sa_dir = command, env, sa_dir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / "container.log", "ab")  # noqa: SIM115 - handed to the child
-        hosts = self.workdir / "hosts"
-        entries = [("127.0.0.1", "localhost"), (self.address, self.name)]
-        entries.append((network.API_ADDRESS, API_HOSTNAMES))
-        hosts.write_text("".join(f"{ip} {names}\n" for ip, names in entries))
-        if sa_dir is not None:
-            Path(SA_MOUNT).mkdir(parents=True, exist_ok=True)
-        argv = ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private"]
-        argv += ["sh", "-c", _MOUNT_AND_EXEC, "sh", str(hosts), str(sa_dir or "")]
-        self.proc = subprocess.Popen(
-            [*argv, *command],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=self.container.get("workingDir") or "/",
-        )
-        log.close()
-        self.started_at, self.started_mono, self.ready, self.exit_code = (
-            now(),
-            time.monotonic(),
-            False,
-            None,
-        )
+class ContainerProcess:
+    """One container: its process (if running), restarts, probes' state and last exit."""
 
-    def restart(self) -> None:
-        self.restarts += 1
-        self.start(self.command, self.env, self.sa_dir)
+    def __init__(self, spec: dict[str, Any], log_path: Path, init: bool) -> None:
+        self.spec, self.name, self.log_path, self.init = spec, spec["name"], log_path, init
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = ""
+        self.started_mono = 0.0
+        self.last_exit_mono = 0.0
+        self.exit_code: int | None = None
+        self.restarts = 0
+        self.ready = False
+        # Why it is not running, when it never could start (CreateContainerConfigError, ...).
+        self.waiting: tuple[str, str] | None = None
+        self.last_termination: Termination | None = None
+        # An init container that exited 0 is done for the Pod's life.
+        self.completed = False
+        self.next_start_mono = 0.0
+        self.next_liveness_mono = 0.0
+        self.liveness_failures = 0
+        self._kill_message = ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.exit_code is None
+
+    @property
+    def ever_ran(self) -> bool:
+        return self.last_termination is not None or self.running
+
+    def launch(self, argv: list[str], env: dict[str, str], cwd: str) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=cwd,
+            )
+        self.started_at, self.started_mono = now(), time.monotonic()
+        self.exit_code, self.ready, self.waiting, self._kill_message = None, False, None, ""
+        self.liveness_failures = 0
+        delay = float((self.spec.get("livenessProbe") or {}).get("initialDelaySeconds", 0))
+        self.next_liveness_mono = self.started_mono + delay
+
+    def start_failed(self, message: str) -> None:
+        """Record a start that never produced a process, as a kubelet's StartError."""
+        self.proc, self.exit_code = None, START_ERROR_EXIT
+        self.last_exit_mono = time.monotonic()
+        self.last_termination = Termination(START_ERROR_EXIT, "StartError", "", now(), message)
 
     def poll(self) -> int | None:
-        """The exit code once the process has ended, else None."""
+        """The exit code once the process has ended (signals as 128+n), else None."""
         if self.proc is not None and self.exit_code is None:
-            self.exit_code = self.proc.poll()
-            if self.exit_code is not None:
+            code = self.proc.poll()
+            if code is not None:
+                self.exit_code = code if code >= 0 else 128 - code
                 self.ready, self.last_exit_mono = False, time.monotonic()
+                self.completed = self.init and code == 0
+                reason = "Completed" if code == 0 else "Error"
+                self.last_termination = Termination(
+                    self.exit_code, reason, self.started_at, now(), self._kill_message
+                )
         return self.exit_code
 
-    def probe(self, grpcurl: str) -> bool:
-        """Run the readiness probe once; no probe means ready once started."""
-        spec = self.container.get("readinessProbe")
-        if not spec:
-            return True
-        if time.monotonic() - self.started_mono < spec.get("initialDelaySeconds", 0):
-            return False
-        timeout = float(spec.get("timeoutSeconds", 1))
+    def signal(self, sig: signal.Signals) -> None:
+        if self.running and self.proc is not None:
+            signal_group(self.proc.pid, sig)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        """Wait for the process until `deadline` (monotonic), then SIGKILL its group."""
+        if self.proc is None:
+            return
         try:
-            if "httpGet" in spec:
-                get = spec["httpGet"]
-                url = f"http://{self.address}:{self._port(get['port'])}{get.get('path', '/')}"
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
-                    return 200 <= resp.status < 400
-            if "tcpSocket" in spec:
-                with socket.create_connection(
-                    (self.address, self._port(spec["tcpSocket"]["port"])), timeout
-                ):
-                    return True
-            if "grpc" in spec:
-                target = f"{self.address}:{self._port(spec['grpc']['port'])}"
-                out = subprocess.run(
-                    [
-                        grpcurl,
-                        "-plaintext",
-                        "-max-time",
-                        str(timeout),
-                        target,
-                        "grpc.health.v1.Health/Check",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=timeout + 5,
-                )
-                return (
-                    out.returncode == 0
-                    and "SERVING" in out.stdout
-                    and "NOT_SERVING" not in out.stdout
-                )
-            if "exec" in spec:
-                cmd = ["ip", "netns", "exec", self.netns, *spec["exec"]["command"]]
-                return subprocess.run(cmd, capture_output=True, timeout=timeout + 5).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return False
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            signal_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
 
-    def _port(self, port: int | str) -> int:
-        if isinstance(port, int) or str(port).isdigit():
-            return int(port)
-        for p in self.container.get("ports", []):
-            if p.get("name") == port:
-                return int(p["containerPort"])
-        raise ValueError(f"unknown named port {port}")
+    def kill(self, grace: float, message: str) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after `grace`), saying why in its status."""
+        self._kill_message = message
+        self.signal(signal.SIGTERM)
+        self.wait_or_kill(time.monotonic() + grace)
+        self.poll()
 
-    def stop(self, grace: float) -> None:
-        """Stop the process group, then anything else left in the namespace, then the namespace."""
-        if self.proc is not None and self.proc.poll() is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        for pid in network.ip("netns", "pids", self.netns, check=False).stdout.split():
-            _signal_group(int(pid), signal.SIGKILL, group=False)
-        network.delete_pod_namespace(self.netns)
-        shutil.rmtree(self.workdir / "serviceaccount", ignore_errors=True)
-
-    def status(self) -> dict[str, Any]:
-        running = self.exit_code is None and self.proc is not None
-        if running:
-            phase = "Running"
-            state: dict[str, Any] = {"running": {"startedAt": self.started_at}}
-        else:
-            phase = "Succeeded" if self.exit_code == 0 else "Failed"
-            if self.restart_policy == "Always" or (
-                self.restart_policy == "OnFailure" and self.exit_code
-            ):
-                phase = "Running"  # the kubelet restarts it
+    def status(self, pod_initializing: bool, will_restart: bool) -> dict[str, Any]:
+        """This container's entry in containerStatuses / initContainerStatuses."""
+        last = self.last_termination
+        state: dict[str, Any]
+        if self.running:
+            state = {"running": {"startedAt": self.started_at}}
+        elif self.waiting is not None:
+            state = {"waiting": {"reason": self.waiting[0], "message": self.waiting[1]}}
+        elif last is None:
+            initializing = pod_initializing and not self.init
             state = {
-                "terminated": {
-                    "exitCode": self.exit_code,
-                    "finishedAt": now(),
-                    "startedAt": self.started_at,
-                }
+                "waiting": {"reason": "PodInitializing" if initializing else "ContainerCreating"}
             }
-        ready = "True" if self.ready else "False"
-        conditions = [
-            ("PodReadyToStartContainers", "True"),
-            ("Initialized", "True"),
-            ("ContainersReady", ready),
-            ("Ready", ready),
-            ("PodScheduled", "True"),
-        ]
-        return {
-            "phase": phase,
-            "hostIP": self.host_ip,
-            "hostIPs": [{"ip": self.host_ip}],
-            "podIP": self.address,
-            "podIPs": [{"ip": self.address}],
-            "startTime": self.started_at,
-            "conditions": [
-                {"type": t, "status": s, "lastTransitionTime": now()} for t, s in conditions
-            ],
-            "containerStatuses": [
-                {
-                    "name": self.container["name"],
-                    "image": self.container.get("image", ""),
-                    "imageID": "",
-                    "containerID": f"process://{self.proc.pid if self.proc else 0}",
-                    "ready": self.ready,
-                    "started": running,
-                    "restartCount": self.restarts,
-                    "state": state,
-                }
-            ],
+        elif will_restart and self.restarts >= 1:
+            message = f"back-off restarting failed container {self.name}"
+            state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
+        else:
+            state = {"terminated": last.as_state()}
+        status: dict[str, Any] = {
+            "name": self.name,
+            "image": self.spec.get("image", ""),
+            "imageID": "",
+            "ready": self.completed if self.init else self.ready,
+            "started": self.running,
+            "restartCount": self.restarts,
+            "state": state,
         }
+        if self.proc is not None:
+            status["containerID"] = f"process://{self.proc.pid}"
+        if last is not None and "terminated" not in state and (self.running or self.restarts):
+            status["lastState"] = {"terminated": last.as_state()}
+        return status
 
 
-def _signal_group(pid: int, sig: signal.Signals, group: bool = True) -> None:
+def signal_group(pid: int, sig: signal.Signals, group: bool = True) -> None:
     try:
         if group:
             os.killpg(pid, sig)

@@ -319,6 +319,49 @@ def _stop_kubelets(p: Paths) -> None:
         pidfile.unlink()
 
 
+def _heartbeat_since(kubeconfig: Path, names: set[str], since: str) -> bool:
+    """True when every named Node has posted a Ready heartbeat at or after `since`."""
+    out = kube.kubectl("get", "nodes", "-o", "json", kubeconfig=kubeconfig, timeout=60)
+    fresh = {
+        n["metadata"]["name"]
+        for n in json.loads(out.stdout)["items"]
+        for c in n["status"].get("conditions", [])
+        if c["type"] == "Ready" and c["status"] == "True" and c["lastHeartbeatTime"] >= since
+    }
+    return names <= fresh
+
+
+def restart_kubelets() -> None:
+    """Restart only the process kubelets, so a running test bed picks up kubelet code changes.
+
+    The old kubelet stops its Pods' processes on SIGTERM (keeping their
+    volumes); the new one, started with the usual arguments, adopts every Pod
+    bound to its node from the API and starts it again. Returns once each new
+    kubelet has posted a heartbeat.
+    """
+    p = paths()
+    if not p.kubeconfig.exists():
+        raise RuntimeError(f"no test bed is up (no kubeconfig at {p.kubeconfig})")
+    process_nodes = fleet.process_nodes(fleet.load())
+    # Heartbeat times have one-second resolution: anything from this second on is new.
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _stop_kubelets(p)
+    _start_kubelets(p, process_nodes)
+    names = {n["metadata"]["name"] for n in process_nodes}  # type: ignore[index]
+    try:
+        kube.wait_for(
+            "restarted process kubelets' heartbeats",
+            lambda: _heartbeat_since(p.kubeconfig, names, since),
+            60,
+        )
+    except TimeoutError as exc:
+        logs = "\n".join(
+            f"--- {f.name} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:])
+            for f in sorted(p.kubelets.glob("*.log"))
+        )
+        raise ComponentFailed(f"{exc}\n{logs}") from None
+
+
 def _terminate(pid: int, grace: float = 15) -> None:
     """SIGTERM a process we started, then SIGKILL it if it outlives `grace`."""
     try:
