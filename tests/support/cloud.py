@@ -91,8 +91,10 @@ class CloudStandIn:
 class RecordingProxy:
     """An HTTP proxy (own thread and loop) that records every request it forwards."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, host: str = "127.0.0.1") -> None:
         self.upstream = upstream.rstrip("/")
+        # The test bed's bridge address (10.244.0.1) lets pods reach it too.
+        self.host = host
         self.port = free_local_port()
         self._lock = threading.Lock()
         self._received: list[dict[str, Any]] = []
@@ -103,7 +105,7 @@ class RecordingProxy:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
     def received(self) -> list[dict[str, Any]]:
         """Bodies of the chat requests that reached the cloud, oldest first."""
@@ -165,7 +167,7 @@ class RecordingProxy:
             app.router.add_route("*", "/{tail:.*}", self._forward)
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            await web.TCPSite(self._runner, self.host, self.port).start()
 
         asyncio.run_coroutine_threadsafe(serve(), self._loop).result(timeout=30)
 
@@ -177,10 +179,11 @@ class RecordingProxy:
 
 
 @contextlib.contextmanager
-def recorded_cloud() -> Iterator[tuple[CloudStandIn, RecordingProxy]]:
+def recorded_cloud(host: str = "127.0.0.1") -> Iterator[tuple[CloudStandIn, RecordingProxy]]:
+    """The stand-in on loopback, and the recording proxy in front of it on `host`."""
     cloud = CloudStandIn()
     cloud.start()
-    proxy = RecordingProxy(cloud.base_url)
+    proxy = RecordingProxy(cloud.base_url, host)
     proxy.start()
     try:
         yield cloud, proxy

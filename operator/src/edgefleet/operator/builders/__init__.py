@@ -1,0 +1,1 @@
+"""Pure builders: a resource's spec in, the child manifests (plain dicts) out."""

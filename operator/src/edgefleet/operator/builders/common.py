@@ -1,0 +1,44 @@
+"""Pieces several builders share: metadata, probes, node affinity terms."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+
+def metadata(name: str, namespace: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": dict(labels)}
+
+
+def grpc_probe(port: int, *, initial_delay: int, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "grpc": {"port": port},
+        "initialDelaySeconds": initial_delay,
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def with_required_terms(
+    affinity: Mapping[str, Any] | None, expressions: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The user's affinity with `expressions` ANDed into every required node term.
+
+    Node selector terms are ORed and expressions inside one term ANDed, so our
+    constraint has to go into each term (or be the only term).
+    """
+    result = copy.deepcopy(dict(affinity or {}))
+    if not expressions:
+        return result
+    node = result.setdefault("nodeAffinity", {})
+    required = node.setdefault(
+        "requiredDuringSchedulingIgnoredDuringExecution", {"nodeSelectorTerms": []}
+    )
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({})
+    for term in terms:
+        term.setdefault("matchExpressions", []).extend(copy.deepcopy(expressions))
+    return result

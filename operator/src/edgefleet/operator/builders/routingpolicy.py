@@ -1,0 +1,308 @@
+"""RoutingPolicy → router and egress: ConfigMap, RBAC, Deployments, Services, NetworkPolicies."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from edgefleet.operator import names
+from edgefleet.operator.builders.common import grpc_probe, metadata
+from edgefleet.operator.builders.smallmodel import DNS_EGRESS
+from edgefleet.operator.config import OperatorConfig
+
+POLICY_VOLUME = "policy"
+KEY_VOLUME = "cloud-key"
+
+
+def cloud_enabled(spec: Mapping[str, Any]) -> bool:
+    return bool((spec.get("cloud") or {}).get("enabled", True))
+
+
+def build_config_map(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The policy as the router and egress read it (the resource itself, status left out)."""
+    document = {
+        "apiVersion": names.API_VERSION,
+        "kind": "RoutingPolicy",
+        "metadata": {"name": name},
+        "spec": copy.deepcopy(dict(spec)),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(
+            names.router_name(name), namespace, names.policy_labels(name, names.ROUTER)
+        ),
+        "data": {names.POLICY_FILE: yaml.safe_dump(document, sort_keys=True)},
+    }
+
+
+def build_router_rbac(name: str, namespace: str, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The router's identity: watch EndpointSlices, report to its RoutingPolicy's status."""
+    labels = names.policy_labels(name, names.ROUTER)
+    account = names.router_name(name)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": metadata(account, namespace, labels),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata(account, namespace, labels),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": config.router_cluster_role,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
+
+
+def _pod_placement(settings: Mapping[str, Any]) -> dict[str, Any]:
+    placement: dict[str, Any] = {}
+    if settings.get("nodeSelector"):
+        placement["nodeSelector"] = dict(settings["nodeSelector"])
+    if settings.get("tolerations"):
+        placement["tolerations"] = copy.deepcopy(list(settings["tolerations"]))
+    return placement
+
+
+def _deployment(
+    name: str,
+    namespace: str,
+    policy: str,
+    component: str,
+    pod_spec: dict[str, Any],
+    config_hash: str,
+) -> dict[str, Any]:
+    labels = names.policy_labels(policy, component)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(name, namespace, labels),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": names.policy_selector(policy, component)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                # The hash rolls the pods when settings they read only at start change.
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"edgefleet.io/config-hash": config_hash},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def _ports(*extra: tuple[str, int]) -> list[dict[str, Any]]:
+    ports = [("grpc", names.GRPC_PORT), *extra, ("metrics", names.METRICS_PORT)]
+    return [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports]
+
+
+def build_router(
+    name: str, namespace: str, spec: Mapping[str, Any], config: OperatorConfig, config_hash: str
+) -> dict[str, Any]:
+    settings = config.pod_settings(names.ROUTER)
+    args = [
+        "--listen", f"0.0.0.0:{names.GRPC_PORT}",
+        "--http-listen", f"0.0.0.0:{names.HTTP_PORT}",
+        "--metrics-listen", f"0.0.0.0:{names.METRICS_PORT}",
+        "--policy-file", f"{names.ROUTER_CONFIG_DIR}/{names.POLICY_FILE}",
+        "--kube-namespace", namespace,
+        "--status-policy", name,
+    ]  # fmt: skip
+    if cloud_enabled(spec):
+        args += ["--cloud-service", names.egress_name(name)]
+    container = {
+        "name": "router",
+        "image": config.image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["edgefleet-router"],
+        "args": args,
+        "ports": _ports(("http", names.HTTP_PORT)),
+        "readinessProbe": grpc_probe(names.GRPC_PORT, initial_delay=1, period=5, failures=3),
+        "livenessProbe": grpc_probe(names.GRPC_PORT, initial_delay=10, period=10, failures=6),
+        "resources": copy.deepcopy(settings.get("resources") or {}),
+        "volumeMounts": [
+            {"name": POLICY_VOLUME, "mountPath": names.ROUTER_CONFIG_DIR, "readOnly": True}
+        ],
+    }
+    pod_spec = {
+        "serviceAccountName": names.router_name(name),
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [{"name": POLICY_VOLUME, "configMap": {"name": names.router_name(name)}}],
+        **_pod_placement(settings),
+    }
+    return _deployment(
+        names.router_name(name), namespace, name, names.ROUTER, pod_spec, config_hash
+    )
+
+
+def build_egress(
+    name: str, namespace: str, spec: Mapping[str, Any], config: OperatorConfig, config_hash: str
+) -> dict[str, Any]:
+    cloud = spec.get("cloud") or {}
+    secret = cloud.get("apiKeySecretRef") or {}
+    key = secret.get("key", "api-key")
+    settings = config.pod_settings(names.EGRESS)
+    container = {
+        "name": "egress",
+        "image": config.image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["edgefleet-egress"],
+        "args": [
+            "--listen",
+            f"0.0.0.0:{names.GRPC_PORT}",
+            "--metrics-listen",
+            f"0.0.0.0:{names.METRICS_PORT}",
+            "--base-url",
+            str(cloud.get("baseURL", "")),
+            "--cloud-model",
+            str(cloud.get("model", "")),
+            "--api-key-file",
+            f"{names.CLOUD_KEY_DIR}/{key}",
+            "--policy-file",
+            f"{names.ROUTER_CONFIG_DIR}/{names.POLICY_FILE}",
+        ],
+        "ports": _ports(),
+        "readinessProbe": grpc_probe(names.GRPC_PORT, initial_delay=1, period=5, failures=3),
+        "livenessProbe": grpc_probe(names.GRPC_PORT, initial_delay=10, period=10, failures=6),
+        "resources": copy.deepcopy(settings.get("resources") or {}),
+        "volumeMounts": [
+            {"name": POLICY_VOLUME, "mountPath": names.ROUTER_CONFIG_DIR, "readOnly": True},
+            {"name": KEY_VOLUME, "mountPath": names.CLOUD_KEY_DIR, "readOnly": True},
+        ],
+    }
+    pod_spec = {
+        # The egress holds the cloud key and never needs the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [
+            {"name": POLICY_VOLUME, "configMap": {"name": names.router_name(name)}},
+            {"name": KEY_VOLUME, "secret": {"secretName": secret.get("name", "")}},
+        ],
+        **_pod_placement(settings),
+    }
+    return _deployment(
+        names.egress_name(name), namespace, name, names.EGRESS, pod_spec, config_hash
+    )
+
+
+def build_service(name: str, namespace: str, policy: str, component: str) -> dict[str, Any]:
+    ports = [{"name": "grpc", "port": names.GRPC_PORT, "targetPort": "grpc"}]
+    if component == names.ROUTER:
+        ports.append({"name": "http", "port": names.HTTP_PORT, "targetPort": "http"})
+    ports.append({"name": "metrics", "port": names.METRICS_PORT, "targetPort": "metrics"})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(name, namespace, names.policy_labels(policy, component)),
+        "spec": {
+            "selector": names.policy_selector(policy, component),
+            "ports": [{**p, "protocol": "TCP"} for p in ports],
+        },
+    }
+
+
+def build_router_network_policy(
+    name: str, namespace: str, api_endpoints: list[tuple[str, int]]
+) -> dict[str, Any]:
+    """The router reaches model pods, egress pods, the API server and DNS; nothing else."""
+    backends = {
+        "podSelector": {
+            "matchExpressions": [
+                {
+                    "key": names.COMPONENT,
+                    "operator": "In",
+                    "values": [names.MODEL_SERVER, names.EGRESS],
+                }
+            ]
+        }
+    }
+    egress: list[dict[str, Any]] = [
+        {"to": [backends], "ports": [{"protocol": "TCP", "port": names.GRPC_PORT}]},
+        copy.deepcopy(DNS_EGRESS),
+    ]
+    for address, port in api_endpoints:
+        egress.append(
+            {
+                "to": [{"ipBlock": {"cidr": f"{address}/{128 if ':' in address else 32}"}}],
+                "ports": [{"protocol": "TCP", "port": port}],
+            }
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(
+            names.router_name(name), namespace, names.policy_labels(name, names.ROUTER)
+        ),
+        "spec": {
+            "podSelector": {"matchLabels": names.policy_selector(name, names.ROUTER)},
+            "policyTypes": ["Egress"],
+            "egress": egress,
+        },
+    }
+
+
+def build_egress_network_policy(name: str, namespace: str) -> dict[str, Any]:
+    """Only this policy's router may call the egress; the egress alone may leave the cluster."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(
+            names.egress_name(name), namespace, names.policy_labels(name, names.EGRESS)
+        ),
+        "spec": {
+            "podSelector": {"matchLabels": names.policy_selector(name, names.EGRESS)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                {
+                    "from": [
+                        {"podSelector": {"matchLabels": names.policy_selector(name, names.ROUTER)}}
+                    ],
+                    "ports": [{"protocol": "TCP", "port": names.GRPC_PORT}],
+                },
+                {"ports": [{"protocol": "TCP", "port": names.METRICS_PORT}]},
+            ],
+            "egress": [{}],
+        },
+    }
+
+
+def build_children(
+    name: str,
+    namespace: str,
+    spec: Mapping[str, Any],
+    config: OperatorConfig,
+    api_endpoints: list[tuple[str, int]],
+    config_hash: str,
+) -> list[dict[str, Any]]:
+    """Everything a RoutingPolicy owns, in apply order (the egress only with a cloud)."""
+    children = [
+        build_config_map(name, namespace, spec),
+        *build_router_rbac(name, namespace, config),
+    ]
+    if cloud_enabled(spec):
+        children += [
+            build_egress(name, namespace, spec, config, config_hash),
+            build_service(names.egress_name(name), namespace, name, names.EGRESS),
+            build_egress_network_policy(name, namespace),
+        ]
+    children += [
+        build_router(name, namespace, spec, config, config_hash),
+        build_service(names.router_name(name), namespace, name, names.ROUTER),
+        build_router_network_policy(name, namespace, api_endpoints),
+    ]
+    return children

@@ -1,0 +1,132 @@
+"""Which engine classes a SmallModel runs as, decided from its spec and the nodes (pure).
+
+`engine: auto` means vLLM on nodes with a GPU and llama.cpp on CPU nodes: the
+operator looks at the nodes the model's placement admits (node selector,
+sites, tolerated taints) and plans one workload per class that has nodes. A
+fixed replica count prefers GPUs: up to one replica per eligible GPU node runs
+vLLM, the rest llama.cpp. With no eligible node at all the model is still
+planned (as llama.cpp) so that the scheduler, and then the status, say why it
+cannot run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.operator.names import SITE_LABEL
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Mapping[str, Any], ...] = ()
+    gpus: int = 0
+    unschedulable: bool = False
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any], gpu_resource: str) -> NodeFacts:
+        meta, spec = node.get("metadata", {}), node.get("spec", {}) or {}
+        allocatable = (node.get("status", {}) or {}).get("allocatable", {}) or {}
+        try:
+            gpus = int(str(allocatable.get(gpu_resource, "0")))
+        except ValueError:
+            gpus = 0
+        return cls(
+            name=meta.get("name", ""),
+            labels=dict(meta.get("labels") or {}),
+            taints=tuple(spec.get("taints") or ()),
+            gpus=gpus,
+            unschedulable=bool(spec.get("unschedulable")),
+        )
+
+    def is_gpu(self, gpu_label: str) -> bool:
+        return self.gpus > 0 or self.labels.get(gpu_label) == "true"
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    engine: str
+    # None: one pod per eligible node (a DaemonSet).
+    replicas: int | None
+    # Eligible nodes of this class when planned (for status and messages).
+    nodes: int
+
+
+def tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Mapping[str, Any]) -> bool:
+    """The core/v1 toleration rule, for the effects that keep pods off a node."""
+    if taint.get("effect") == "PreferNoSchedule":
+        return True
+    for toleration in tolerations:
+        effect = toleration.get("effect") or ""
+        if effect and effect != taint.get("effect"):
+            continue
+        operator = toleration.get("operator") or "Equal"
+        key = toleration.get("key") or ""
+        if operator == "Exists" and (not key or key == taint.get("key")):
+            return True
+        if (
+            operator == "Equal"
+            and key == taint.get("key")
+            and (toleration.get("value") or "") == (taint.get("value") or "")
+        ):
+            return True
+    return False
+
+
+def admits(placement: Mapping[str, Any], node: NodeFacts) -> bool:
+    """Whether the placement lets a model pod onto this node (affinity left to the scheduler)."""
+    if node.unschedulable:
+        return False
+    selector = placement.get("nodeSelector") or {}
+    if any(node.labels.get(k) != v for k, v in selector.items()):
+        return False
+    sites = placement.get("sites") or []
+    if sites and node.labels.get(SITE_LABEL) not in sites:
+        return False
+    tolerations = placement.get("tolerations") or []
+    return all(
+        tolerates(tolerations, taint)
+        for taint in node.taints
+        if taint.get("effect") in ("NoSchedule", "NoExecute")
+    )
+
+
+def requested_replicas(spec: Mapping[str, Any]) -> int | None:
+    """The replica count the spec asks for; None for perNode."""
+    if spec.get("perNode"):
+        return None
+    autoscaling = spec.get("autoscaling")
+    if autoscaling:
+        return int(autoscaling.get("minReplicas", 1))
+    return int(spec.get("replicas", 1))
+
+
+def plan_engines(
+    spec: Mapping[str, Any], nodes: Iterable[NodeFacts], gpu_label: str
+) -> list[EnginePlan]:
+    placement = spec.get("placement") or {}
+    eligible = [n for n in nodes if admits(placement, n)]
+    gpu_nodes = sum(1 for n in eligible if n.is_gpu(gpu_label))
+    cpu_nodes = len(eligible) - gpu_nodes
+    engine = spec.get("engine", "auto")
+    replicas = requested_replicas(spec)
+    if engine == "llamacpp":
+        return [EnginePlan("llamacpp", replicas, len(eligible))]
+    if engine == "vllm":
+        return [EnginePlan("vllm", replicas, gpu_nodes)]
+    plans: list[EnginePlan] = []
+    if replicas is None:
+        if gpu_nodes:
+            plans.append(EnginePlan("vllm", None, gpu_nodes))
+        if cpu_nodes or not gpu_nodes:
+            plans.append(EnginePlan("llamacpp", None, cpu_nodes))
+        return plans
+    on_gpu = min(replicas, gpu_nodes)
+    if on_gpu:
+        plans.append(EnginePlan("vllm", on_gpu, gpu_nodes))
+    if replicas - on_gpu or not on_gpu:
+        plans.append(EnginePlan("llamacpp", replicas - on_gpu, cpu_nodes))
+    return plans

@@ -1,0 +1,257 @@
+"""Status from what the cluster shows (pure): conditions, replica counts, targets.
+
+The handlers gather facts about children (from Kopf indexes, no API calls) and
+these functions turn them into the `status` to write. Conditions follow the
+Kubernetes convention: a transition time that moves only when the status does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgefleet.operator.placement import EnginePlan
+
+
+@dataclass(frozen=True)
+class WorkloadFacts:
+    kind: str
+    name: str
+    engine: str
+    desired: int
+    ready: int
+    updated: int
+    generation: int
+    observed_generation: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], engine: str) -> WorkloadFacts:
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        kind = body.get("kind", "Deployment")
+        if kind == "DaemonSet":
+            desired = int(status.get("desiredNumberScheduled", 0))
+            ready = int(status.get("numberReady", 0))
+            updated = int(status.get("updatedNumberScheduled", 0))
+        else:
+            desired = int(spec.get("replicas", 1))
+            ready = int(status.get("readyReplicas", 0))
+            updated = int(status.get("updatedReplicas", 0))
+        return cls(
+            kind=kind,
+            name=body["metadata"]["name"],
+            engine=engine,
+            desired=desired,
+            ready=ready,
+            updated=updated,
+            generation=int(body["metadata"].get("generation", 0)),
+            observed_generation=int(status.get("observedGeneration", 0)),
+        )
+
+    @property
+    def settled(self) -> bool:
+        return (
+            self.observed_generation >= self.generation
+            and self.updated >= self.desired
+            and self.ready >= self.desired
+        )
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why a pod is not serving, in the words a person needs."""
+
+    pod: str
+    reason: str
+    message: str
+
+
+def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
+    """The first thing keeping this pod from serving, or None."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            message = condition.get("message") or "the scheduler found no node"
+            return PodProblem(name, "Unschedulable", message)
+    for kind, reason in (
+        ("initContainerStatuses", "ModelFetchFailed"),
+        ("containerStatuses", "ServerFailing"),
+    ):
+        for container in status.get(kind) or []:
+            state = container.get("state") or {}
+            waiting = state.get("waiting") or {}
+            terminated = state.get("terminated") or {}
+            if waiting.get("reason") in ("CrashLoopBackOff", "CreateContainerConfigError",
+                                         "ErrImagePull", "ImagePullBackOff"):  # fmt: skip
+                detail = waiting.get("message") or waiting["reason"]
+                return PodProblem(name, reason, f"{container['name']}: {detail}")
+            if terminated and terminated.get("exitCode", 0) != 0:
+                detail = terminated.get("message") or f"exit code {terminated.get('exitCode')}"
+                return PodProblem(name, reason, f"{container['name']}: {detail}")
+    return None
+
+
+def condition(
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    value = "True" if status else "False"
+    before = next((c for c in previous if c.get("type") == kind), None)
+    since = (
+        before.get("lastTransitionTime", now) if before and before.get("status") == value else now
+    )
+    return {
+        "type": kind,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
+
+
+def smallmodel_status(
+    *,
+    generation: int,
+    plans: Sequence[EnginePlan],
+    workloads: Iterable[WorkloadFacts],
+    problems: Sequence[PodProblem],
+    ready_endpoints: int,
+    service: str,
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+    apply_error: str | None = None,
+) -> dict[str, Any]:
+    seen = {w.engine: w for w in workloads}
+    engines: dict[str, Any] = {}
+    for plan in plans:
+        facts = seen.get(plan.engine)
+        workload_kind = "DaemonSet" if plan.replicas is None else "Deployment"
+        engines[plan.engine] = {
+            "desired": facts.desired if facts else (plan.replicas or 0),
+            "ready": facts.ready if facts else 0,
+            "workload": f"{workload_kind}/{facts.name if facts else '-'}",
+        }
+    desired = sum(e["desired"] for e in engines.values())
+    ready = sum(e["ready"] for e in engines.values())
+    missing = [p.engine for p in plans if p.engine not in seen]
+    settled = not missing and all(seen[p.engine].settled for p in plans)
+    summary = ", ".join(f"{e} {v['ready']}/{v['desired']}" for e, v in engines.items())
+    problem = problems[0] if problems else None
+
+    if apply_error:
+        ready_state = (False, "ApplyFailed", apply_error)
+    elif all(p.replicas is None and p.nodes == 0 for p in plans):
+        ready_state = (False, "NoEligibleNodes", "no node matches the placement (selector, "
+                       "sites, tolerations); nothing to run")  # fmt: skip
+    elif desired == 0 and all(p.replicas == 0 for p in plans):
+        ready_state = (False, "ScaledToZero", "no replicas asked for; the router sends this "
+                       "model's traffic to the cloud if its policy allows")  # fmt: skip
+    elif settled and ready >= desired:
+        ready_state = (True, "AllReplicasReady", f"{ready}/{desired} ready ({summary})")
+    elif problem is not None:
+        ready_state = (False, problem.reason, f"{ready}/{desired} ready; {problem.pod}: "
+                       f"{problem.message}")  # fmt: skip
+    else:
+        ready_state = (False, "ReplicasNotReady", f"{ready}/{desired} ready ({summary})")
+
+    progressing = not settled and not apply_error and (problem is None or ready > 0)
+    degraded = bool(apply_error) or (problem is not None) or (0 < ready < desired)
+    conditions = [
+        condition("Ready", *ready_state, generation, previous, now),
+        condition(
+            "Progressing",
+            progressing,
+            "RollingOut" if progressing else "Stable",
+            f"rolling out: {summary}" if progressing else "every workload is up to date",
+            generation,
+            previous,
+            now,
+        ),
+        condition(
+            "Degraded",
+            degraded,
+            (ready_state[1] if not ready_state[0] else "PartiallyReady")
+            if degraded
+            else "AsExpected",
+            ready_state[2] if degraded else "no failure seen",
+            generation,
+            previous,
+            now,
+        ),
+    ]
+    return {
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "engines": engines,
+        "readyReplicas": ready,
+        "desiredReplicas": desired,
+        "service": service,
+        "endpoints": ready_endpoints,
+    }
+
+
+def routingpolicy_status(
+    *,
+    generation: int,
+    targets: Sequence[Mapping[str, Any]],
+    target_endpoints: Mapping[str, int | None],
+    router: WorkloadFacts | None,
+    egress: WorkloadFacts | None,
+    cloud: bool,
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+    invalid: str | None = None,
+) -> dict[str, Any]:
+    """`target_endpoints[name]` is the target's ready endpoint count, None when no such model."""
+    resolved = [
+        {
+            "smallModel": t["smallModel"],
+            "service": t["smallModel"],
+            "weight": int(t.get("weight", 1)),
+            "readyEndpoints": target_endpoints.get(t["smallModel"]) or 0,
+            "found": target_endpoints.get(t["smallModel"]) is not None,
+        }
+        for t in targets
+    ]
+    missing = [r["smallModel"] for r in resolved if not r["found"]]
+    local_ready = sum(r["readyEndpoints"] for r in resolved)
+    router_ready = router is not None and router.ready > 0
+    egress_ready = egress is not None and egress.ready > 0
+    if invalid:
+        ready = (False, "InvalidPolicy", invalid)
+    elif not router_ready:
+        ready = (False, "RouterNotReady", "the router has no ready pod yet")
+    elif local_ready == 0 and not (cloud and egress_ready):
+        ready = (False, "NoBackends", "no local endpoint is ready and the cloud is not available")
+    else:
+        parts = [f"{local_ready} local endpoint(s) ready"]
+        if cloud:
+            parts.append("egress ready" if egress_ready else "egress NOT ready")
+        ready = (True, "Routing", "; ".join(parts))
+    problems = []
+    if missing:
+        problems.append(f"no SmallModel named {', '.join(missing)} in this namespace")
+    if cloud and not egress_ready and not invalid:
+        problems.append("the egress has no ready pod")
+    if targets and local_ready == 0 and not invalid:
+        problems.append("no local endpoint is ready")
+    conditions = [
+        condition("Ready", *ready, generation, previous, now),
+        condition(
+            "Degraded",
+            bool(problems),
+            "TargetsUnavailable" if problems else "AsExpected",
+            "; ".join(problems) if problems else "every target and the egress are ready",
+            generation,
+            previous,
+            now,
+        ),
+    ]
+    return {"observedGeneration": generation, "conditions": conditions, "resolvedTargets": resolved}
