@@ -181,8 +181,11 @@ class PodRun:
                     self._drive(init, wants_restart=self.restart_policy != "Never")
                     return
             for c in self.containers:
+                was_running = c.running
                 self._drive(c, wants_restart=self._main_restarts(c))
-                if c.running:
+                # A container (re)started in this pass is probed on the next one,
+                # so one that exits at once is never reported Ready in between.
+                if was_running and c.running:
                     self._probe(c)
 
     def _main_restarts(self, c: ContainerProcess) -> bool:
