@@ -103,3 +103,74 @@ def test_files_in_yaml_and_bad_files_get_clear_errors(tmp_path: Path) -> None:
         load_policy(bad)
     with pytest.raises(PolicyError, match="cannot read"):
         load_policy(tmp_path / "missing.yaml")
+
+
+OPERATOR_SPEC = {
+    "modelName": "hybrid",
+    "local": {"targets": [{"smallModel": "smollm2", "weight": 3}, {"smallModel": "qwen"}]},
+    "cloud": {
+        "enabled": True,
+        "baseURL": "https://api.openai.com/v1",
+        "model": "gpt-4o-mini",
+        "apiKeySecretRef": {"name": "cloud-llm", "key": "api-key"},
+    },
+    "privacy": {"sensitiveNamespaces": ["hr", "payroll"]},
+}
+
+
+def test_operator_fields_are_read_into_typed_fields() -> None:
+    from edgefleet.routing.policy import CloudEgress, LocalTarget, SecretKeyRef
+
+    policy = parse_policy(OPERATOR_SPEC)
+    assert policy.local_targets == (LocalTarget("smollm2", 3), LocalTarget("qwen", 1))
+    assert policy.cloud_enabled is True
+    assert policy.cloud_egress == CloudEgress(
+        "https://api.openai.com/v1", "gpt-4o-mini", SecretKeyRef("cloud-llm", "api-key")
+    )
+    assert policy.privacy.sensitive_namespaces == ("hr", "payroll")
+
+
+def test_local_is_optional_for_the_file_based_router() -> None:
+    policy = parse_policy({"cloud": {"enabled": False}})
+    assert policy.local_targets == ()
+    assert policy.cloud_egress.base_url is None
+    assert policy.privacy.sensitive_namespaces == ()
+
+
+def test_operator_fields_are_checked_with_field_paths() -> None:
+    spec = {
+        "local": {
+            "targets": [
+                {"smallModel": "Small_Model"},
+                {"smallModel": "a", "weight": 101},
+                {"smallModel": "a"},
+                {"smallModel": "b", "replicas": 2},
+                "c",
+            ]
+        },
+        "cloud": {"baseURL": "api.openai.com", "model": "", "apiKeySecretRef": {"name": "x"}},
+        "privacy": {"sensitiveNamespaces": ["ok", "Not-OK", "ok"]},
+    }
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(spec)
+    problems = caught.value.problems
+    for expected in (
+        "spec.local.targets[0].smallModel: must be a SmallModel name",
+        "spec.local.targets[1].weight: must be an integer within 1..100, got 101",
+        "spec.local.targets[2].smallModel: 'a' is listed twice",
+        "spec.local.targets[3].replicas: unknown field",
+        "spec.local.targets[4]: must be a mapping",
+        "spec.cloud.baseURL: must be an http(s):// URL, got 'api.openai.com'",
+        "spec.cloud.model: must be a non-empty string",
+        "spec.cloud.apiKeySecretRef.key: must be a Secret key",
+        "spec.privacy.sensitiveNamespaces[1]: must be a DNS-1123 label",
+        "spec.privacy.sensitiveNamespaces[2]: 'ok' is listed twice",
+    ):
+        assert any(problem.startswith(expected) for problem in problems), (expected, problems)
+    assert len(problems) == 10
+
+
+@pytest.mark.parametrize("local", [{"targets": []}, {"targets": None}, {"targets": "smollm2"}])
+def test_local_targets_when_given_must_name_a_model(local: object) -> None:
+    with pytest.raises(PolicyError, match=r"spec\.local\.targets: must be a non-empty list"):
+        parse_policy({"local": local})

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import grpc
 
 from edgefleet.router.backends import Backend, BackendSet
+from edgefleet.router.choice import pick_replica
 from edgefleet.router.metrics import RouterMetrics
 from edgefleet.router.sources import Endpoints
 from edgefleet.routing.breaker import CircuitBreaker
@@ -285,8 +286,10 @@ class RouterEngine(Engine):
         if target is Target.CLOUD:
             cloud = self.backends.cloud
             return cloud if cloud is not None and cloud.ready else None
-        best = least_loaded([backend.load() for backend in self.backends.local.values()])
-        return self.backends.local.get(best.name) if best is not None else None
+        # Overflow looked at the least-loaded replica; the pick also honours weights.
+        loads = [backend.load() for backend in self.backends.local.values()]
+        chosen = pick_replica(loads, self.endpoints.weight)
+        return self.backends.local.get(chosen.name) if chosen is not None else None
 
     def _forwarded(
         self, request: GenerationRequest, sensitive: bool, policy: str

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -14,9 +16,17 @@ if TYPE_CHECKING:
     from edgefleet.router.backends import Backend
 
 
+# How many of the latest decisions status.router's lastDecisions summarises.
+RECENT_DECISIONS = 1000
+
+
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # Plain tallies beside the Prometheus series, for the RoutingPolicy status
+        # (reading figures back out of prometheus_client is not its public API).
+        self.route_totals: Tally[tuple[str, str]] = Tally()
+        self.recent_reasons: deque[str] = deque(maxlen=RECENT_DECISIONS)
         r = self.registry
         self.routes = Counter(
             "edgefleet:router_routes_total",
@@ -75,6 +85,8 @@ class RouterMetrics:
 
     def count_route(self, target: str, reason: str) -> None:
         self.routes.labels(target, reason).inc()
+        self.route_totals[(target, reason)] += 1
+        self.recent_reasons.append(reason)
 
     def count_cloud_spend(self, usage: Usage, cost: float) -> None:
         self.cloud_tokens.labels("input").inc(usage.prompt_tokens)

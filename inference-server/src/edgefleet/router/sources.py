@@ -8,7 +8,8 @@ on inotify, which misses symlink swaps.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,12 @@ class Endpoints:
 
     local: tuple[str, ...] = ()
     cloud: str | None = None
+    # Target weight (1..100) per local address; an address not named weighs 1.
+    # Files and flags give none: every replica is equal, as before weights.
+    weights: Mapping[str, int] = field(default_factory=dict)
+
+    def weight(self, address: str) -> int:
+        return self.weights.get(address, 1)
 
 
 def parse_endpoints(document: Any, source: str = "endpoints") -> Endpoints:

@@ -10,6 +10,7 @@ because a misspelt limit silently ignored is a budget overrun.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,17 @@ from edgefleet.routing.privacy import BUILTIN_DETECTORS, CustomPattern, PrivacyS
 
 API_VERSION = "edgefleet.io/v1alpha1"
 KIND = "RoutingPolicy"
+
+
+# Kubernetes object names: a SmallModel (and so its Service) is a DNS-1123
+# label, a Secret a DNS-1123 subdomain; a Secret's keys are a narrower set.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+
+
+def is_dns_label(value: object) -> bool:
+    return isinstance(value, str) and _DNS_LABEL.fullmatch(value) is not None
 
 
 class PolicyError(ValueError):
@@ -35,6 +47,36 @@ class PolicyError(ValueError):
 class PrivacyPolicy:
     detectors: tuple[str, ...] = BUILTIN_DETECTORS
     custom_patterns: tuple[CustomPattern, ...] = ()
+    # Requests from clients in these namespaces are sensitive whatever they say.
+    sensitive_namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LocalTarget:
+    """A SmallModel in the policy's namespace; its Service has the same name."""
+
+    small_model: str
+    # 1..100: how strongly each of its ready replicas is preferred (see router.choice).
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class CloudEgress:
+    """Where the egress sends cloud traffic. The operator reads it; the router does not.
+
+    Whether the cloud may be used at all is RoutingPolicy.cloud_enabled, which
+    the routing decision reads.
+    """
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key_secret_ref: SecretKeyRef | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +128,9 @@ class RoutingPolicy:
     # The model name clients ask the router for ("default" always works too).
     model_name: str = "hybrid"
     cloud_enabled: bool = True
+    cloud_egress: CloudEgress = field(default_factory=CloudEgress)
+    # Empty: the router's endpoints come from flags or a file, not from SmallModels.
+    local_targets: tuple[LocalTarget, ...] = ()
     privacy: PrivacyPolicy = field(default_factory=PrivacyPolicy)
     complexity: ComplexityPolicy = field(default_factory=ComplexityPolicy)
     capacity: CapacityPolicy = field(default_factory=CapacityPolicy)
@@ -158,7 +203,8 @@ class _Reader:
 
 
 def _privacy(reader: _Reader, spec: Mapping[str, Any]) -> PrivacyPolicy:
-    data = reader.section(spec, "privacy", "spec", {"detectors", "customPatterns"})
+    known = {"detectors", "customPatterns", "sensitiveNamespaces"}
+    data = reader.section(spec, "privacy", "spec", known)
     detectors = data.get("detectors", list(BUILTIN_DETECTORS))
     if not isinstance(detectors, list) or not all(isinstance(d, str) for d in detectors):
         reader.problems.append("spec.privacy.detectors: must be a list of detector names")
@@ -175,12 +221,102 @@ def _privacy(reader: _Reader, spec: Mapping[str, Any]) -> PrivacyPolicy:
             continue
         reader.unknown(item, path, {"name", "regex"})
         patterns.append(CustomPattern(str(item["name"]), str(item["regex"])))
-    policy = PrivacyPolicy(tuple(detectors), tuple(patterns))
+    namespaces = _names(reader, data, "sensitiveNamespaces", "spec.privacy", "namespace names")
+    policy = PrivacyPolicy(tuple(detectors), tuple(patterns), namespaces)
     try:
         PrivacyScanner(policy.detectors, policy.custom_patterns)
     except ValueError as exc:
         reader.problems.append(f"spec.privacy: {exc}")
     return policy
+
+
+def _names(
+    reader: _Reader, data: Mapping[str, Any], key: str, path: str, what: str
+) -> tuple[str, ...]:
+    """A list of unique DNS-1123 labels (namespaces, object names)."""
+    value = data.get(key) or []
+    if not isinstance(value, list):
+        reader.problems.append(f"{path}.{key}: must be a list of {what}, got {value!r}")
+        return ()
+    names: list[str] = []
+    for index, name in enumerate(value):
+        if not is_dns_label(name):
+            reader.problems.append(
+                f"{path}.{key}[{index}]: must be a DNS-1123 label "
+                f"(lowercase letters, digits, '-', at most 63), got {name!r}"
+            )
+        elif name in names:
+            reader.problems.append(f"{path}.{key}[{index}]: {name!r} is listed twice")
+        else:
+            names.append(name)
+    return tuple(names)
+
+
+def _local(reader: _Reader, spec: Mapping[str, Any]) -> tuple[LocalTarget, ...]:
+    data = reader.section(spec, "local", "spec", {"targets"})
+    path = "spec.local.targets"
+    if "targets" not in data:
+        return ()
+    raw = data["targets"]
+    if not isinstance(raw, list) or not raw:
+        reader.problems.append(f"{path}: must be a non-empty list of {{smallModel, weight}}")
+        return ()
+    targets: list[LocalTarget] = []
+    for index, item in enumerate(raw):
+        item_path = f"{path}[{index}]"
+        if not isinstance(item, Mapping):
+            reader.problems.append(f"{item_path}: must be a mapping with smallModel and weight")
+            continue
+        reader.unknown(item, item_path, {"smallModel", "weight"})
+        name = item.get("smallModel")
+        weight = reader.number(
+            item, "weight", item_path, 1, lambda v: 1 <= v <= 100, "within 1..100", True
+        )
+        if not is_dns_label(name):
+            reader.problems.append(
+                f"{item_path}.smallModel: must be a SmallModel name (a DNS-1123 label), "
+                f"got {name!r}"
+            )
+        elif any(target.small_model == name for target in targets):
+            reader.problems.append(f"{item_path}.smallModel: {name!r} is listed twice")
+        else:
+            targets.append(LocalTarget(name, weight))
+    return tuple(targets)
+
+
+def _cloud_egress(reader: _Reader, cloud: Mapping[str, Any]) -> CloudEgress:
+    path = "spec.cloud"
+    base_url = cloud.get("baseURL")
+    if base_url is not None and (
+        not isinstance(base_url, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", base_url)
+    ):
+        reader.problems.append(f"{path}.baseURL: must be an http(s):// URL, got {base_url!r}")
+        base_url = None
+    model = cloud.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        reader.problems.append(f"{path}.model: must be a non-empty string, got {model!r}")
+        model = None
+    ref = cloud.get("apiKeySecretRef")
+    secret: SecretKeyRef | None = None
+    if ref is not None:
+        ref_path = f"{path}.apiKeySecretRef"
+        if not isinstance(ref, Mapping):
+            reader.problems.append(f"{ref_path}: must be a mapping with name and key")
+        else:
+            reader.unknown(ref, ref_path, {"name", "key"})
+            name, key = ref.get("name"), ref.get("key")
+            valid = True
+            if not isinstance(name, str) or not _DNS_SUBDOMAIN.fullmatch(name):
+                reader.problems.append(f"{ref_path}.name: must be a Secret name, got {name!r}")
+                valid = False
+            if not isinstance(key, str) or not _SECRET_KEY.fullmatch(key):
+                reader.problems.append(
+                    f"{ref_path}.key: must be a Secret key (letters, digits, '-', '_', '.'), "
+                    f"got {key!r}"
+                )
+                valid = False
+            secret = SecretKeyRef(name, key) if valid else None
+    return CloudEgress(base_url, model, secret)
 
 
 def _complexity(reader: _Reader, spec: Mapping[str, Any]) -> ComplexityPolicy:
@@ -273,7 +409,16 @@ def _failover(reader: _Reader, spec: Mapping[str, Any]) -> FailoverPolicy:
     )
 
 
-SPEC_FIELDS = {"modelName", "cloud", "privacy", "complexity", "capacity", "budget", "failover"}
+SPEC_FIELDS = {
+    "modelName",
+    "local",
+    "cloud",
+    "privacy",
+    "complexity",
+    "capacity",
+    "budget",
+    "failover",
+}
 
 
 def parse_policy(document: Any, source: str = "policy") -> RoutingPolicy:
@@ -300,7 +445,9 @@ def parse_policy(document: Any, source: str = "policy") -> RoutingPolicy:
     else:
         spec = document
     reader.unknown(spec, "spec", SPEC_FIELDS)
-    cloud = reader.section(spec, "cloud", "spec", {"enabled"})
+    cloud = reader.section(
+        spec, "cloud", "spec", {"enabled", "baseURL", "model", "apiKeySecretRef"}
+    )
     model_name = spec.get("modelName", "hybrid")
     if not isinstance(model_name, str) or not model_name.strip():
         reader.problems.append(f"spec.modelName: must be a non-empty string, got {model_name!r}")
@@ -309,6 +456,8 @@ def parse_policy(document: Any, source: str = "policy") -> RoutingPolicy:
         name=name,
         model_name=model_name,
         cloud_enabled=reader.flag(cloud, "enabled", "spec.cloud", True),
+        cloud_egress=_cloud_egress(reader, cloud),
+        local_targets=_local(reader, spec),
         privacy=_privacy(reader, spec),
         complexity=_complexity(reader, spec),
         capacity=_capacity(reader, spec),
