@@ -424,7 +424,7 @@ def test_pvc_and_file_sources_are_mounted_in_both_containers() -> None:
     mounts = [
         {"name": "models", "mountPath": MODELS},
         {"name": "pvc-models-store", "mountPath": "/mnt/pvc/models.store", "readOnly": True},
-        {"name": "host-hf", "mountPath": "/opt/models/smollm2-hf", "readOnly": True},
+        {"name": "host-1", "mountPath": "/opt/models/smollm2-hf", "readOnly": True},
     ]
     volumes = [
         {"name": "models", "emptyDir": {}},
@@ -432,7 +432,7 @@ def test_pvc_and_file_sources_are_mounted_in_both_containers() -> None:
             "name": "pvc-models-store",
             "persistentVolumeClaim": {"claimName": "models.store", "readOnly": True},
         },
-        {"name": "host-hf", "hostPath": {"path": "/opt/models/smollm2-hf", "type": "Directory"}},
+        {"name": "host-1", "hostPath": {"path": "/opt/models/smollm2-hf", "type": "Directory"}},
     ]
     for template in (llamacpp, vllm):
         pod = template["spec"]
@@ -468,11 +468,11 @@ def test_file_gguf_mounts_its_folder() -> None:
 
     assert pod["volumes"] == [
         {"name": "models", "emptyDir": {}},
-        {"name": "host-gguf", "hostPath": {"path": "/data/gguf", "type": "Directory"}},
+        {"name": "host-0", "hostPath": {"path": "/data/gguf", "type": "Directory"}},
     ]
     assert pod["containers"][0]["volumeMounts"] == [
         {"name": "models", "mountPath": MODELS},
-        {"name": "host-gguf", "mountPath": "/data/gguf", "readOnly": True},
+        {"name": "host-0", "mountPath": "/data/gguf", "readOnly": True},
     ]
 
 

@@ -31,6 +31,7 @@ def test_every_field_is_read_from_its_variable_with_its_type() -> None:
         "EDGEFLEET_ROUTER_POD": '{"nodeSelector": {"tier": "core"}}',
         "EDGEFLEET_EGRESS_POD": '{"resources": {"requests": {"cpu": "50m"}}}',
         "EDGEFLEET_WORKERS": "4",
+        "EDGEFLEET_LOG_LEVEL": "DEBUG",
         # Not ours: ignored.
         "EDGEFLEET_UNRELATED": "x",
         "WORKERS": "99",
@@ -52,6 +53,7 @@ def test_every_field_is_read_from_its_variable_with_its_type() -> None:
         router_pod='{"nodeSelector": {"tier": "core"}}',
         egress_pod='{"resources": {"requests": {"cpu": "50m"}}}',
         workers=4,
+        log_level="DEBUG",
     )
     assert isinstance(config.workers, int)
     assert isinstance(config.status_interval_s, float)
@@ -63,7 +65,7 @@ def test_every_field_is_read_from_its_variable_with_its_type() -> None:
 def test_the_test_above_covers_every_field() -> None:
     # A new field must get a variable; this keeps the mapping test honest.
     names = {f"EDGEFLEET_{f.name.upper()}" for f in dataclasses.fields(OperatorConfig)}
-    assert len(names) == 13
+    assert len(names) == 14
 
 
 def test_whole_number_float_setting_accepts_an_integer_string() -> None:

@@ -163,13 +163,15 @@ def test_from_node_minimal_node_is_a_schedulable_cpu_node() -> None:
     assert not facts.is_gpu(GPU_LABEL)
 
 
-def test_gpu_node_by_label_alone_or_by_allocatable_alone() -> None:
+def test_the_gpu_label_alone_makes_a_gpu_node() -> None:
+    # Pods are steered by node affinity on the label, so a node with the device
+    # plugin's resource but no label is planned as a CPU node, as pods would see it.
     by_label = NodeFacts.from_node(node_object("l", gpus=None, labels={GPU_LABEL: "true"}), "g")
     by_resource = NodeFacts.from_node(node_object("r", gpus="1", labels={}), "nvidia.com/gpu")
     label_false = NodeFacts.from_node(node_object("f", gpus="0", labels={GPU_LABEL: "false"}), "g")
 
     assert by_label.is_gpu(GPU_LABEL) and by_label.gpus == 0
-    assert by_resource.is_gpu(GPU_LABEL) and by_resource.gpus == 1
+    assert not by_resource.is_gpu(GPU_LABEL) and by_resource.gpus == 1
     assert not label_false.is_gpu(GPU_LABEL)
 
 

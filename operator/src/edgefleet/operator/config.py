@@ -40,6 +40,8 @@ class OperatorConfig:
     # pods (the chart's router.pod / egress.pod values).
     router_pod: str = ""
     egress_pod: str = ""
+    # DEBUG, INFO, WARNING or ERROR.
+    log_level: str = "INFO"
     # Parallel synchronous handler threads (manifest building and API calls).
     workers: int = 16
 

@@ -13,6 +13,8 @@ import os
 
 import kopf
 
+from edgefleet.operator.config import OperatorConfig
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -24,7 +26,11 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("EDGEFLEET_LIVENESS", "http://0.0.0.0:8080/healthz"),
         help="Kopf's liveness endpoint (env EDGEFLEET_LIVENESS); empty disables it",
     )
-    parser.add_argument("--log-level", default=os.environ.get("EDGEFLEET_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("EDGEFLEET_LOG_LEVEL", OperatorConfig.log_level),
+        help="(env EDGEFLEET_LOG_LEVEL)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

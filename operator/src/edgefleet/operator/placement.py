@@ -43,7 +43,9 @@ class NodeFacts:
         )
 
     def is_gpu(self, gpu_label: str) -> bool:
-        return self.gpus > 0 or self.labels.get(gpu_label) == "true"
+        # The label, not the allocatable count: pods are steered by node affinity
+        # on this label, so planning must count exactly the nodes they can reach.
+        return self.labels.get(gpu_label) == "true"
 
 
 @dataclass(frozen=True)

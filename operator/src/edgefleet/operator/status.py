@@ -153,7 +153,8 @@ def smallmodel_status(
     elif desired == 0 and all(p.replicas == 0 for p in plans):
         ready_state = (False, "ScaledToZero", "no replicas asked for; the router sends this "
                        "model's traffic to the cloud if its policy allows")  # fmt: skip
-    elif settled and ready >= desired:
+    elif not missing and ready >= desired:
+        # A surge rollout keeps every replica serving: Ready stays True, Progressing says so.
         ready_state = (True, "AllReplicasReady", f"{ready}/{desired} ready ({summary})")
     elif problem is not None:
         ready_state = (False, problem.reason, f"{ready}/{desired} ready; {problem.pod}: "
@@ -216,11 +217,10 @@ def routingpolicy_status(
             "service": t["smallModel"],
             "weight": int(t.get("weight", 1)),
             "readyEndpoints": target_endpoints.get(t["smallModel"]) or 0,
-            "found": target_endpoints.get(t["smallModel"]) is not None,
         }
         for t in targets
     ]
-    missing = [r["smallModel"] for r in resolved if not r["found"]]
+    missing = [t["smallModel"] for t in targets if target_endpoints.get(t["smallModel"]) is None]
     local_ready = sum(r["readyEndpoints"] for r in resolved)
     router_ready = router is not None and router.ready > 0
     egress_ready = egress is not None and egress.ready > 0

@@ -78,9 +78,13 @@ def _deployment(
     policy: str,
     component: str,
     pod_spec: dict[str, Any],
-    config_hash: str,
+    config_hash: str | None,
 ) -> dict[str, Any]:
     labels = names.policy_labels(policy, component)
+    template_meta: dict[str, Any] = {"labels": labels}
+    if config_hash:
+        # The hash rolls the pods when settings they read only at start change.
+        template_meta["annotations"] = {"edgefleet.io/config-hash": config_hash}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -92,14 +96,7 @@ def _deployment(
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
             },
-            "template": {
-                # The hash rolls the pods when settings they read only at start change.
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {"edgefleet.io/config-hash": config_hash},
-                },
-                "spec": pod_spec,
-            },
+            "template": {"metadata": template_meta, "spec": pod_spec},
         },
     }
 
@@ -144,9 +141,9 @@ def build_router(
         "volumes": [{"name": POLICY_VOLUME, "configMap": {"name": names.router_name(name)}}],
         **_pod_placement(settings),
     }
-    return _deployment(
-        names.router_name(name), namespace, name, names.ROUTER, pod_spec, config_hash
-    )
+    # No config hash: the router re-reads the policy file itself, and a restart
+    # would throw away its breakers and budget window.
+    return _deployment(names.router_name(name), namespace, name, names.ROUTER, pod_spec, None)
 
 
 def build_egress(

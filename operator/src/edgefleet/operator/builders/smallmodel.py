@@ -77,7 +77,9 @@ def _source_volumes(
             folder = uri.removeprefix("file://").rstrip("/")
             if form == "gguf":
                 folder = folder.rsplit("/", 1)[0] or "/"
-            volume = f"host-{form}"
+            if any(m["mountPath"] == folder for m in mounts.values()):
+                continue  # both forms in one folder: one volume, one mount
+            volume = f"host-{len(volumes)}"
             volumes[volume] = {
                 "name": volume, "hostPath": {"path": folder, "type": "Directory"},
             }  # fmt: skip

@@ -32,7 +32,7 @@ def api_endpoints(kube: Kube, config: OperatorConfig) -> list[tuple[str, int]]:
     """Where the API server listens, for the router's NetworkPolicy."""
     if config.api_server_endpoints:
         pairs = [e.strip().rpartition(":") for e in config.api_server_endpoints.split(",")]
-        return [(host, int(port)) for host, _, port in pairs if host]
+        return [(host.strip("[]"), int(port)) for host, _, port in pairs if host]
     endpoints = []
     for item in kube.list("EndpointSlice", "default", "kubernetes.io/service-name=kubernetes"):
         ports = [p["port"] for p in item.get("ports") or [] if p.get("name") == "https"]

@@ -1,0 +1,260 @@
+"""The operator, installed by the chart, running as its own Pod with the chart's RBAC.
+
+Every test applies resources with kubectl and asserts on what the cluster
+then holds: workloads on the right node classes, status and Events, rollouts,
+garbage collection, and a restart in the middle of reconciling.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.controlplane.conftest import RELEASE, RELEASE_NAMESPACE
+from tests.controlplane.helpers import Cluster, wait_for
+from tests.controlplane.operator_support import (
+    EDGE_TOLERATION,
+    managed_children,
+    pods,
+    smallmodel,
+    wait_condition,
+)
+
+pytestmark = pytest.mark.controlplane
+
+OPERATOR_SA = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
+OPERATOR_PODS = "app.kubernetes.io/component=operator"
+# kwok edge nodes: plenty of room, no GPU to compete for between tests.
+ON_EDGE = {
+    "engine": "llamacpp",
+    "placement": {
+        "nodeSelector": {"edgefleet.io/node-class": "edge"},
+        "tolerations": [EDGE_TOLERATION],
+    },
+}
+
+
+def _nodes_of(cluster: Cluster, namespace: str, selector: str) -> list[str]:
+    return sorted(p["spec"].get("nodeName", "") for p in pods(cluster, namespace, selector))
+
+
+def _operator_pod(cluster: Cluster) -> dict[str, Any]:
+    found = pods(cluster, RELEASE_NAMESPACE, OPERATOR_PODS)
+    assert len(found) == 1, [p["metadata"]["name"] for p in found]
+    return found[0]
+
+
+def _can(cluster: Cluster, *args: str) -> bool:
+    out = cluster.kubectl("auth", "can-i", *args, "--as", OPERATOR_SA, check=False)
+    return out.stdout.strip() == "yes"
+
+
+def test_operator_runs_in_cluster_with_exactly_the_charts_rbac(release: Cluster) -> None:
+    pod = _operator_pod(release)
+    assert pod["spec"]["serviceAccountName"] == RELEASE
+    assert pod["spec"]["nodeName"] == "proc-0"  # a real process, not a kwok fake
+    assert pod["spec"]["containers"][0]["command"] == ["edgefleet-operator"]
+    # What it needs...
+    for verb_resource in (
+        ("patch", "smallmodels.edgefleet.io/status", "-A"),
+        ("create", "deployments.apps", "-n", "anywhere"),
+        ("delete", "daemonsets.apps", "-n", "anywhere"),
+        ("watch", "endpointslices.discovery.k8s.io", "-A"),
+        ("bind", "clusterrole/edgefleet-router"),
+    ):
+        assert _can(release, *verb_resource), verb_resource
+    # ...and nothing wider: no Secrets, no cluster-wide RBAC, no Pods, no other bindings.
+    for verb_resource in (
+        ("get", "secrets", "-A"),
+        ("list", "secrets", "-n", "anywhere"),
+        ("create", "clusterrolebindings"),
+        ("create", "pods", "-n", "anywhere"),
+        ("delete", "nodes"),
+        ("bind", "clusterrole/cluster-admin"),
+        ("escalate", "clusterroles"),
+        ("delete", "smallmodels.edgefleet.io", "-A"),
+    ):
+        assert not _can(release, *verb_resource), verb_resource
+
+
+def test_auto_engine_puts_vllm_on_gpu_nodes_and_llamacpp_on_edge_nodes(
+    release: Cluster, namespace: str
+) -> None:
+    release.apply(
+        smallmodel("mixed", perNode=True, placement={"tolerations": [EDGE_TOLERATION]}),
+        namespace=namespace,
+    )
+    # GPU pods of an earlier test's namespace may still be going away: a longer wait.
+    ready = wait_condition(release, namespace, "smallmodel", "mixed", "Ready", "True", timeout=240)
+    assert ready["status"]["engines"] == {
+        "vllm": {"desired": 2, "ready": 2, "workload": "DaemonSet/mixed-vllm"},
+        "llamacpp": {"desired": 4, "ready": 4, "workload": "DaemonSet/mixed-llamacpp"},
+    }
+    assert ready["status"]["endpoints"] == 6
+    assert _nodes_of(release, namespace, "edgefleet.io/engine=vllm") == ["gpu-0", "gpu-1"]
+    assert _nodes_of(release, namespace, "edgefleet.io/engine=llamacpp") == [
+        "edge-site-a-0", "edge-site-a-1", "edge-site-b-0", "edge-site-b-1",
+    ]  # fmt: skip
+    vllm = pods(release, namespace, "edgefleet.io/engine=vllm")[0]["spec"]["containers"][0]
+    assert vllm["args"][:2] == ["--engine", "vllm"]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    llama = pods(release, namespace, "edgefleet.io/engine=llamacpp")[0]["spec"]["containers"][0]
+    assert llama["args"][:2] == ["--engine", "llamacpp"]
+    assert "nvidia.com/gpu" not in json.dumps(llama["resources"])
+    # One Service for both engines, keeping edge clients on their own node.
+    service = release.get("service", "mixed", namespace)
+    assert service["spec"]["internalTrafficPolicy"] == "Local"
+
+
+def test_per_node_model_runs_one_pod_on_each_node_of_its_sites(
+    release: Cluster, namespace: str
+) -> None:
+    spec = {"engine": "llamacpp", "perNode": True,
+            "placement": {"sites": ["site-b"], "tolerations": [EDGE_TOLERATION]}}  # fmt: skip
+    release.apply(smallmodel("site-b-only", **spec), namespace=namespace)
+    wait_condition(release, namespace, "smallmodel", "site-b-only", "Ready", "True")
+    assert _nodes_of(release, namespace, "edgefleet.io/model=site-b-only") == [
+        "edge-site-b-0", "edge-site-b-1",
+    ]  # fmt: skip
+
+
+def test_untolerated_taints_leave_a_per_node_model_nothing_to_run(
+    release: Cluster, namespace: str
+) -> None:
+    spec = {"engine": "llamacpp", "perNode": True,
+            "placement": {"nodeSelector": {"edgefleet.io/node-class": "edge"}}}  # fmt: skip
+    release.apply(smallmodel("no-toleration", **spec), namespace=namespace)
+    wait_condition(
+        release, namespace, "smallmodel", "no-toleration", "Ready", "False", "NoEligibleNodes"
+    )
+    assert pods(release, namespace, "edgefleet.io/model=no-toleration") == []
+
+
+def test_unschedulable_model_says_why_in_status_columns_and_events(
+    release: Cluster, namespace: str
+) -> None:
+    spec = {"engine": "llamacpp", "replicas": 1,
+            "placement": {"nodeSelector": {"edgefleet.io/node-class": "edge"}}}  # fmt: skip
+    release.apply(smallmodel("stuck", **spec), namespace=namespace)
+    stuck = wait_condition(
+        release, namespace, "smallmodel", "stuck", "Ready", "False", "Unschedulable"
+    )
+    ready = next(c for c in stuck["status"]["conditions"] if c["type"] == "Ready")
+    assert "untolerated taint" in ready["message"]
+    degraded = next(c for c in stuck["status"]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    table = release.kubectl("get", "sm", "stuck", "-n", namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split()[:7] == ["NAME", "ENGINE", "READY", "DESIRED", "SERVICE", "STATUS",
+                                  "REASON"]  # fmt: skip
+    assert row.split()[:7] == ["stuck", "llamacpp", "0", "1", "stuck", "False", "Unschedulable"]
+    events = wait_for(
+        "an Unschedulable Event on the SmallModel",
+        lambda: [
+            e for e in release.get("events", namespace=namespace)["items"]
+            if e["involvedObject"]["name"] == "stuck" and e["reason"] == "Unschedulable"
+        ],
+        60,
+    )  # fmt: skip
+    assert events[0]["type"] == "Warning"
+
+
+def test_update_rolls_out_and_the_new_generation_is_observed(
+    release: Cluster, namespace: str
+) -> None:
+    release.apply(smallmodel("rolling", replicas=1, **ON_EDGE), namespace=namespace)
+    first = wait_condition(release, namespace, "smallmodel", "rolling", "Ready", "True")
+    assert first["status"]["observedGeneration"] == 1
+    patch = {"spec": {"replicas": 2, "serving": {"maxConcurrency": 8}}}
+    release.kubectl(
+        "patch",
+        "smallmodel",
+        "rolling",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        json.dumps(patch),
+    )
+    second = wait_condition(release, namespace, "smallmodel", "rolling", "Ready", "True")
+    assert second["status"]["observedGeneration"] == 2
+    assert second["status"]["desiredReplicas"] == 2
+    assert second["status"]["readyReplicas"] == 2
+    deployment = release.get("deployment", "rolling-llamacpp", namespace)
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-concurrency") + 1] == "8"
+    assert {p["spec"]["containers"][0]["args"][args.index("--max-concurrency") + 1]
+            for p in pods(release, namespace, "edgefleet.io/model=rolling")
+            if not p["metadata"].get("deletionTimestamp")} == {"8"}  # fmt: skip
+
+
+def test_deleting_a_model_garbage_collects_every_child(release: Cluster, namespace: str) -> None:
+    release.apply(smallmodel("short-lived", replicas=1, **ON_EDGE), namespace=namespace)
+    wait_condition(release, namespace, "smallmodel", "short-lived", "Ready", "True")
+    selector = "edgefleet.io/model=short-lived"
+    assert managed_children(release, namespace, selector) == [
+        "Deployment/short-lived-llamacpp",
+        "NetworkPolicy/short-lived-model",
+        "PodDisruptionBudget/short-lived",
+        "Service/short-lived",
+    ]
+    release.kubectl("delete", "smallmodel", "short-lived", "-n", namespace)
+    wait_for(
+        "every child of short-lived gone",
+        lambda: (
+            managed_children(release, namespace, selector) == []
+            and pods(release, namespace, selector) == []
+        ),
+        120,
+    )
+
+
+def test_operator_killed_mid_reconcile_leaves_no_duplicate_or_orphan(
+    release: Cluster, namespace: str
+) -> None:
+    models = [smallmodel(f"burst-{i}", replicas=0, **ON_EDGE) for i in range(8)]
+    before = _operator_pod(release)["metadata"]["uid"]
+    release.apply(*models, namespace=namespace)
+    # Kill it while it works through the burst; the Deployment brings a new one.
+    release.kubectl(
+        "delete", "pod", "-n", RELEASE_NAMESPACE, "-l", OPERATOR_PODS, "--grace-period=0",
+        "--force", "--wait=false",
+    )  # fmt: skip
+    wait_for(
+        "a new operator pod Ready",
+        lambda: any(
+            p["metadata"]["uid"] != before
+            and any(c["type"] == "Ready" and c["status"] == "True"
+                    for c in p.get("status", {}).get("conditions", []))
+            for p in pods(release, RELEASE_NAMESPACE, OPERATOR_PODS)
+        ),
+        120,
+    )  # fmt: skip
+    for model in models:
+        name = model["metadata"]["name"]
+        wait_condition(release, namespace, "smallmodel", name, "Ready", "False", "ScaledToZero")
+    children = managed_children(
+        release, namespace, "app.kubernetes.io/managed-by=edgefleet-operator"
+    )
+    expected = sorted(
+        f"{kind}/{name}"
+        for i in range(8)
+        for kind, name in (
+            ("Deployment", f"burst-{i}-llamacpp"),
+            ("NetworkPolicy", f"burst-{i}-model"),
+            ("PodDisruptionBudget", f"burst-{i}"),
+            ("Service", f"burst-{i}"),
+        )
+    )
+    assert children == expected  # each exactly once, nothing else
+    release.kubectl("delete", "smallmodels", "--all", "-n", namespace)
+    wait_for(
+        "no orphan after deleting the burst",
+        lambda: managed_children(
+            release, namespace, "app.kubernetes.io/managed-by=edgefleet-operator"
+        ) == [],
+        120,
+    )  # fmt: skip

@@ -1,0 +1,197 @@
+"""End to end on the test bed: kubectl apply → real pods → answers with their routes.
+
+The chart's operator turns a SmallModel (the packaged SmolLM2) and a
+RoutingPolicy into real processes on the process node: a llama.cpp model
+server (after its fetch-model init container), the router and the egress.
+The cloud is the real llama_cpp.server behind a recording proxy on the
+bridge address, so the test sees exactly what left the cluster. A gRPC
+client on the host calls the router at its Service's endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from openai import OpenAI
+
+from edgefleet.routing.complexity import ComplexityScorer
+from edgefleet.v1 import inference_pb2_grpc as pb_grpc
+from tests.cluster import network
+from tests.controlplane.conftest import CHART, RELEASE, RELEASE_NAMESPACE
+from tests.controlplane.helpers import Cluster, wait_for
+from tests.controlplane.operator_support import (
+    PROCESS_PLACEMENT,
+    listing,
+    managed_children,
+    smallmodel,
+    wait_condition,
+)
+from tests.support.cloud import STAND_IN_API_KEY, STAND_IN_MODEL, RecordingProxy, recorded_cloud
+from tests.support.routing import ask
+
+pytestmark = pytest.mark.controlplane
+
+SIMPLE = "What is the capital of France?"
+COMPLEX = (
+    "A train leaves a station at 3:15 pm travelling at 84 km/h; a second train leaves the same "
+    "station 40 minutes later on a parallel track at 112 km/h. Each stops for 6 minutes every "
+    "90 km. At what time, to the minute, does the second train draw level with the first, and "
+    "how far from the station? Show every step of the working."
+)
+PLANTED_EMAIL = "jane.doe.4471@example.org"
+PRIVATE = f"{COMPLEX} Send the answer to {PLANTED_EMAIL}."
+POLICY = "hybrid"
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[RecordingProxy]:
+    """The stand-in cloud, reachable from pods at the bridge address only."""
+    with recorded_cloud(host=network.API_ADDRESS) as (_, proxy):
+        yield proxy
+
+
+def routing_policy(proxy: RecordingProxy) -> dict[str, Any]:
+    scorer = ComplexityScorer.load()
+    threshold = (scorer.score(SIMPLE) + scorer.score(COMPLEX)) / 2
+    assert scorer.score(SIMPLE) < threshold < scorer.score(PRIVATE)
+    return {
+        "apiVersion": "edgefleet.io/v1alpha1",
+        "kind": "RoutingPolicy",
+        "metadata": {"name": POLICY},
+        "spec": {
+            "modelName": "hybrid",
+            "local": {"targets": [{"smallModel": "local", "weight": 1}]},
+            "cloud": {
+                "enabled": True,
+                "baseURL": proxy.base_url,
+                "model": STAND_IN_MODEL,
+                "apiKeySecretRef": {"name": "cloud-llm", "key": "api-key"},
+            },
+            "complexity": {"threshold": threshold},
+            # Capacity is not what this test is about: never overflow.
+            "capacity": {"maxQueueDepth": 1000, "maxPredictedTtftMs": 3600000},
+        },
+    }
+
+
+def ready_addresses(cluster: Cluster, namespace: str, service: str, port: str) -> list[str]:
+    slices = listing(cluster, "endpointslices", namespace, f"kubernetes.io/service-name={service}")
+    return [
+        f"{address}:{p['port']}"
+        for item in slices
+        for p in item.get("ports") or []
+        if p.get("name") == port
+        for endpoint in item.get("endpoints") or []
+        if (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint["addresses"]
+    ]
+
+
+def test_kubectl_apply_to_answers_local_cloud_and_private(
+    release: Cluster, namespace: str, cloud: RecordingProxy
+) -> None:
+    release.kubectl(
+        "create", "secret", "generic", "cloud-llm", "-n", namespace,
+        f"--from-literal=api-key={STAND_IN_API_KEY}",
+    )  # fmt: skip
+    model = smallmodel("local", engine="llamacpp", replicas=1, placement=PROCESS_PLACEMENT)
+    release.apply(model, routing_policy(cloud), namespace=namespace)
+
+    # The model pod fetched the packaged model in its init container, loaded it
+    # and passed its gRPC readiness probe; the router sees it through EndpointSlices.
+    ready_model = wait_condition(
+        release, namespace, "smallmodel", "local", "Ready", "True", timeout=300
+    )
+    assert ready_model["status"]["endpoints"] == 1
+    ready_policy = wait_condition(
+        release, namespace, "routingpolicy", POLICY, "Ready", "True", timeout=300
+    )
+    assert ready_policy["status"]["resolvedTargets"] == [
+        {"smallModel": "local", "service": "local", "weight": 1, "readyEndpoints": 1}
+    ]  # fmt: skip
+    router = wait_for(
+        "the router's ready endpoint",
+        lambda: ready_addresses(release, namespace, f"{POLICY}-router", "grpc"),
+        120,
+    )[0]
+    metrics = ready_addresses(release, namespace, f"{POLICY}-router", "metrics")[0]
+    # The router learns its backends from the EndpointSlice watch and polls their load.
+    wait_for(
+        "the router sees the local model and the egress ready",
+        lambda: backends_ready(metrics) == 2,
+        120,
+    )
+    with grpc.insecure_channel(router) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        simple, trailers = ask(stub, SIMPLE)
+        assert simple.route.target == "local"
+        assert simple.route.reason == "complexity.low"
+        assert "paris" in simple.text.lower()
+        assert trailers["x-edgefleet-route"] == "local"
+        assert cloud.received() == []
+
+        hard, trailers = ask(stub, COMPLEX, max_tokens=8)
+        assert (hard.route.target, hard.route.reason) == ("cloud", "complexity.high")
+        assert [body["messages"][-1]["content"] for body in cloud.received()] == [COMPLEX]
+
+        private, _ = ask(stub, PRIVATE, max_tokens=8)
+        assert private.route.target == "local"
+        assert private.route.reason.startswith("privacy.")
+        assert PLANTED_EMAIL not in cloud.received_text()
+        assert len(cloud.received()) == 1
+
+    # The same router over the OpenAI-compatible HTTP port, with the stock SDK.
+    http = ready_addresses(release, namespace, f"{POLICY}-router", "http")[0]
+    client = OpenAI(base_url=f"http://{http}/v1", api_key="unused", timeout=120)
+    reply = client.chat.completions.create(
+        model="hybrid", messages=[{"role": "user", "content": SIMPLE}], max_tokens=16,
+        temperature=0,
+    )  # fmt: skip
+    assert reply.choices[0].message.content
+
+    # The router reports its own figures into the RoutingPolicy's status.
+    def reported() -> dict[str, Any] | None:
+        live = (release.get("routingpolicy", POLICY, namespace).get("status") or {}).get("router")
+        return live if live and live.get("requests", 0) >= 4 else None
+
+    live = wait_for("the router's figures in the RoutingPolicy status", reported, 90)
+    assert live["cloudRequests"] == 1
+    reasons = {d["reason"]: d["count"] for d in live["lastDecisions"]}
+    assert reasons.get("complexity.high") == 1
+    assert reasons.get("complexity.low", 0) >= 2
+    assert 0 < live["localShare"] < 1
+    table = release.kubectl("get", "rp", POLICY, "-n", namespace).stdout.splitlines()
+    assert table[1].split()[:3] == [POLICY, "hybrid", "True"], table
+
+    # `helm test` checks every router replica's gRPC health from inside the cluster.
+    release.helm(
+        "upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reuse-values",
+        "--set", f"tests.namespaces={{{namespace}}}", "--wait",
+    )  # fmt: skip
+    result = release.helm("test", RELEASE, "-n", RELEASE_NAMESPACE, "--logs", timeout=300)
+    assert "Phase:          Succeeded" in result.stdout, result.stdout
+    assert f"{namespace}/{POLICY} router {router}: SERVING" in result.stdout
+
+    # Deleting the policy takes router, egress and their objects with it.
+    release.kubectl("delete", "routingpolicy", POLICY, "-n", namespace)
+    wait_for(
+        "no router or egress object left",
+        lambda: managed_children(release, namespace, f"edgefleet.io/routing-policy={POLICY}") == [],
+        120,
+    )
+    assert json.loads(release.kubectl("get", "sm", "local", "-n", namespace, "-o", "json").stdout)
+
+
+def backends_ready(metrics_address: str) -> int:
+    """How many backends the router reports ready on its Prometheus page."""
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as reply:
+        lines = reply.read().decode().splitlines()
+    return sum(
+        1 for line in lines
+        if line.startswith("edgefleet:router_backend_ready{") and line.endswith(" 1.0")
+    )  # fmt: skip
