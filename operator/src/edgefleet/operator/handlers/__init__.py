@@ -6,6 +6,7 @@ counts) in memory from watches, so status and drift checks cost no API calls.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kopf
@@ -37,7 +38,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix="edgefleet.io", key="last-handled-configuration"
     )
     settings.posting.reporting_component = "edgefleet-operator"
-    settings.posting.level = 20  # INFO and above become Events
+    # Only our own Events (kopf.event, kopf.warn) reach people; handler chatter stays in the log.
+    settings.posting.level = logging.WARNING
     settings.execution.max_workers = CONFIG.workers
     settings.networking.request_timeout = 60
     kube = Kube(load_credentials())

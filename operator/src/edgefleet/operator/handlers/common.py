@@ -71,6 +71,6 @@ def ready_transition(
     if before and (before["status"], before.get("reason")) == (after["status"], after["reason"]):
         return
     if after["status"] == "True":
-        kopf.info(dict(body), reason="Ready", message=after["message"])
+        kopf.event(dict(body), type="Normal", reason="Ready", message=after["message"])
     else:
         kopf.warn(dict(body), reason=after["reason"], message=after["message"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +50,7 @@ def reconcile(
 ) -> None:
     config: OperatorConfig = memo.config
     kube: Kube = memo.kube
+    started = time.monotonic()
     plans, children = desired(name, namespace, spec, nodes, config)
     fingerprint = digest(children)
     try:
@@ -69,9 +71,11 @@ def reconcile(
         message = f"applied {len(children)} objects ({plan_text})"
         if removed:
             message += f"; removed {', '.join(removed)}"
-        kopf.info(dict(body), reason="Applied", message=message)
+        kopf.event(dict(body), type="Normal", reason="Applied", message=message)
         logger.info(message)
     memo.applied = fingerprint
+    # One line per reconcile, with its duration: what the scale benchmark reads.
+    logger.info("reconciled in %.1f ms", (time.monotonic() - started) * 1000)
 
 
 def _workloads(index: Any, key: tuple[str, str]) -> list[WorkloadFacts]:
