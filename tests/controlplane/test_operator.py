@@ -8,11 +8,15 @@ garbage collection, and a restart in the middle of reconciling.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.controlplane.conftest import RELEASE, RELEASE_NAMESPACE
+from tests.controlplane.conftest import CHART, RELEASE, RELEASE_NAMESPACE
 from tests.controlplane.helpers import Cluster, wait_for
 from tests.controlplane.operator_support import (
     EDGE_TOLERATION,
@@ -258,3 +262,74 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicate_or_orphan(
         ) == [],
         120,
     )  # fmt: skip
+
+
+def _ready_operator(cluster: Cluster, other_than: str) -> dict[str, Any] | None:
+    for pod in pods(cluster, RELEASE_NAMESPACE, OPERATOR_PODS):
+        conditions = pod.get("status", {}).get("conditions", [])
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        if pod["metadata"]["uid"] != other_than and ready:
+            return pod
+    return None
+
+
+def test_helm_upgrade_with_changed_values_replaces_the_operator(release: Cluster) -> None:
+    before = _operator_pod(release)["metadata"]["uid"]
+    upgrade = ("upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reuse-values", "--wait")
+    release.helm(*upgrade, "--set", "operator.logLevel=DEBUG")
+    try:
+        after = wait_for("a new operator pod", lambda: _ready_operator(release, before), 120)
+        env = {e["name"]: e.get("value") for e in after["spec"]["containers"][0]["env"]}
+        assert env["EDGEFLEET_LOG_LEVEL"] == "DEBUG"
+        # Recreate: the old one is gone, never two at once acting on the same resources.
+        deployment = release.get("deployment", f"{RELEASE}-operator", RELEASE_NAMESPACE)
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        wait_for(
+            "only the new operator pod left",
+            lambda: (
+                [p["metadata"]["uid"] for p in pods(release, RELEASE_NAMESPACE, OPERATOR_PODS)]
+                == [after["metadata"]["uid"]]
+            ),
+            120,
+        )
+    finally:
+        release.helm(*upgrade, "--set", "operator.logLevel=INFO")
+        wait_for("the operator back on INFO", lambda: _ready_operator(release, ""), 120)
+
+
+def test_a_stray_second_operator_freezes_instead_of_acting_twice(
+    release: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    kubeconfig = release.service_account_kubeconfig(
+        RELEASE_NAMESPACE, RELEASE, tmp_path / "operator.kubeconfig"
+    )
+    log = tmp_path / "stray.log"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "EDGEFLEET_PEERING_NAME": RELEASE}
+    with log.open("wb") as out:
+        stray = subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.operator.main", "--liveness", ""],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(
+            "the stray operator to pause for its peer",
+            lambda: "conflicting operators with the same priority" in log.read_text(),
+            90,
+        )
+        # While both run, neither acts: a new model gets no children.
+        release.apply(smallmodel("while-frozen", replicas=0, **ON_EDGE), namespace=namespace)
+        assert "reconciled in" not in log.read_text()
+    finally:
+        stray.terminate()
+        stray.wait(timeout=60)
+    # The stray is gone; the chart's operator resumes and does the work once.
+    wait_condition(
+        release, namespace, "smallmodel", "while-frozen", "Ready", "False", "ScaledToZero", 180
+    )
+    assert "reconciled in" not in log.read_text()
+    assert managed_children(release, namespace, "edgefleet.io/model=while-frozen") == [
+        "Deployment/while-frozen-llamacpp",
+        "NetworkPolicy/while-frozen-model",
+        "PodDisruptionBudget/while-frozen",
+        "Service/while-frozen",
+    ]

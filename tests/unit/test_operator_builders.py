@@ -22,6 +22,11 @@ from edgefleet.routing.policy import load_policy, parse_policy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NS = "shop"
+# Every serving container names itself after its pod.
+INSTANCE_ENV = [
+    {"name": "EDGEFLEET_INSTANCE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+]
+
 CONFIG = OperatorConfig()
 IMAGE = "ghcr.io/edgefleet/edgefleet:0.1.0"
 VLLM_IMAGE = "ghcr.io/edgefleet/edgefleet-vllm:0.1.0"
@@ -141,6 +146,7 @@ def test_llamacpp_deployment_from_the_builtin_source() -> None:
                                 "--instances",
                                 "2",
                             ],
+                            "env": INSTANCE_ENV,
                             "ports": MODEL_PORTS,
                             "readinessProbe": probe(1, 5, 3),
                             "livenessProbe": probe(5, 10, 6),
@@ -230,6 +236,7 @@ def test_vllm_daemonset_with_a_gpu_per_pod() -> None:
                                 "--max-queue",
                                 "16",
                             ],
+                            "env": INSTANCE_ENV,
                             "ports": MODEL_PORTS,
                             "readinessProbe": probe(1, 5, 3),
                             "livenessProbe": probe(60, 10, 6),
@@ -988,6 +995,7 @@ def test_router_deployment_with_cloud() -> None:
                                 "--cloud-service",
                                 "demo-egress",
                             ],
+                            "env": INSTANCE_ENV,
                             "ports": [
                                 {"name": "grpc", "containerPort": 50051, "protocol": "TCP"},
                                 {"name": "http", "containerPort": 8080, "protocol": "TCP"},
@@ -1092,6 +1100,7 @@ def test_egress_deployment() -> None:
                                 "--policy-file",
                                 "/etc/edgefleet/router/policy.yaml",
                             ],
+                            "env": INSTANCE_ENV,
                             "ports": [
                                 {"name": "grpc", "containerPort": 50051, "protocol": "TCP"},
                                 {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},

@@ -42,3 +42,13 @@ def with_required_terms(
     for term in terms:
         term.setdefault("matchExpressions", []).extend(copy.deepcopy(expressions))
     return result
+
+
+# The pod's own name as the serving instance (served_by, metrics), as a real
+# kubelet's hostname would give; set explicitly so every runtime agrees.
+INSTANCE_ENV = [
+    {
+        "name": "EDGEFLEET_INSTANCE_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+]

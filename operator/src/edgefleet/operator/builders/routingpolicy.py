@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from edgefleet.operator import names
-from edgefleet.operator.builders.common import grpc_probe, metadata
+from edgefleet.operator.builders.common import INSTANCE_ENV, grpc_probe, metadata
 from edgefleet.operator.builders.smallmodel import DNS_EGRESS
 from edgefleet.operator.config import OperatorConfig
 
@@ -126,6 +126,7 @@ def build_router(
         "imagePullPolicy": config.image_pull_policy,
         "command": ["edgefleet-router"],
         "args": args,
+        "env": copy.deepcopy(INSTANCE_ENV),
         "ports": _ports(("http", names.HTTP_PORT)),
         "readinessProbe": grpc_probe(names.GRPC_PORT, initial_delay=1, period=5, failures=3),
         "livenessProbe": grpc_probe(names.GRPC_PORT, initial_delay=10, period=10, failures=6),
@@ -172,6 +173,7 @@ def build_egress(
             "--policy-file",
             f"{names.ROUTER_CONFIG_DIR}/{names.POLICY_FILE}",
         ],
+        "env": copy.deepcopy(INSTANCE_ENV),
         "ports": _ports(),
         "readinessProbe": grpc_probe(names.GRPC_PORT, initial_delay=1, period=5, failures=3),
         "livenessProbe": grpc_probe(names.GRPC_PORT, initial_delay=10, period=10, failures=6),

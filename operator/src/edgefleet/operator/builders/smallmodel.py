@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgefleet.operator import names
-from edgefleet.operator.builders.common import grpc_probe, metadata, with_required_terms
+from edgefleet.operator.builders.common import (
+    INSTANCE_ENV,
+    grpc_probe,
+    metadata,
+    with_required_terms,
+)
 from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.placement import EnginePlan
 
@@ -141,6 +146,7 @@ def build_pod_template(
                 "imagePullPolicy": config.image_pull_policy,
                 "command": ["edgefleet-server"],
                 "args": _server_args(name, spec, plan.engine),
+                "env": copy.deepcopy(INSTANCE_ENV),
                 "ports": [
                     {"name": "grpc", "containerPort": names.GRPC_PORT, "protocol": "TCP"},
                     {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
