@@ -333,3 +333,69 @@ def test_a_stray_second_operator_freezes_instead_of_acting_twice(
         "PodDisruptionBudget/while-frozen",
         "Service/while-frozen",
     ]
+
+
+def test_a_refused_child_gives_apply_failed_then_heals_when_allowed(
+    release: Cluster, namespace: str
+) -> None:
+    # A quota of zero Deployments: the API server refuses the model's workload.
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-deployments"},
+             "spec": {"hard": {"count/deployments.apps": "0"}}}  # fmt: skip
+    release.apply(quota, namespace=namespace)
+    # Admission enforces a quota once its controller has counted what exists.
+    wait_for(
+        "the quota counted",
+        lambda: (release.get("resourcequota", "no-deployments", namespace).get("status") or {}).get(
+            "hard"
+        ),
+        60,
+    )
+    release.apply(smallmodel("quota-bound", replicas=1, **ON_EDGE), namespace=namespace)
+    refused = wait_condition(
+        release, namespace, "smallmodel", "quota-bound", "Ready", "False", "ApplyFailed"
+    )
+    ready = next(c for c in refused["status"]["conditions"] if c["type"] == "Ready")
+    assert "quota-bound-llamacpp" in ready["message"]
+    assert "exceeded quota" in ready["message"]
+    assert any(
+        e["reason"] == "ApplyFailed" and e["type"] == "Warning"
+        for e in release.get("events", namespace=namespace)["items"]
+        if e["involvedObject"]["name"] == "quota-bound"
+    )
+    # Lift the quota: the next round applies it, no edit to the model needed.
+    release.kubectl("delete", "resourcequota", "no-deployments", "-n", namespace)
+    wait_condition(release, namespace, "smallmodel", "quota-bound", "Ready", "True", timeout=180)
+
+
+def test_a_policy_the_routers_parser_refuses_keeps_the_running_router(
+    release: Cluster, namespace: str
+) -> None:
+    policy = {
+        "apiVersion": "edgefleet.io/v1alpha1",
+        "kind": "RoutingPolicy",
+        "metadata": {"name": "strict"},
+        "spec": {"local": {"targets": [{"smallModel": "absent"}]}},
+    }
+    release.apply(policy, namespace=namespace)
+    router = wait_for(
+        "the router Deployment",
+        lambda: release.get("deployment", "strict-router", namespace),
+        120,
+    )
+    # RE2 (the API server's CEL) accepts \z; Python's re, which the router uses, does not.
+    patch = {"spec": {"privacy": {"customPatterns": [{"name": "tail", "regex": "EMP\\z"}]}}}
+    release.kubectl(
+        "patch", "routingpolicy", "strict", "-n", namespace, "--type", "merge",
+        "-p", json.dumps(patch),
+    )  # fmt: skip
+    refused = wait_condition(
+        release, namespace, "routingpolicy", "strict", "Ready", "False", "InvalidPolicy"
+    )
+    ready = next(c for c in refused["status"]["conditions"] if c["type"] == "Ready")
+    assert "spec.privacy" in ready["message"]
+    # What runs is left alone: same Deployment, same template, same policy file.
+    after = release.get("deployment", "strict-router", namespace)
+    assert after["metadata"]["uid"] == router["metadata"]["uid"]
+    assert after["spec"]["template"] == router["spec"]["template"]
+    config = release.get("configmap", "strict-router", namespace)
+    assert "EMP" not in config["data"]["policy.yaml"]
