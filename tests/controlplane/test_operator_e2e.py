@@ -32,17 +32,11 @@ from tests.controlplane.operator_support import (
     wait_condition,
 )
 from tests.support.cloud import STAND_IN_API_KEY, STAND_IN_MODEL, RecordingProxy, recorded_cloud
+from tests.support.prompts import COMPLEX, SIMPLE
 from tests.support.routing import ask
 
 pytestmark = pytest.mark.controlplane
 
-SIMPLE = "What is the capital of France?"
-COMPLEX = (
-    "A train leaves a station at 3:15 pm travelling at 84 km/h; a second train leaves the same "
-    "station 40 minutes later on a parallel track at 112 km/h. Each stops for 6 minutes every "
-    "90 km. At what time, to the minute, does the second train draw level with the first, and "
-    "how far from the station? Show every step of the working."
-)
 PLANTED_EMAIL = "jane.doe.4471@example.org"
 PRIVATE = f"{COMPLEX} Send the answer to {PLANTED_EMAIL}."
 POLICY = "hybrid"

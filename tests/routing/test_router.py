@@ -17,6 +17,7 @@ from edgefleet.v1 import inference_pb2 as pb
 from tests.routing.conftest import Stack
 from tests.support.cloud import CloudStandIn, RecordingProxy
 from tests.support.model_server import running_server
+from tests.support.prompts import COMPLEX, SIMPLE
 from tests.support.routing import (
     ask,
     ask_or_error,
@@ -28,13 +29,6 @@ from tests.support.routing import (
     write_atomically,
 )
 
-SIMPLE = "What is the capital of France?"
-COMPLEX = (
-    "A train leaves a station at 3:15 pm travelling at 84 km/h; a second train leaves the same "
-    "station 40 minutes later on a parallel track at 112 km/h. Each stops for 6 minutes every "
-    "90 km. At what time, to the minute, does the second train draw level with the first, and "
-    "how far from the station? Show every step of the working."
-)
 # Tests about other rules keep capacity out of the way: on a shared local
 # server a slow spell (a previous test's queue) may otherwise overflow.
 NEVER_OVERFLOW = {"maxQueueDepth": 1000, "maxPredictedTtftMs": 3_600_000}

@@ -12,3 +12,14 @@ LONG_ANSWER_PROMPTS = (
     "Write a story about a lighthouse keeper and a storm.",
     "Explain why the sky is blue and why sunsets are red.",
 )
+
+# A lookup the router keeps local and a multi-step problem it sends to the
+# cloud: the classifier scores them far apart, so a threshold between the two
+# (see `threshold_between`) routes each one way.
+SIMPLE = "What is the capital of France?"
+COMPLEX = (
+    "A train leaves a station at 3:15 pm travelling at 84 km/h; a second train leaves the same "
+    "station 40 minutes later on a parallel track at 112 km/h. Each stops for 6 minutes every "
+    "90 km. At what time, to the minute, does the second train draw level with the first, and "
+    "how far from the station? Show every step of the working."
+)
