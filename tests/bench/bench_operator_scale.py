@@ -1,0 +1,715 @@
+"""Operator at scale: M SmallModels on an N-node kwok fleet, against the real operator.
+
+Measures the issue's target ("200 SmallModels across a 1,000-node kwok fleet: time from apply
+to all Ready, operator RSS and CPU, reconcile latency p50/p99; under 60 s to Ready, operator RSS
+under 250 MB") on the shared test bed that is already running (`python -m tests.cluster up`
+and the chart installed), without disturbing anyone else's tests on it:
+
+1. Registers N kwok nodes from `fleet.scale_fleet` (kwok fakes their pods; nothing runs as a
+   process), renamed `bench-scale-NNNN` in sites `bench-site-K` of `--site-size` nodes,
+   labelled `edgefleet.io/bench=operator-scale` and tainted `edgefleet.io/bench=true:NoSchedule`
+   so no other pod or DaemonSet lands there; times them to Ready.
+2. Builds M SmallModels in a fresh namespace, like a real fleet: a share of `perNode: true`
+   llama.cpp models, each on one small site (a DaemonSet of `--site-size` pods), the rest
+   `replicas: 1..3` Deployment models (`engine: auto`) pinned to the bench nodes by
+   nodeSelector; all tolerate the bench taint and use the builtin model source.
+3. Applies all M in one `kubectl apply --server-side` and watches them (a Kubernetes watch
+   started before the apply, no polling) until each has Ready=True with observedGeneration ==
+   generation, sampling the operator process's RSS (`/proc/<pid>`, the pid is the process
+   kubelet's container id) as it goes, and the CPU of the operator, of each control-plane
+   process and of the whole machine; then measures the same for `--steady-seconds` with every
+   model Ready.
+4. Reads the operator's log for the run: `reconciled in X ms` lines and refresh timer runs.
+5. Deletes the namespace (timed), waits for the operator to go quiet, reads its RSS, and
+   deletes the bench nodes (unless `--keep-nodes`), also when something failed.
+
+Prints markdown tables on stdout (paste them into docs/benchmarks.md), progress on stderr.
+
+    .venv/bin/python -m tests.bench.bench_operator_scale [--models 200] [--nodes 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from tests.cluster import fleet, kube, testbed
+
+GROUP, VERSION, PLURAL = "edgefleet.io", "v1alpha1", "smallmodels"
+BENCH_LABEL = ("edgefleet.io/bench", "operator-scale")
+BENCH_TAINT = {"key": "edgefleet.io/bench", "value": "true", "effect": "NoSchedule"}
+BENCH_TOLERATION = {"key": "edgefleet.io/bench", "operator": "Equal", "value": "true",
+                    "effect": "NoSchedule"}  # fmt: skip
+OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
+RECONCILED = re.compile(r"reconciled in ([0-9.]+) ms")
+TIMER_RUN = "Timer 'refresh_smallmodel' succeeded"
+TARGET_READY_S = 60.0
+TARGET_RSS_MB = 250.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the fleet -------------------------------------------------------------------------
+def bench_nodes(count: int, site_size: int) -> list[dict[str, Any]]:
+    """`scale_fleet` nodes under our own names, sites, label and taint."""
+    sites = max(1, math.ceil(count / site_size))
+    nodes = fleet.scale_fleet(count, sites=sites)
+    for i, node in enumerate(nodes):
+        name = f"bench-scale-{i:04d}"
+        meta = node["metadata"]
+        meta["name"] = name
+        meta["labels"]["kubernetes.io/hostname"] = name
+        # Consecutive nodes share a site, so a site is `site_size` nodes.
+        meta["labels"]["edgefleet.io/site"] = f"bench-site-{i // site_size}"
+        meta["labels"][BENCH_LABEL[0]] = BENCH_LABEL[1]
+        node["spec"]["taints"] = [*node["spec"]["taints"], dict(BENCH_TAINT)]
+    return nodes
+
+
+def ready_node_names(core: client.CoreV1Api) -> set[str]:
+    selector = f"{BENCH_LABEL[0]}={BENCH_LABEL[1]}"
+    return {
+        n.metadata.name
+        for n in core.list_node(label_selector=selector).items
+        if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+    }
+
+
+def smallmodels(models: int, sites: int, per_node_share: float) -> list[dict[str, Any]]:
+    """M SmallModels: every k-th one perNode on its own site, the others 1..3 replicas."""
+    per_node_every = max(1, round(1 / per_node_share)) if per_node_share > 0 else 0
+    source = {"gguf": {"uri": "builtin://smollm2-135m"}}
+    items = []
+    for i in range(models):
+        spec: dict[str, Any]
+        if per_node_every and i % per_node_every == 0:
+            site = f"bench-site-{(i // per_node_every) % sites}"
+            spec = {
+                "source": source,
+                "engine": "llamacpp",
+                "perNode": True,
+                "placement": {"sites": [site], "tolerations": [BENCH_TOLERATION]},
+            }
+        else:
+            spec = {
+                "source": source,
+                "engine": "auto",
+                "replicas": 1 + i % 3,
+                "placement": {
+                    "nodeSelector": {BENCH_LABEL[0]: BENCH_LABEL[1]},
+                    "tolerations": [BENCH_TOLERATION],
+                },
+            }
+        items.append(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "SmallModel",
+                "metadata": {"name": f"m-{i:03d}"},
+                "spec": spec,
+            }
+        )
+    return items
+
+
+def expected_pods(items: list[dict[str, Any]], site_size: int) -> int:
+    return sum(site_size if m["spec"].get("perNode") else m["spec"]["replicas"] for m in items)
+
+
+# --- the operator process ----------------------------------------------------------------
+@dataclass(frozen=True)
+class OperatorProcess:
+    pid: int
+    log: Path
+    env: dict[str, str]
+
+    @classmethod
+    def find(cls, core: client.CoreV1Api, namespace: str) -> OperatorProcess:
+        pods = [
+            p
+            for p in core.list_namespaced_pod(namespace, label_selector=OPERATOR_SELECTOR).items
+            if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+        ]
+        if len(pods) != 1:
+            raise RuntimeError(f"expected one running operator pod, found {len(pods)}")
+        pod = pods[0]
+        container_id = (pod.status.container_statuses or [None])[0]
+        if container_id is None or not (container_id.container_id or "").startswith("process://"):
+            raise RuntimeError("the operator does not run as a process-kubelet process")
+        pid = int(container_id.container_id.removeprefix("process://"))
+        log_file = (
+            testbed.paths().kubelets / pod.spec.node_name / pod.metadata.uid / "container.log"
+        )
+        env = dict(
+            item.split("=", 1)
+            for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
+            if item.startswith("EDGEFLEET_") and "=" in item
+        )
+        return cls(pid=pid, log=log_file, env=env)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no VmRSS for pid {self.pid}")
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.pid)
+
+    def alive(self) -> bool:
+        return Path(f"/proc/{self.pid}").exists()
+
+
+@dataclass
+class Sampler:
+    """Samples the operator's RSS every `interval` s in a thread; keeps the maximum."""
+
+    process: OperatorProcess
+    interval: float = 0.5
+    max_rss_mb: float = 0.0
+    samples: int = 0
+    lost: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.max_rss_mb = max(self.max_rss_mb, self.process.rss_mb())
+                self.samples += 1
+            except (OSError, RuntimeError):
+                self.lost = True
+                return
+            self._stop.wait(self.interval)
+
+    @contextmanager
+    def running(self) -> Iterator[Sampler]:
+        thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=5)
+
+
+def cpu_share(process: OperatorProcess, seconds: float) -> float:
+    """The operator's CPU use over a window, as a fraction of one core."""
+    before, started = process.cpu_s(), time.monotonic()
+    time.sleep(seconds)  # the measurement window itself, not a wait for anything
+    return (process.cpu_s() - before) / (time.monotonic() - started)
+
+
+# --- readiness ---------------------------------------------------------------------------
+def is_ready(obj: dict[str, Any]) -> bool:
+    generation = obj["metadata"].get("generation")
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != generation:
+        return False
+    return any(
+        c.get("type") == "Ready"
+        and c.get("status") == "True"
+        and c.get("observedGeneration") == generation
+        for c in status.get("conditions") or []
+    )
+
+
+def ready_reason(obj: dict[str, Any]) -> str:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return f"{c.get('reason')}: {c.get('message')}"
+    return "no status yet"
+
+
+class ReadyWatch:
+    """Watches the namespace's SmallModels in a thread, from before the apply.
+
+    Records, in seconds from `started`, when each model was first seen (its ADDED event) and
+    first seen Ready; `done` is set once every expected model is Ready.
+    """
+
+    def __init__(
+        self, custom: client.CustomObjectsApi, namespace: str, names: set[str], timeout: float
+    ) -> None:
+        self.custom, self.namespace, self.names, self.timeout = custom, namespace, names, timeout
+        listing = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        self.resource_version: str = listing["metadata"]["resourceVersion"]
+        self.started = time.monotonic()
+        self.seen_at: dict[str, float] = {}
+        self.ready_at: dict[str, float] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ready-watch", daemon=True)
+
+    def start(self) -> None:
+        """Start the clock and the watch."""
+        self.started = time.monotonic()
+        self._thread.start()
+
+    def wait(self) -> bool:
+        """True when every model became Ready within the timeout."""
+        finished = self.done.wait(self.timeout)
+        self._stop.set()
+        if self.error is not None:
+            raise self.error
+        return finished
+
+    def _see(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        now = time.monotonic() - self.started
+        self.last[name] = obj
+        self.seen_at.setdefault(name, now)
+        if name not in self.ready_at and is_ready(obj):
+            self.ready_at[name] = now
+            if self.names <= self.ready_at.keys():
+                self.done.set()
+
+    def _run(self) -> None:
+        deadline = self.started + self.timeout
+        rv = self.resource_version
+        try:
+            while not self.done.is_set() and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                stream = watch.Watch()
+                try:
+                    for event in stream.stream(
+                        self.custom.list_namespaced_custom_object, GROUP, VERSION,
+                        self.namespace, PLURAL, resource_version=rv,
+                        timeout_seconds=max(1, min(int(remaining), 60)),
+                    ):  # fmt: skip
+                        obj = event["object"]
+                        rv = obj["metadata"]["resourceVersion"]
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            self._see(obj)
+                        if self.done.is_set() or self._stop.is_set():
+                            stream.stop()
+                except ApiException as exc:
+                    if exc.status != 410:
+                        raise
+                    # The watch fell too far behind: list again and go on from there.
+                    listing = self.custom.list_namespaced_custom_object(
+                        GROUP, VERSION, self.namespace, PLURAL
+                    )
+                    rv = listing["metadata"]["resourceVersion"]
+                    for obj in listing["items"]:
+                        self._see(obj)
+        except BaseException as exc:  # handed to the main thread by wait()
+            self.error = exc
+            self.done.set()
+
+
+# --- CPU by process ----------------------------------------------------------------------
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler",
+                 "kwok-controller")  # fmt: skip
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def control_plane_pids() -> dict[str, int]:
+    """The test bed's control-plane processes (their command lines point into its folder)."""
+    root = str(testbed.paths().root)
+    found: dict[str, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        binary = argv[0].decode(errors="replace")
+        if root in binary and Path(binary).name in CONTROL_PLANE:
+            found[Path(binary).name] = int(proc.name)
+    return found
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    at: float
+    by_process: dict[str, float]
+    machine: float
+
+    @classmethod
+    def take(cls, pids: dict[str, int]) -> CpuSnapshot:
+        by_process = {}
+        for name, pid in pids.items():
+            try:
+                by_process[name] = process_cpu_s(pid)
+            except OSError:
+                continue
+        return cls(time.monotonic(), by_process, machine_busy_s())
+
+    def since(self, earlier: CpuSnapshot) -> dict[str, float]:
+        """CPU seconds each process (and `machine`) used between the two snapshots."""
+        used = {
+            name: value - earlier.by_process[name]
+            for name, value in self.by_process.items()
+            if name in earlier.by_process
+        }
+        used["machine"] = self.machine - earlier.machine
+        return used
+
+
+# --- the operator's log ------------------------------------------------------------------
+@dataclass(frozen=True)
+class LogFigures:
+    reconcile_ms: list[float]
+    timer_runs: int
+    errors: list[str]
+
+
+def read_log(path: Path, offset: int) -> LogFigures:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        text = handle.read().decode(errors="replace")
+    reconcile_ms, timer_runs, errors = [], 0, []
+    for line in text.splitlines():
+        match = RECONCILED.search(line)
+        if match:
+            reconcile_ms.append(float(match.group(1)))
+        elif TIMER_RUN in line:
+            timer_runs += 1
+        elif " ERROR " in line or " WARNING " in line or line.startswith("Traceback"):
+            errors.append(line)
+    return LogFigures(reconcile_ms, timer_runs, errors)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def other_smallmodels(custom: client.CustomObjectsApi, namespace: str) -> int:
+    listing = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    return sum(1 for m in listing["items"] if m["metadata"]["namespace"] != namespace)
+
+
+# --- the run -------------------------------------------------------------------------------
+@dataclass
+class Result:
+    models: int
+    per_node_models: int
+    nodes: int
+    sites: int
+    site_size: int
+    expected_pods: int
+    pods: int = 0
+    nodes_ready_s: float | None = None
+    apply_s: float = 0.0
+    seen_at: dict[str, float] = field(default_factory=dict)
+    ready_at: dict[str, float] = field(default_factory=dict)
+    not_ready: dict[str, str] = field(default_factory=dict)
+    all_ready_s: float | None = None
+    rss_before_mb: float = 0.0
+    rss_max_mb: float = 0.0
+    rss_ready_mb: float = 0.0
+    rss_after_mb: float | None = None
+    cpu_idle_share: float = 0.0
+    cpu_run: dict[str, float] = field(default_factory=dict)
+    cpu_steady: dict[str, float] = field(default_factory=dict)
+    steady_seconds: float = 0.0
+    log: LogFigures | None = None
+    others: tuple[int, int] = (0, 0)
+    delete_s: float | None = None
+    settle_s: float | None = None
+    operator_env: dict[str, str] = field(default_factory=dict)
+    operator_restarted: bool = False
+
+    def create_to_ready(self) -> list[float]:
+        """Per model: seconds from its creation being seen to its Ready being seen."""
+        return [t - self.seen_at[n] for n, t in self.ready_at.items() if n in self.seen_at]
+
+
+def ensure_nodes(core: client.CoreV1Api, kubeconfig: Path, nodes: list[dict[str, Any]]) -> float:
+    """Apply the bench nodes unless all are there and Ready; seconds until all are Ready."""
+    names = {n["metadata"]["name"] for n in nodes}
+    if names <= ready_node_names(core):
+        log(f"{len(names)} bench nodes already registered and Ready")
+        return 0.0
+    log(f"registering {len(names)} kwok nodes (tainted {BENCH_TAINT['key']})")
+    started = time.monotonic()
+    testbed.apply_nodes(kubeconfig, nodes)
+    kube.wait_for(
+        f"{len(names)} bench nodes Ready", lambda: names <= ready_node_names(core), 900, 2
+    )
+    elapsed = time.monotonic() - started
+    log(f"bench nodes Ready in {elapsed:.1f} s")
+    return elapsed
+
+
+def delete_nodes(core: client.CoreV1Api) -> None:
+    selector = f"{BENCH_LABEL[0]}={BENCH_LABEL[1]}"
+    names = [n.metadata.name for n in core.list_node(label_selector=selector).items]
+    log(f"deleting {len(names)} bench nodes")
+    for name in names:
+        try:
+            core.delete_node(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    kube.wait_for(
+        "bench nodes gone", lambda: not core.list_node(label_selector=selector).items, 300, 2
+    )
+
+
+def delete_namespace(core: client.CoreV1Api, namespace: str, timeout: float) -> float:
+    started = time.monotonic()
+    try:
+        core.delete_namespace(namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+    def gone() -> bool:
+        try:
+            core.read_namespace(namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    kube.wait_for(f"namespace {namespace} deleted", gone, timeout, 1)
+    return time.monotonic() - started
+
+
+def settle(process: OperatorProcess, timeout: float, quiet_share: float = 0.1) -> float | None:
+    """Seconds until the operator uses under `quiet_share` of a core over a 5 s window.
+
+    None when it never does within `timeout` (others' tests share the operator).
+    """
+    started = time.monotonic()
+    try:
+        kube.wait_for(
+            "the operator to go quiet", lambda: cpu_share(process, 5) < quiet_share, timeout, 0
+        )
+    except TimeoutError:
+        return None
+    return time.monotonic() - started
+
+
+def run(args: argparse.Namespace) -> Result:
+    api = config.new_client_from_config(config_file=str(args.kubeconfig))
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    nodes = bench_nodes(args.nodes, args.site_size)
+    sites = math.ceil(args.nodes / args.site_size)
+    items = smallmodels(args.models, sites, args.per_node_share)
+    result = Result(
+        models=args.models,
+        per_node_models=sum(1 for m in items if m["spec"].get("perNode")),
+        nodes=args.nodes,
+        sites=sites,
+        site_size=args.site_size,
+        expected_pods=expected_pods(items, args.site_size),
+    )
+    namespace = f"bench-scale-{secrets.token_hex(3)}"
+    operator = OperatorProcess.find(core, args.operator_namespace)
+    pids = {**control_plane_pids(), "operator": operator.pid}
+    result.operator_env = operator.env
+    log(f"operator pid {operator.pid}, log {operator.log}; control plane {pids}")
+    try:
+        result.nodes_ready_s = ensure_nodes(core, args.kubeconfig, nodes)
+        labels = {BENCH_LABEL[0]: BENCH_LABEL[1]}
+        core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
+        log(f"namespace {namespace}; {len(items)} SmallModels ({result.per_node_models} perNode), "
+            f"~{result.expected_pods} pods expected")  # fmt: skip
+        result.cpu_idle_share = cpu_share(operator, args.idle_seconds)
+        result.rss_before_mb = operator.rss_mb()
+        result.others = (other_smallmodels(custom, namespace), 0)
+        names = {m["metadata"]["name"] for m in items}
+        ready = ReadyWatch(custom, namespace, names, args.timeout)
+        log_offset = operator.log.stat().st_size
+        manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+        sampler = Sampler(operator)
+        with sampler.running():
+            before = CpuSnapshot.take(pids)
+            ready.start()
+            kube.kubectl(
+                "apply", "--server-side", "--field-manager=bench-operator-scale", "-n", namespace,
+                "-f", "-", kubeconfig=args.kubeconfig, stdin=manifest, timeout=args.timeout,
+            )  # fmt: skip
+            result.apply_s = time.monotonic() - ready.started
+            log(f"applied {len(items)} SmallModels in {result.apply_s:.1f} s; watching for Ready")
+            all_ready = ready.wait()
+            result.cpu_run = CpuSnapshot.take(pids).since(before)
+            result.seen_at, result.ready_at = dict(ready.seen_at), dict(ready.ready_at)
+            result.not_ready = {
+                n: ready_reason(ready.last.get(n, {})) for n in names - ready.ready_at.keys()
+            }
+            if all_ready:
+                result.all_ready_s = max(result.ready_at.values())
+                log(f"all {len(names)} Ready after {result.all_ready_s:.1f} s")
+                result.rss_ready_mb = operator.rss_mb()
+                result.steady_seconds = args.steady_seconds
+                steady = CpuSnapshot.take(pids)
+                time.sleep(args.steady_seconds)  # the measurement window, not a wait
+                result.cpu_steady = CpuSnapshot.take(pids).since(steady)
+            else:
+                log(f"{len(result.not_ready)} not Ready after {args.timeout:.0f} s")
+        result.rss_max_mb = sampler.max_rss_mb
+        result.log = read_log(operator.log, log_offset)
+        result.pods = len(core.list_namespaced_pod(namespace).items)
+        result.others = (result.others[0], other_smallmodels(custom, namespace))
+        result.operator_restarted = sampler.lost or not operator.alive()
+    finally:
+        log(f"deleting namespace {namespace}")
+        result.delete_s = delete_namespace(core, namespace, 600)
+        log(f"namespace gone in {result.delete_s:.1f} s; waiting for the operator to go quiet")
+        if operator.alive():
+            result.settle_s = settle(operator, 120)
+            result.rss_after_mb = operator.rss_mb()
+        if not args.keep_nodes:
+            delete_nodes(core)
+    return result
+
+
+# --- the report ----------------------------------------------------------------------------
+def fmt_s(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.1f} s"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def ms_triple(values: list[float]) -> str:
+    return " / ".join(
+        "—" if math.isnan(v) else f"{v:.0f}" for v in (percentile(values, q) for q in (50, 99, 100))
+    )
+
+
+def table(r: Result) -> str:
+    times = list(r.ready_at.values())
+    own = r.create_to_ready()
+    lg = r.log or LogFigures([], 0, [])
+    run_s = r.all_ready_s or 0.0
+    op_run = r.cpu_run.get("operator", 0.0)
+    rows = [
+        ("bench nodes registered → all Ready", fmt_s(r.nodes_ready_s) if r.nodes_ready_s else
+         "already there", ""),
+        ("`kubectl apply --server-side` of all SmallModels (one command)", fmt_s(r.apply_s), ""),
+        ("apply → first SmallModel Ready", fmt_s(min(times) if times else None), ""),
+        ("per model, apply → Ready p50 / p99 / max",
+         " / ".join(fmt_s(percentile(times, q)) for q in (50, 99, 100)), ""),
+        ("per model, its creation → its Ready p50 / p99 / max",
+         " / ".join(fmt_s(percentile(own, q)) for q in (50, 99, 100)), ""),
+        ("**apply → all Ready**", fmt_s(r.all_ready_s) if r.all_ready_s is not None else
+         f"{len(r.not_ready)} of {r.models} not Ready", f"< {TARGET_READY_S:.0f} s: "
+         + verdict(r.all_ready_s is not None and r.all_ready_s < TARGET_READY_S)),
+        ("**operator RSS** before / max during run / at all Ready / after cleanup",
+         f"{r.rss_before_mb:.0f} / {r.rss_max_mb:.0f} / {r.rss_ready_mb:.0f} / "
+         + (f"{r.rss_after_mb:.0f}" if r.rss_after_mb is not None else "—") + " MB",
+         f"< {TARGET_RSS_MB:.0f} MB: " + verdict(r.rss_max_mb < TARGET_RSS_MB)),
+        ("operator CPU, apply → all Ready",
+         f"{op_run:.1f} s" + (f" ({op_run / run_s:.0%} of a core)" if run_s else ""), ""),
+        (f"operator CPU idle before apply ({r.nodes} nodes, no bench models)",
+         f"{r.cpu_idle_share:.0%} of a core", ""),
+        (f"operator CPU steady, all {r.models} Ready ({r.steady_seconds:.0f} s window)",
+         f"{r.cpu_steady.get('operator', 0.0) / r.steady_seconds:.0%} of a core"
+         if r.steady_seconds else "—", ""),
+        ("reconcile latency p50 / p99 / max (count)",
+         f"{ms_triple(lg.reconcile_ms)} ms ({len(lg.reconcile_ms)})", ""),
+        ("status refresh timer runs, apply → end of steady window",
+         f"{lg.timer_runs}", ""),
+        ("namespace delete → gone (GC of all children)", fmt_s(r.delete_s), ""),
+    ]  # fmt: skip
+    lines = ["| figure | value | target |", "|---|---:|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += ["", "CPU by process (share of one core; the machine has "
+              f"{os.cpu_count()} cores):", "",
+              "| process | apply → all Ready | steady, all Ready |", "|---|---:|---:|"]  # fmt: skip
+    for name in ("operator", *CONTROL_PLANE, "machine"):
+        if name not in r.cpu_run:
+            continue
+        run_share = f"{r.cpu_run[name] / run_s:.0%}" if run_s else "—"
+        steady = r.cpu_steady.get(name)
+        steady_share = f"{steady / r.steady_seconds:.0%}" if steady is not None else "—"
+        label = "whole machine (every process)" if name == "machine" else name
+        lines.append(f"| {label} | {run_share} | {steady_share} |")
+    return "\n".join(lines)
+
+
+def parameters(r: Result) -> str:
+    env = r.operator_env
+    return (
+        f"Parameters: {r.models} SmallModels ({r.per_node_models} perNode on a {r.site_size}-node "
+        f"site each, {r.models - r.per_node_models} Deployments of 1-3 replicas), {r.nodes} kwok "
+        f"nodes in {r.sites} sites, {r.pods} pods (kwok, not run; {r.expected_pods} expected); "
+        f"operator statusIntervalSeconds={env.get('EDGEFLEET_STATUS_INTERVAL_S', '?')}, "
+        f"workers={env.get('EDGEFLEET_WORKERS', '?')}; machine: {os.cpu_count()} cores; "
+        f"SmallModels in other namespaces at start/end: {r.others[0]}/{r.others[1]}; "
+        f"{datetime.date.today().isoformat()}."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_operator_scale")
+    parser.add_argument("--models", type=int, default=200)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--site-size", type=int, default=10, help="nodes per bench site")
+    parser.add_argument(
+        "--per-node-share", type=float, default=0.25, help="share of models that are perNode"
+    )
+    parser.add_argument("--kubeconfig", type=Path, default=testbed.paths().kubeconfig)
+    parser.add_argument("--operator-namespace", default="edgefleet-system")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for Ready")
+    parser.add_argument("--idle-seconds", type=float, default=10)
+    parser.add_argument("--steady-seconds", type=float, default=20)
+    parser.add_argument(
+        "--keep-nodes", action="store_true", help="leave the bench nodes for another run"
+    )
+    args = parser.parse_args(argv)
+    result = run(args)
+    print(table(result))
+    print()
+    print(parameters(result))
+    if result.operator_restarted:
+        print("\nThe operator process went away during the run: figures are not valid.")
+    if result.not_ready:
+        print("\nNot Ready:")
+        for name, why in sorted(result.not_ready.items())[:20]:
+            print(f"- {name}: {why}")
+    if result.log and result.log.errors:
+        print(f"\nOperator warnings/errors in the run: {len(result.log.errors)}, first:")
+        for line in result.log.errors[:5]:
+            print(f"    {line}")
+    return 0 if not result.not_ready and not result.operator_restarted else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
