@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import yaml
 from tests.cluster import network, versions
 
 FLEET_FILE = Path(__file__).resolve().parent / "fleet.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # kwok is told to manage only Nodes carrying this annotation (see testbed.py),
 # so process-kubelet nodes are left alone.
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
@@ -93,6 +96,41 @@ def process_nodes(fleet: dict[str, Any]) -> list[dict[str, Any]]:
         node["spec"]["podCIDRs"] = [str(cidr)]
         nodes.append(node)
     return nodes
+
+
+@dataclass(frozen=True)
+class KubeletSettings:
+    """What a process node's kubelet is told beyond its node name (fleet.yaml `python`, `env`)."""
+
+    node: str
+    # The interpreter whose folder comes first on the node's Pods' PATH; None: the kubelet's own.
+    python: Path | None = None
+    # Variables every container on the node starts with (the Pod's env wins).
+    env: dict[str, str] = field(default_factory=dict)
+
+    def args(self) -> list[str]:
+        """The kubelet's command-line flags for these settings."""
+        args = ["--node", self.node]
+        if self.python is not None:
+            args += ["--pod-python", str(self.python)]
+        if self.env:
+            args += ["--pod-env", json.dumps(self.env, sort_keys=True)]
+        return args
+
+
+def kubelet_settings(fleet: dict[str, Any]) -> list[KubeletSettings]:
+    """One entry per process node, in fleet.yaml's order."""
+    settings = []
+    for group in fleet.get("processNodes", []):
+        python = group.get("python")
+        settings.append(
+            KubeletSettings(
+                node=group["name"],
+                python=(REPO_ROOT / python) if python else None,
+                env={str(k): str(v) for k, v in (group.get("env") or {}).items()},
+            )
+        )
+    return settings
 
 
 def load(path: Path = FLEET_FILE) -> dict[str, Any]:

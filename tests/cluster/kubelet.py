@@ -7,12 +7,18 @@ ServiceAccount token, reports Ready only when the readiness probe passes, and
 on deletion stops the process, removes the namespace and finalises the Pod.
 
 Run: python -m tests.cluster.kubelet --node proc-0 --kubeconfig K --state DIR
+     [--pod-python PATH] [--pod-env JSON]
+
+Several kubelets (one per process node) share this host's file system; mount
+points they create for Pods are counted across all of them (SharedMountPoints).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import os
@@ -20,6 +26,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,11 +45,93 @@ LEASE_SECONDS = 40
 BUILTIN_IMAGES: dict[str, list[str]] = {"edgefleet-testbed/python": ["python3"]}
 
 
+class SharedMountPoints(MountPoints):
+    """MountPoints counted across every process kubelet on this host.
+
+    Each node's kubelet is its own process, but all of them bind Pod volumes
+    over the same host paths (/var/lib/edgefleet/models for every model pod).
+    Folders one kubelet created must stay while another node's Pod still has
+    them as a mount target: removing a folder that is a mount point in a live
+    Pod's namespace detaches that mount. So the users of each target (per
+    node) and the folders made for targets live in one JSON file next to the
+    kubelets' state folders, read and written under an exclusive flock.
+    """
+
+    def __init__(self, registry: Path, node: str) -> None:
+        super().__init__()
+        self.registry, self.node = registry, node
+        self.registry.parent.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        with open(self.registry.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                text = self.registry.read_text() if self.registry.exists() else ""
+                data: dict[str, Any] = json.loads(text) if text.strip() else {}
+                yield data
+                scratch = self.registry.with_suffix(".tmp")
+                scratch.write_text(json.dumps(data, sort_keys=True))
+                scratch.replace(self.registry)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def acquire(self, target: str) -> None:
+        path = Path(target)
+        with self._locked() as data:
+            users = data.setdefault("users", {}).setdefault(target, {})
+            users[self.node] = users.get(self.node, 0) + 1
+            created = data.setdefault("created", [])
+            probe = path
+            while not probe.exists() and probe != probe.parent:
+                created.append(str(probe))
+                probe = probe.parent
+            path.mkdir(parents=True, exist_ok=True)
+
+    def release(self, target: str) -> None:
+        with self._locked() as data:
+            all_users = data.setdefault("users", {})
+            users = all_users.get(target, {})
+            users[self.node] = users.get(self.node, 1) - 1
+            if users[self.node] <= 0:
+                del users[self.node]
+            if users:
+                return
+            all_users.pop(target, None)
+            created = data.setdefault("created", [])
+            # As MountPoints does: only folders made here, deepest first, while
+            # no live target is that folder; rmdir fails on one still holding files.
+            path = Path(target)
+            while str(path) in created and str(path) not in all_users:
+                try:
+                    path.rmdir()
+                except OSError:
+                    return
+                created.remove(str(path))
+                path = path.parent
+
+
 class ProcessKubelet:
     def __init__(
-        self, node: str, kubeconfig: str, state: Path, image_map: dict[str, list[str]]
+        self,
+        node: str,
+        kubeconfig: str,
+        state: Path,
+        image_map: dict[str, list[str]],
+        pod_python: Path | None = None,
+        pod_env: dict[str, str] | None = None,
     ) -> None:
         config.load_kube_config(config_file=kubeconfig)
+        # Folder first on the Pods' PATH (the "image" of this node), and the
+        # variables every container starts with.
+        self.pod_bin = str((pod_python or Path(sys.executable)).parent)
+        self.pod_env = dict(pod_env or {})
+        if pod_python is not None and not pod_python.exists():
+            print(
+                f"warning: --pod-python {pod_python} does not exist: containers on {node} "
+                "will not find their commands",
+                flush=True,
+            )
         self.cfg = client.Configuration.get_default_copy()
         self.api = client.ApiClient(self.cfg)
         self.core = client.CoreV1Api(self.api)
@@ -51,7 +140,7 @@ class ProcessKubelet:
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.pods: dict[str, PodRun] = {}
-        self.mount_points = MountPoints()
+        self.mount_points = SharedMountPoints(state.parent / "mount-points.json", node)
         pod_cidr = self.core.read_node(node).spec.pod_cidr
         self.free_ips = [str(a) for a in ipaddress.ip_network(pod_cidr).hosts()][9:]
         self.grpcurl = str(versions.bin_dir() / "grpcurl")
@@ -123,11 +212,12 @@ class ProcessKubelet:
         """The process env; raises ContainerConfigError for a missing required reference."""
         port = urlparse(self.cfg.host).port or 443
         env = {
-            # The kubelet's own interpreter folder first: in a virtualenv, `python3`
-            # and console scripts such as edgefleet-server resolve to the project's.
-            "PATH": os.pathsep.join(
-                [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]
-            ),
+            # The node's interpreter folder first (the kubelet's own unless
+            # --pod-python says otherwise): in a virtualenv, `python3` and console
+            # scripts such as edgefleet-server resolve to that environment's.
+            "PATH": os.pathsep.join([self.pod_bin, os.environ.get("PATH", "/usr/bin:/bin")]),
+            # What an image's ENV lines would set; the Pod's env below wins.
+            **self.pod_env,
             "HOME": "/root",
             "HOSTNAME": pod["metadata"]["name"],
             # No kube-proxy: point in-cluster clients straight at the API server.
@@ -341,9 +431,20 @@ def main() -> None:
         default=os.environ.get("EDGEFLEET_PROCESS_IMAGES", "{}"),
         help='JSON {"image or repo": ["command", ...]} for containers without a command',
     )
+    parser.add_argument(
+        "--pod-python",
+        type=Path,
+        help="interpreter whose folder comes first on the Pods' PATH (default: this one)",
+    )
+    parser.add_argument(
+        "--pod-env", default="{}", help='JSON {"NAME": "value"} every container starts with'
+    )
     args = parser.parse_args()
     image_map = {**BUILTIN_IMAGES, **json.loads(args.image_map)}
-    ProcessKubelet(args.node, args.kubeconfig, args.state, image_map).run()
+    pod_env = {str(k): str(v) for k, v in json.loads(args.pod_env).items()}
+    ProcessKubelet(
+        args.node, args.kubeconfig, args.state, image_map, args.pod_python, pod_env
+    ).run()
 
 
 if __name__ == "__main__":

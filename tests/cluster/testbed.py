@@ -215,18 +215,18 @@ def apply_nodes(kubeconfig: Path, nodes: list[dict[str, object]]) -> None:
     kube.kubectl("apply", "-f", "-", kubeconfig=kubeconfig, stdin=fleet.as_list(nodes), timeout=600)
 
 
-def _start_kubelets(p: Paths, nodes: list[dict[str, object]]) -> None:
+def _start_kubelets(p: Paths, settings: list[fleet.KubeletSettings]) -> None:
+    """One process kubelet per process node, each with its node's settings from fleet.yaml."""
     p.kubelets.mkdir(parents=True, exist_ok=True)
-    for node in nodes:
-        name = node["metadata"]["name"]  # type: ignore[index]
+    for node in settings:
+        name = node.node
         log = open(p.kubelets / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "tests.cluster.kubelet",
-                "--node",
-                name,
+                *node.args(),
                 "--kubeconfig",
                 str(p.kubeconfig),
                 "--state",
@@ -298,7 +298,7 @@ def _start(p: Paths, bins: Path) -> None:
     spec = fleet.load()
     kwok_nodes, process_nodes = fleet.kwok_nodes(spec), fleet.process_nodes(spec)
     apply_nodes(p.kubeconfig, kwok_nodes + process_nodes)
-    _start_kubelets(p, process_nodes)
+    _start_kubelets(p, fleet.kubelet_settings(spec))
     names = {n["metadata"]["name"] for n in kwok_nodes + process_nodes}  # type: ignore[index]
     try:
         kube.wait_for("fleet nodes Ready", lambda: nodes_ready(p.kubeconfig, names), START_TIMEOUT)
@@ -312,8 +312,22 @@ def _start(p: Paths, bins: Path) -> None:
         ) from None
 
 
-def _stop_kubelets(p: Paths) -> None:
+def _kubelet_running(p: Paths, name: str) -> bool:
+    pidfile = p.kubelets / f"{name}.pid"
+    if not pidfile.exists():
+        return False
+    try:
+        cmdline = Path(f"/proc/{int(pidfile.read_text())}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"tests.cluster.kubelet" in cmdline
+
+
+def _stop_kubelets(p: Paths, names: set[str] | None = None) -> None:
+    """Stop the process kubelets (only those of `names` when given)."""
     for pidfile in p.kubelets.glob("*.pid") if p.kubelets.exists() else []:
+        if names is not None and pidfile.stem not in names:
+            continue
         pid = int(pidfile.read_text())
         _terminate(pid)
         pidfile.unlink()
@@ -331,35 +345,73 @@ def _heartbeat_since(kubeconfig: Path, names: set[str], since: str) -> bool:
     return names <= fresh
 
 
-def restart_kubelets() -> None:
-    """Restart only the process kubelets, so a running test bed picks up kubelet code changes.
-
-    The old kubelet stops its Pods' processes on SIGTERM (keeping their
-    volumes); the new one, started with the usual arguments, adopts every Pod
-    bound to its node from the API and starts it again. Returns once each new
-    kubelet has posted a heartbeat.
-    """
-    p = paths()
-    if not p.kubeconfig.exists():
-        raise RuntimeError(f"no test bed is up (no kubeconfig at {p.kubeconfig})")
-    process_nodes = fleet.process_nodes(fleet.load())
-    # Heartbeat times have one-second resolution: anything from this second on is new.
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _stop_kubelets(p)
-    _start_kubelets(p, process_nodes)
-    names = {n["metadata"]["name"] for n in process_nodes}  # type: ignore[index]
+def _wait_heartbeats(p: Paths, names: set[str], since: str, what: str) -> None:
     try:
-        kube.wait_for(
-            "restarted process kubelets' heartbeats",
-            lambda: _heartbeat_since(p.kubeconfig, names, since),
-            60,
-        )
+        kube.wait_for(what, lambda: _heartbeat_since(p.kubeconfig, names, since), 60)
     except TimeoutError as exc:
         logs = "\n".join(
             f"--- {f.name} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:])
             for f in sorted(p.kubelets.glob("*.log"))
         )
         raise ComponentFailed(f"{exc}\n{logs}") from None
+
+
+def _running_paths() -> Paths:
+    p = paths()
+    if not p.kubeconfig.exists():
+        raise RuntimeError(f"no test bed is up (no kubeconfig at {p.kubeconfig})")
+    return p
+
+
+def restart_kubelets(nodes: set[str] | None = None) -> None:
+    """Restart the process kubelets, so a running test bed picks up kubelet code changes.
+
+    All of them, or only those of `nodes`. The old kubelet stops its Pods'
+    processes on SIGTERM (keeping their volumes); the new one, started with
+    the usual arguments, adopts every Pod bound to its node from the API and
+    starts it again. A process node in fleet.yaml that the cluster does not
+    have yet is registered first. Returns once each new kubelet has posted a
+    heartbeat.
+    """
+    p = _running_paths()
+    spec = fleet.load()
+    process_nodes = [
+        n
+        for n in fleet.process_nodes(spec)
+        if nodes is None or n["metadata"]["name"] in nodes  # type: ignore[index]
+    ]
+    settings = [s for s in fleet.kubelet_settings(spec) if nodes is None or s.node in nodes]
+    if nodes is not None and (unknown := nodes - {s.node for s in settings}):
+        raise ValueError(f"not process nodes in fleet.yaml: {sorted(unknown)}")
+    # Heartbeat times have one-second resolution: anything from this second on is new.
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    apply_nodes(p.kubeconfig, process_nodes)
+    _stop_kubelets(p, None if nodes is None else nodes)
+    _start_kubelets(p, settings)
+    names = {s.node for s in settings}
+    _wait_heartbeats(p, names, since, "restarted process kubelets' heartbeats")
+
+
+def add_process_nodes() -> list[str]:
+    """Register and start every process node of fleet.yaml that has no running kubelet.
+
+    For a test bed that was started before fleet.yaml gained a node: the
+    running kubelets (and their Pods) are left alone. Returns the nodes started.
+    """
+    p = _running_paths()
+    spec = fleet.load()
+    settings = [s for s in fleet.kubelet_settings(spec) if not _kubelet_running(p, s.node)]
+    names = {s.node for s in settings}
+    if not names:
+        return []
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    apply_nodes(
+        p.kubeconfig,
+        [n for n in fleet.process_nodes(spec) if n["metadata"]["name"] in names],  # type: ignore[index]
+    )
+    _start_kubelets(p, settings)
+    _wait_heartbeats(p, names, since, "new process kubelets' heartbeats")
+    return sorted(names)
 
 
 def _terminate(pid: int, grace: float = 15) -> None:
