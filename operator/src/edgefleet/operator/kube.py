@@ -45,13 +45,19 @@ class ApiError(Exception):
         self.message = message
 
 
-def load_credentials() -> client.ApiClient:
-    """In-cluster credentials in a Pod, else $KUBECONFIG (tests and local runs)."""
+def load_credentials(connections: int = 16) -> client.ApiClient:
+    """In-cluster credentials in a Pod, else $KUBECONFIG (tests and local runs).
+
+    One pooled connection per handler thread: with fewer, busy threads open a
+    fresh TLS connection per call and the pool discards it afterwards.
+    """
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient(client.Configuration.get_default_copy())
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = connections
+    return client.ApiClient(configuration)
 
 
 def path(kind: str, namespace: str, name: str = "", subresource: str = "") -> str:

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     # Probes hit the liveness endpoint every few seconds: not worth a log line each.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Kopf says "Timer ... succeeded" for every status round of every resource (a
+    # hundred lines a second at scale); our own lines name the resource instead.
+    if args.log_level.upper() != "DEBUG":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Importing registers the handlers; config errors surface here, before Kopf starts.
     try:
         import edgefleet.operator.handlers  # noqa: F401

@@ -27,6 +27,7 @@ from edgefleet.operator.placement import EnginePlan, NodeFacts, plan_engines
 from edgefleet.operator.status import PodProblem, WorkloadFacts, smallmodel_status
 
 WORKLOAD_KINDS = ("Deployment", "DaemonSet", "HorizontalPodAutoscaler")
+log = logging.getLogger("edgefleet.operator.smallmodel")
 
 
 def desired(
@@ -47,6 +48,8 @@ def reconcile(
     memo: kopf.Memo,
     nodes: Any,
     logger: logging.Logger | logging.LoggerAdapter,
+    model_deployments: Any = None,
+    model_daemonsets: Any = None,
 ) -> None:
     config: OperatorConfig = memo.config
     kube: Kube = memo.kube
@@ -60,8 +63,8 @@ def reconcile(
         kopf.warn(dict(body), reason="ApplyFailed", message=str(exc))
         raise kopf.PermanentError(str(exc)) from exc
     wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
-    removed = delete_stale(
-        kube, namespace, f"{names.MODEL_LABEL}={name}", WORKLOAD_KINDS, wanted, uid
+    removed = _remove_stale(
+        kube, namespace, name, uid, wanted, memo, model_deployments, model_daemonsets
     )
     memo.apply_error = None
     if memo.get("applied") != fingerprint:
@@ -75,7 +78,44 @@ def reconcile(
         logger.info(message)
     memo.applied = fingerprint
     # One line per reconcile, with its duration: what the scale benchmark reads.
-    logger.info("reconciled in %.1f ms", (time.monotonic() - started) * 1000)
+    log.info("smallmodel %s/%s reconciled in %.1f ms", namespace, name,
+             (time.monotonic() - started) * 1000)  # fmt: skip
+
+
+def _remove_stale(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    uid: str,
+    wanted: set[tuple[str, str]],
+    memo: kopf.Memo,
+    model_deployments: Any,
+    model_daemonsets: Any,
+) -> list[str]:
+    """Delete workloads (and their autoscalers) the spec no longer wants.
+
+    The first time in this operator's life (or without indexes) the API is
+    listed, which also catches what changed while no operator ran; after that
+    the indexes say what exists, so a steady reconcile costs no LIST at all.
+    """
+    if memo.get("listed") is None or model_deployments is None or model_daemonsets is None:
+        removed = delete_stale(
+            kube, namespace, f"{names.MODEL_LABEL}={name}", WORKLOAD_KINDS, wanted, uid
+        )
+        memo.listed = True
+        return removed
+    key, removed = (namespace, name), []
+    for workload in [*model_deployments.get(key, []), *model_daemonsets.get(key, [])]:
+        if (workload.kind, workload.name) not in wanted:
+            kube.delete(workload.kind, namespace, workload.name)
+            kube.delete("HorizontalPodAutoscaler", namespace, workload.name)
+            removed.append(f"{workload.kind}/{workload.name}")
+    if not any(kind == "HorizontalPodAutoscaler" for kind, _ in wanted) and memo.get("scaled"):
+        for kind, workload_name in wanted:
+            if kind in ("Deployment", "DaemonSet"):
+                kube.delete("HorizontalPodAutoscaler", namespace, workload_name)
+    memo.scaled = any(kind == "HorizontalPodAutoscaler" for kind, _ in wanted)
+    return removed
 
 
 def _workloads(index: Any, key: tuple[str, str]) -> list[WorkloadFacts]:
@@ -106,12 +146,20 @@ def refresh(
     workloads = _workloads(model_deployments, key) + _workloads(model_daemonsets, key)
     present = {w.name for w in workloads}
     wanted = {c["metadata"]["name"] for c in children if c["kind"] in ("Deployment", "DaemonSet")}
-    if memo.get("applied") != digest(children) or not wanted <= present:
+    # A workload missing for two rounds in a row was deleted by someone (one
+    # round may just be the index catching up with a fresh apply).
+    missing = not wanted <= present
+    gone = missing and memo.get("missing_before", False)
+    memo.missing_before = missing
+    applied = memo.get("applied")
+    # Nothing applied yet and no refusal: the create/resume handler is on it.
+    if (applied is not None and (applied != digest(children) or gone)) or memo.get("apply_error"):
         # A refusal is recorded in memo.apply_error and an Event; tried again next round.
         with contextlib.suppress(kopf.PermanentError):
             reconcile(
                 body=body, name=name, namespace=namespace, spec=spec, uid=uid,
                 memo=memo, nodes=nodes, logger=logger,
+                model_deployments=model_deployments, model_daemonsets=model_daemonsets,
             )  # fmt: skip
     problems: list[PodProblem] = list(model_pod_problems.get(key, [])) if model_pod_problems else []
     endpoints = sum(service_endpoints.get(key, [])) if service_endpoints else 0
