@@ -81,7 +81,7 @@ test-dataplane: install testbed
 testbed:
 	$(PYTHON) -m tests.cluster build
 
-test-controlplane: install testbed
+test-controlplane: install testbed vllm-env vllm-model
 	$(PY) -m pytest -m controlplane tests/controlplane
 
 # A local cluster to explore by hand: KUBECONFIG=/tmp/edgefleet-testbed/kubeconfig
