@@ -85,6 +85,7 @@ def test_default_render_has_the_expected_objects(default: list[dict[str, Any]]) 
             ("ServiceAccount", "edgefleet"),
             ("ClusterRole", "edgefleet-operator"),
             ("ClusterRole", "edgefleet-router"),
+            ("ClusterRole", "edgefleet-router-pods"),
             ("ClusterRoleBinding", "edgefleet-operator"),
             ("Deployment", "edgefleet-operator"),
             ("ClusterKopfPeering", "edgefleet"),
@@ -135,6 +136,7 @@ def test_peering_and_binding_name_what_the_operator_uses(default: list[dict[str,
 
     find(default, "ClusterKopfPeering", env["EDGEFLEET_PEERING_NAME"])
     find(default, "ClusterRole", env["EDGEFLEET_ROUTER_CLUSTER_ROLE"])
+    find(default, "ClusterRole", env["EDGEFLEET_ROUTER_PODS_CLUSTER_ROLE"])
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "ClusterRole",
@@ -148,6 +150,7 @@ def test_peering_and_binding_name_what_the_operator_uses(default: list[dict[str,
 def test_operator_role_is_least_privilege(default: list[dict[str, Any]]) -> None:
     role = find(default, "ClusterRole", "edgefleet-operator")
     router_role = operator_env(default)["EDGEFLEET_ROUTER_CLUSTER_ROLE"]
+    pods_role = operator_env(default)["EDGEFLEET_ROUTER_PODS_CLUSTER_ROLE"]
 
     binds = []
     for rule in role["rules"]:
@@ -161,7 +164,7 @@ def test_operator_role_is_least_privilege(default: list[dict[str, Any]]) -> None
             "apiGroups": ["rbac.authorization.k8s.io"],
             "resources": ["clusterroles"],
             "verbs": ["bind"],
-            "resourceNames": [router_role],
+            "resourceNames": [router_role, pods_role],
         }
     ]
     # No Secrets: the egress mounts its key, the operator never reads it.
@@ -183,6 +186,25 @@ def test_router_role_is_what_the_router_needs(default: list[dict[str, Any]]) -> 
             "verbs": ["patch"],
         },
     ]
+
+
+def test_router_pods_role_only_reads_pods(default: list[dict[str, Any]]) -> None:
+    role = find(default, "ClusterRole", "edgefleet-router-pods")
+
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+
+
+def test_operator_may_find_and_remove_router_bindings_in_any_namespace(
+    default: list[dict[str, Any]],
+) -> None:
+    role = find(default, "ClusterRole", "edgefleet-operator")
+    (rule,) = [r for r in role["rules"] if "rolebindings" in r["resources"]]
+
+    assert rule["resources"] == ["rolebindings"]
+    assert {"list", "watch", "delete", "create", "patch"} <= set(rule["verbs"])
+    # And it can still set the finalizer its deletion handler needs.
+    (own,) = [r for r in role["rules"] if "routingpolicies" in r["resources"]]
+    assert "patch" in own["verbs"]
 
 
 def operator_env(objects: list[dict[str, Any]]) -> dict[str, str]:
@@ -251,6 +273,8 @@ def test_values_reach_the_operator_settings() -> None:
     assert config.router_cluster_role == "prod-edgefleet-router"
     assert config.peering_name == "prod-edgefleet"
     find(objects, "ClusterRole", "prod-edgefleet-router")
+    assert config.router_pods_cluster_role == "prod-edgefleet-router-pods"
+    find(objects, "ClusterRole", "prod-edgefleet-router-pods")
     find(objects, "ClusterKopfPeering", "prod-edgefleet")
 
 

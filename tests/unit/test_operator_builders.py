@@ -1277,3 +1277,72 @@ def test_routingpolicy_children_without_cloud_have_no_egress() -> None:
     assert all("egress" not in c["metadata"]["name"] for c in children)
     assert rp.cloud_enabled({"cloud": {"enabled": True}})
     assert not rp.cloud_enabled(spec)
+
+
+# --- RoutingPolicy: privacy.sensitiveNamespaces ------------------------------------------
+
+
+def pod_binding_labels(policy_namespace: str = NS) -> dict[str, str]:
+    return {**router_labels(), "edgefleet.io/routing-policy-namespace": policy_namespace}
+
+
+def test_router_may_list_pods_in_each_sensitive_namespace_and_nowhere_else() -> None:
+    config = OperatorConfig(router_pods_cluster_role="rel-edgefleet-router-pods")
+    spec = {**policy_spec(), "privacy": {"sensitiveNamespaces": ["payroll", "hr"]}}
+
+    assert rp.build_router_pod_bindings("demo", NS, spec, config) == [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {
+                "name": f"edgefleet-router-{NS}-demo",
+                "namespace": namespace,
+                "labels": pod_binding_labels(),
+            },
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "rel-edgefleet-router-pods",
+            },
+            # The router's own ServiceAccount, in the policy's namespace.
+            "subjects": [{"kind": "ServiceAccount", "name": "demo-router", "namespace": NS}],
+        }
+        for namespace in ("payroll", "hr")
+    ]
+    assert rp.build_router_pod_bindings("demo", NS, {"privacy": {}}, config) == []
+    assert rp.build_router_pod_bindings("demo", NS, {}, config) == []
+
+
+def test_pod_bindings_are_not_children_of_the_policy() -> None:
+    # They live in other namespaces, where an owner reference cannot point.
+    spec = {**policy_spec(), "privacy": {"sensitiveNamespaces": ["payroll"]}}
+    children = rp.build_children("demo", NS, spec, CONFIG, [("10.0.0.1", 6443)], "h")
+    assert all(child["metadata"]["namespace"] == NS for child in children)
+
+
+def test_pod_binding_names_are_capped_at_63_characters_and_stay_distinct() -> None:
+    assert rp.pod_binding_name("demo", "shop") == "edgefleet-router-shop-demo"
+    long_namespace = "n" * 40
+    first = rp.pod_binding_name("policy-" + "a" * 40, long_namespace)
+    second = rp.pod_binding_name("policy-" + "a" * 39 + "b", long_namespace)
+    assert len(first) == len(second) == 63
+    assert first != second
+    # The readable start is kept; the last 10 characters are a hash of the whole name.
+    assert first[:52] == f"edgefleet-router-{long_namespace}-policy-{'a' * 40}"[:52]
+    assert first[52] == "-"
+    assert rp.pod_binding_name("policy-" + "a" * 40, long_namespace) == first  # stable
+    assert all(c.isalnum() or c == "-" for c in first) and first[-1].isalnum()
+
+
+def test_pod_binding_selector_finds_exactly_one_policys_bindings() -> None:
+    selector = rp.pod_binding_selector("demo", NS)
+    assert selector == (
+        "app.kubernetes.io/managed-by=edgefleet-operator,edgefleet.io/routing-policy=demo,"
+        f"edgefleet.io/routing-policy-namespace={NS}"
+    )
+    (binding,) = rp.build_router_pod_bindings(
+        "demo", NS, {"privacy": {"sensitiveNamespaces": ["payroll"]}}, CONFIG
+    )
+    labels = binding["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in (term.split("=") for term in selector.split(",")))
+    assert binding["roleRef"]["name"] == "edgefleet-router-pods"

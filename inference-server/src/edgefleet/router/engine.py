@@ -22,6 +22,7 @@ import grpc
 from edgefleet.router.backends import Backend, BackendSet
 from edgefleet.router.choice import pick_replica
 from edgefleet.router.metrics import RouterMetrics
+from edgefleet.router.pods import PodIndex, client_namespace
 from edgefleet.router.sources import Endpoints
 from edgefleet.routing.breaker import CircuitBreaker
 from edgefleet.routing.budget import CloudBudget, Reservation, prompt_token_bound
@@ -117,8 +118,8 @@ class Routing:
     """What route() found for one request, carried to where it is carried out."""
 
     decision: RoutingDecision
-    # A detector matched or the client marked it: never to the cloud, and local
-    # servers are told so.
+    # A detector matched, the client marked it or it came from a sensitive
+    # namespace: never to the cloud, and local servers are told so.
     sensitive: bool
     # Worst-case (prompt, answer) tokens, reserved against the budget before sending.
     cloud_bound: tuple[int, int]
@@ -172,6 +173,9 @@ class RouterEngine(Engine):
         self._retired: list[Backend] = []
         self._running = 0
         self._started = False
+        # Pods of the policy's sensitiveNamespaces (set when the router uses the
+        # Kubernetes API); None: namespaces are not enforced (no API to ask).
+        self.pods: PodIndex | None = None
 
     @property
     def instances(self) -> int:  # type: ignore[override]
@@ -209,6 +213,8 @@ class RouterEngine(Engine):
             self._retired.remove(backend)
             await backend.close()
         self.metrics.observe_backends(self.backends.all(), self.gate.overflowing)
+        if self.pods is not None:
+            self.metrics.observe_pods(self.pods)
         self.metrics.observe_budget(self.budget.snapshot())
 
     def ready(self) -> bool:
@@ -237,9 +243,15 @@ class RouterEngine(Engine):
         texts = [message.content for message in request.messages]
         cloud_bound = (prompt_token_bound(texts), request.sampling.max_tokens)
         finding = active.scanner.sensitive(texts)
+        namespaces = active.policy.privacy.sensitive_namespaces
         facts = RequestFacts(
             client_sensitive=request.routing.sensitive,
             privacy_detector=finding.detector if finding else None,
+            client_namespace=(
+                client_namespace(namespaces, request.routing.client_address, self.pods)
+                if self.pods is not None
+                else None
+            ),
         )
         if not facts.sensitive:
             user_texts = [m.content for m in request.messages if m.role == "user"] or texts

@@ -1,4 +1,4 @@
-"""The router's two edges to the Kubernetes API: EndpointSlice watch and status patch.
+"""The router's edges to the Kubernetes API: EndpointSlice and Pod watches, status patch.
 
 The `kubernetes` client is blocking, so the watch runs in a thread and hands
 each new set of slices to the event loop with call_soon_threadsafe; status
@@ -6,7 +6,8 @@ patches run in a worker thread. Everything decided (which addresses, what to
 report) is pure and lives in router.discovery and router.status.
 
 RBAC this needs, and nothing more: `discovery.k8s.io` `endpointslices`
-list and watch; `edgefleet.io` `routingpolicies/status` patch.
+list and watch; `edgefleet.io` `routingpolicies/status` patch; and `pods`
+list and watch in each namespace of `privacy.sensitiveNamespaces`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from edgefleet.router.discovery import endpoints_from_slices, service_selector
+from edgefleet.router.pods import PodIndex, apply_watch_event
 from edgefleet.router.sources import Endpoints
 from edgefleet.router.status import RouterFigures, router_status, should_send, with_timestamp
 
@@ -58,32 +60,40 @@ def pod_namespace() -> str:
         return ""
 
 
-class SliceWatch:
-    """Lists, then watches, the EndpointSlices of some Services in one namespace.
+class ListWatch:
+    """Lists, then watches, one kind of object in one namespace.
 
+    `lister` is the client's namespaced list method (the watch calls it too).
     Every change hands the whole current set (raw API dicts) to `deliver` on
     the event loop. A watch that ends is resumed from the last
     resourceVersion; 410 Gone relists at once; any other failure relists
-    after a jittered, doubling backoff.
+    after a jittered, doubling backoff. After any failure `lost` is told on
+    the loop (events may have been missed until the next list is delivered).
     """
+
+    what = "object"
 
     def __init__(
         self,
         api: client.ApiClient,
+        lister: Callable[..., Any],
         namespace: str,
-        services: list[str],
-        deliver: Callable[[SliceWatch, list[dict[str, Any]]], None],
+        deliver: Callable[[Any, list[dict[str, Any]]], None],
         loop: asyncio.AbstractEventLoop,
+        *,
+        selector: str = "",
+        lost: Callable[[Any], None] | None = None,
     ) -> None:
         self.api = api
-        self.discovery = client.DiscoveryV1Api(api)
+        self.lister = lister
         self.namespace = namespace
-        self.selector = service_selector(services)
+        self.selector = selector
         self.deliver = deliver
+        self.lost = lost
         self.loop = loop
         self._stopping = threading.Event()
         self._watch: watch.Watch | None = None
-        self.thread = threading.Thread(target=self._run, name="endpointslice-watch", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"{self.what}-watch", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -94,26 +104,35 @@ class SliceWatch:
         if self._watch is not None:
             self._watch.stop()
 
-    def _hand_over(self, slices: Mapping[str, dict[str, Any]]) -> None:
+    def _hand_over(self, objects: Mapping[str, dict[str, Any]]) -> None:
         if not self._stopping.is_set():
-            self.loop.call_soon_threadsafe(self.deliver, self, list(slices.values()))
+            self.loop.call_soon_threadsafe(self.deliver, self, list(objects.values()))
+
+    def _lose(self) -> None:
+        if self.lost is not None and not self._stopping.is_set():
+            self.loop.call_soon_threadsafe(self.lost, self)
 
     def _run(self) -> None:
         backoff = BACKOFF_MIN_S
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
-                slices, version = self._list()
-                self._hand_over(slices)
-                self._follow(slices, version)
+                objects, version = self._list()
+                self._hand_over(objects)
+                self._follow(objects, version)
                 continue
             except ApiException as exc:
+                self._lose()
                 if exc.status == HTTP_GONE:
-                    log.info("EndpointSlice watch expired (410 Gone); listing again")
+                    log.info("%s watch expired (410 Gone); listing again", self.what)
                     continue
-                log.warning("EndpointSlice watch failed: %s %s", exc.status, exc.reason)
+                log.warning(
+                    "%s watch in %s failed: %s %s", self.what, self.namespace, exc.status,
+                    exc.reason,
+                )  # fmt: skip
             except Exception as exc:  # any failure: back off, relist, go on
-                log.warning("EndpointSlice watch failed: %s", exc)
+                self._lose()
+                log.warning("%s watch in %s failed: %s", self.what, self.namespace, exc)
             # A list that works but a watch that keeps failing must not turn into
             # polling: the backoff only starts over after a long healthy spell.
             if time.monotonic() - started > BACKOFF_MAX_S:
@@ -122,38 +141,113 @@ class SliceWatch:
             self._stopping.wait(random.uniform(BACKOFF_MIN_S, backoff))
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
+    def _selection(self) -> dict[str, str]:
+        return {"label_selector": self.selector} if self.selector else {}
+
     def _list(self) -> tuple[dict[str, dict[str, Any]], str]:
-        listed = self.discovery.list_namespaced_endpoint_slice(
-            self.namespace, label_selector=self.selector, _request_timeout=READ_TIMEOUT_S
-        )
-        slices = {
+        listed = self.lister(self.namespace, **self._selection(), _request_timeout=READ_TIMEOUT_S)
+        objects = {
             item.metadata.name: self.api.sanitize_for_serialization(item) for item in listed.items
         }
-        return slices, listed.metadata.resource_version
+        return objects, listed.metadata.resource_version
 
-    def _follow(self, slices: dict[str, dict[str, Any]], version: str) -> None:
+    def _follow(self, objects: dict[str, dict[str, Any]], version: str) -> None:
         """Apply watch events until stopped; raises on errors (410 included)."""
         while not self._stopping.is_set():
             self._watch = watch.Watch()
             for event in self._watch.stream(
-                self.discovery.list_namespaced_endpoint_slice,
+                self.lister,
                 self.namespace,
-                label_selector=self.selector,
+                **self._selection(),
                 resource_version=version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=WATCH_TIMEOUT_S,
                 _request_timeout=READ_TIMEOUT_S,
             ):
-                kind, obj = event["type"], event["raw_object"]
+                obj = event["raw_object"]
                 version = obj["metadata"]["resourceVersion"]
-                if kind == "BOOKMARK":
-                    continue
-                name = obj["metadata"]["name"]
-                if kind == "DELETED":
-                    slices.pop(name, None)
-                else:
-                    slices[name] = obj
-                self._hand_over(slices)
+                if apply_watch_event(objects, event["type"], obj):
+                    self._hand_over(objects)
+
+
+class SliceWatch(ListWatch):
+    """The EndpointSlices of some Services in one namespace."""
+
+    what = "EndpointSlice"
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        services: list[str],
+        deliver: Callable[[SliceWatch, list[dict[str, Any]]], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        lister = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice
+        super().__init__(api, lister, namespace, deliver, loop, selector=service_selector(services))
+
+
+class PodWatch(ListWatch):
+    """Every Pod of one namespace (a sensitive one: its pod IPs mark clients)."""
+
+    what = "Pod"
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        deliver: Callable[[PodWatch, list[dict[str, Any]]], None],
+        lost: Callable[[PodWatch], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        lister = client.CoreV1Api(api).list_namespaced_pod
+        super().__init__(api, lister, namespace, deliver, loop, lost=lost)
+
+
+class SensitiveNamespaces:
+    """Keeps a PodIndex equal to the pods of the policy's sensitive namespaces.
+
+    One PodWatch per namespace; `retarget` on a policy reload starts and stops
+    watches. Needs `pods` list and watch in each namespace (the operator binds
+    it there); until a namespace's first list arrives, the index says it is
+    unsynced and the router treats every unplaced client as sensitive.
+    """
+
+    def __init__(self, api: client.ApiClient, index: PodIndex) -> None:
+        self.api = api
+        self.index = index
+        self._watches: dict[str, PodWatch] = {}
+
+    def retarget(self, namespaces: Iterable[str]) -> None:
+        wanted = set(namespaces)
+        for gone in set(self._watches) - wanted:
+            self._watches.pop(gone).stop()
+        self.index.follow(wanted)
+        loop = asyncio.get_running_loop()
+        for new in sorted(wanted - set(self._watches)):
+            watch_ = PodWatch(self.api, new, self._received, self._lost, loop)
+            self._watches[new] = watch_
+            watch_.start()
+            log.info("watching Pods in sensitive namespace %s", new)
+
+    def _current(self, source: PodWatch) -> bool:
+        return self._watches.get(source.namespace) is source
+
+    def _received(self, source: PodWatch, pods: list[dict[str, Any]]) -> None:
+        if self._current(source):
+            was_synced = self.index.synced(source.namespace)
+            self.index.replace(source.namespace, pods)
+            if not was_synced:
+                log.info("sensitive namespace %s: %d pod(s) known", source.namespace, len(pods))
+
+    def _lost(self, source: PodWatch) -> None:
+        if self._current(source):
+            self.index.lost(source.namespace)
+
+    def stop(self) -> None:
+        for watch_ in self._watches.values():
+            watch_.stop()
+        self._watches.clear()
 
 
 class Discovery:

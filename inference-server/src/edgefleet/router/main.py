@@ -8,7 +8,9 @@ and refused while the previous one keeps serving.
 
 In a cluster the endpoints come instead from the EndpointSlices of the
 policy's SmallModel Services (and the egress Service), watched through the
-API, and the router reports its figures in its RoutingPolicy's status.
+API, and the router reports its figures in its RoutingPolicy's status. With
+the API it also watches the Pods of the policy's sensitiveNamespaces, so a
+request from one of them stays local (without the API they are not enforced).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from edgefleet.serving.openai_http import start_http
 from edgefleet.serving.server import InferenceServer, expose, run_service, service_parser
 
 if TYPE_CHECKING:
-    from edgefleet.router.kube import Discovery, StatusReporter
+    from edgefleet.router.kube import Discovery, SensitiveNamespaces, StatusReporter
 
 log = logging.getLogger("edgefleet.router")
 PolicyHook = Callable[[RoutingPolicy], None]
@@ -234,11 +236,18 @@ async def serve(config: RouterConfig) -> None:
     await server.start()
     background: list[asyncio.Task[None]] = []
     discovery: Discovery | None = None
+    sensitive: SensitiveNamespaces | None = None
     if plan is not None:
-        discovery, reporter = _start_kube(plan, engine, config)
+        discovery, reporter, sensitive = _start_kube(plan, engine, config, policy)
         if reporter is not None:
             background.append(asyncio.create_task(reporter.run()))
-    reloader = Reloader(config, engine, engine.metrics, _follow_targets(plan, discovery))
+    elif policy.privacy.sensitive_namespaces:
+        log.warning(
+            "privacy.sensitiveNamespaces %s is not enforced: the router does not use the "
+            "Kubernetes API (docs/router.md)", list(policy.privacy.sensitive_namespaces),
+        )  # fmt: skip
+    hooks = [_follow_targets(plan, discovery), _follow_namespaces(sensitive)]
+    reloader = Reloader(config, engine, engine.metrics, _all_of(hooks))
 
     async def keep_fresh() -> None:
         while True:
@@ -262,6 +271,8 @@ async def serve(config: RouterConfig) -> None:
             task.cancel()
         if discovery is not None:
             discovery.stop()
+        if sensitive is not None:
+            sensitive.stop()
         if http is not None:
             await http.cleanup()
 
@@ -274,9 +285,10 @@ def _pod_namespace() -> str:
 
 
 def _start_kube(
-    plan: KubePlan, engine: RouterEngine, config: RouterConfig
-) -> tuple[Discovery | None, StatusReporter | None]:
-    from edgefleet.router.kube import Discovery, StatusReporter, api_client
+    plan: KubePlan, engine: RouterEngine, config: RouterConfig, policy: RoutingPolicy
+) -> tuple[Discovery | None, StatusReporter | None, SensitiveNamespaces]:
+    from edgefleet.router.kube import Discovery, SensitiveNamespaces, StatusReporter, api_client
+    from edgefleet.router.pods import PodIndex
 
     api = api_client()
     discovery = None
@@ -294,7 +306,35 @@ def _start_kube(
             lambda: figures_of(engine),
             config.status_interval_s,
         )
-    return discovery, reporter
+    # Always, even for a policy naming none: a reload may add some.
+    engine.pods = PodIndex()
+    sensitive = SensitiveNamespaces(api, engine.pods)
+    sensitive.retarget(policy.privacy.sensitive_namespaces)
+    return discovery, reporter, sensitive
+
+
+def _follow_namespaces(sensitive: SensitiveNamespaces | None) -> PolicyHook | None:
+    """On a policy reload, watch the Pods of the new sensitiveNamespaces."""
+    if sensitive is None:
+        return None
+
+    def retarget(policy: RoutingPolicy) -> None:
+        assert sensitive is not None
+        sensitive.retarget(policy.privacy.sensitive_namespaces)
+
+    return retarget
+
+
+def _all_of(hooks: list[PolicyHook | None]) -> PolicyHook | None:
+    present = [hook for hook in hooks if hook is not None]
+    if not present:
+        return None
+
+    def each(policy: RoutingPolicy) -> None:
+        for hook in present:
+            hook(policy)
+
+    return each
 
 
 def _follow_targets(plan: KubePlan | None, discovery: Discovery | None) -> PolicyHook | None:

@@ -14,6 +14,7 @@ from edgefleet.serving.types import Usage
 
 if TYPE_CHECKING:
     from edgefleet.router.backends import Backend
+    from edgefleet.router.pods import PodIndex
 
 
 # How many of the latest decisions status.router's lastDecisions summarises.
@@ -83,6 +84,21 @@ class RouterMetrics:
             registry=r,
         )
 
+        self.sensitive_pod_ips = Gauge(
+            "edgefleet:router_sensitive_namespace_pod_ips",
+            "Pod IPs the router knows in each of the policy's sensitiveNamespaces.",
+            ["namespace"],
+            registry=r,
+        )
+        self.sensitive_synced = Gauge(
+            "edgefleet:router_sensitive_namespace_synced",
+            "1 once a sensitive namespace's pods are listed and watched; 0 while the router "
+            "fails closed for it (every unplaced client is sensitive).",
+            ["namespace"],
+            registry=r,
+        )
+        self._pod_namespaces: set[str] = set()
+
     def count_route(self, target: str, reason: str) -> None:
         self.routes.labels(target, reason).inc()
         self.route_totals[(target, reason)] += 1
@@ -104,3 +120,12 @@ class RouterMetrics:
             state = backend.breaker.state.value
             self.breaker_open.labels(*labels).set(0 if state == "closed" else 1)
         self.overflowing.set(1 if overflowing else 0)
+
+    def observe_pods(self, index: PodIndex) -> None:
+        for namespace in self._pod_namespaces - index.namespaces:
+            self.sensitive_pod_ips.remove(namespace)
+            self.sensitive_synced.remove(namespace)
+        for namespace in index.namespaces:
+            self.sensitive_pod_ips.labels(namespace).set(len(index.addresses(namespace)))
+            self.sensitive_synced.labels(namespace).set(1 if index.synced(namespace) else 0)
+        self._pod_namespaces = set(index.namespaces)

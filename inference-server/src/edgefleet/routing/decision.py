@@ -1,7 +1,9 @@
 """The routing decision: one pure function from facts to a target and a reason.
 
 The steps run in a fixed order, each able to override the one before:
-privacy (fail-closed: a sensitive request is local or refused, never cloud),
+privacy (fail-closed: a sensitive request is local or refused, never cloud;
+sensitive means marked by the client, matched by a detector, or sent from a
+namespace the policy names, or from a client the router cannot place yet),
 complexity (the classifier's score against the policy's threshold), capacity
 (overflow, or no local replica), cloud eligibility (enabled, breaker, budget).
 The router gathers the facts, calls `decide`, and carries the decision out,
@@ -14,6 +16,21 @@ import enum
 from dataclasses import dataclass
 
 from edgefleet.routing.policy import RoutingPolicy
+
+
+class ClientNamespace(enum.Enum):
+    """What `privacy.sensitiveNamespaces` says of a request's client; each is sensitive.
+
+    The value is the reason's suffix: `privacy.namespace`, ...
+    """
+
+    # The client's IP belongs to a pod in one of the namespaces.
+    SENSITIVE = "namespace"
+    # Not every namespace's pods are known yet (first list pending, or the
+    # watch lost and not yet relisted): fail closed.
+    UNSYNCED = "namespace_unsynced"
+    # The front end could not tell the client's address (e.g. a Unix socket).
+    CLIENT_UNKNOWN = "client_unknown"
 
 
 class Target(enum.Enum):
@@ -30,10 +47,17 @@ class RequestFacts:
     privacy_detector: str | None = None
     # The complexity classifier's score in [0, 1]; higher needs the cloud more.
     complexity: float = 0.0
+    # The sensitiveNamespaces verdict on the client; None: not from one of
+    # them (or the policy names none).
+    client_namespace: ClientNamespace | None = None
 
     @property
     def sensitive(self) -> bool:
-        return self.client_sensitive or self.privacy_detector is not None
+        return (
+            self.client_sensitive
+            or self.privacy_detector is not None
+            or self.client_namespace is not None
+        )
 
 
 @dataclass(frozen=True)
@@ -58,9 +82,14 @@ class RoutingDecision:
 
 
 def privacy_reason(facts: RequestFacts) -> str:
+    """The most telling reason: what the prompt holds, where it came from, what it says."""
     if facts.privacy_detector is not None:
         return f"privacy.detector.{facts.privacy_detector}"
-    return "privacy.client_marked"
+    if facts.client_namespace is ClientNamespace.SENSITIVE:
+        return "privacy.namespace"
+    if facts.client_sensitive or facts.client_namespace is None:
+        return "privacy.client_marked"
+    return f"privacy.{facts.client_namespace.value}"
 
 
 def decide(

@@ -8,7 +8,7 @@ import grpc
 
 from edgefleet.serving import grpc_errors
 from edgefleet.serving.service import Finished, ModelService
-from edgefleet.serving.types import FinishReason, GenerationRequest, Route
+from edgefleet.serving.types import FinishReason, GenerationRequest, Route, canonical_ip
 from edgefleet.serving.validation import generation_request
 from edgefleet.v1 import inference_pb2 as pb
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
@@ -19,6 +19,24 @@ ROUTE_REASON_KEY = "x-edgefleet-route-reason"
 
 def route_metadata(route: Route) -> tuple[tuple[str, str], ...]:
     return ((ROUTE_TARGET_KEY, route.target), (ROUTE_REASON_KEY, route.reason))
+
+
+def peer_ip(peer: str | None) -> str | None:
+    """The caller's IP from `context.peer()`, or None when it has none.
+
+    gRPC writes `ipv4:10.0.0.1:1234`, `ipv6:[::1]:1234` (older cores:
+    `ipv6:::1:1234`), `unix:/path` or `unix-abstract:...`; URL-escaped
+    characters (`%25` for a zone's `%`) may appear.
+    """
+    if not peer:
+        return None
+    scheme, _, rest = peer.partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return None
+    rest = rest.replace("%25", "%")
+    if rest.startswith("["):
+        return canonical_ip(rest[1:].partition("]")[0])
+    return canonical_ip(rest.rpartition(":")[0] or rest)
 
 
 _FINISH_REASONS = {
@@ -41,10 +59,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def record_outcome(self, outcome: str) -> None:
         self.service.metrics.outcome(outcome)
 
-    def _request(self, request: pb.GenerateRequest) -> GenerationRequest:
-        return generation_request(
+    def _request(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> GenerationRequest:
+        generation = generation_request(
             request, self.service.config, self.service.model_name, self.service.model_aliases
         )
+        return generation.with_client_address(peer_ip(context.peer()))
 
     @staticmethod
     def _usage(done: Finished) -> pb.Usage:
@@ -85,7 +106,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        generation = self._request(request)
+        generation = self._request(request, context)
         parts: list[str] = []
         async for item in self.service.stream(generation):
             if isinstance(item, Finished):
@@ -105,7 +126,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
-        generation = self._request(request)
+        generation = self._request(request, context)
         async for item in self.service.stream(generation):
             if isinstance(item, Finished):
                 yield pb.GenerateStreamResponse(

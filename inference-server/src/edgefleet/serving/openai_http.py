@@ -25,7 +25,7 @@ from aiohttp import web
 from edgefleet.serving.errors import EdgefleetError, InvalidArgument, grpc_status
 from edgefleet.serving.grpc_inference import ROUTE_REASON_KEY, ROUTE_TARGET_KEY
 from edgefleet.serving.service import Finished, ModelService
-from edgefleet.serving.types import GenerationRequest, Route, TextDelta
+from edgefleet.serving.types import GenerationRequest, Route, TextDelta, canonical_ip
 from edgefleet.serving.validation import generation_request
 from edgefleet.v1 import inference_pb2 as pb
 
@@ -177,7 +177,7 @@ class OpenAIHttpApi:
                 self.service.config,
                 self.service.model_name,
                 self.service.model_aliases,
-            )
+            ).with_client_address(canonical_ip(request.remote))
             items = self.service.stream(generation)
         except EdgefleetError as error:
             self.service.metrics.outcome(error.code.name.lower())

@@ -6,7 +6,9 @@ never see protobuf and the decision code stays testable without gRPC.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import ipaddress
 from dataclasses import dataclass
 
 ALLOWED_ROLES = ("system", "user", "assistant")
@@ -44,6 +46,10 @@ class RoutingHints:
     tenant: str = ""
     # The RoutingPolicy that sent it here (set by the router, for the audit).
     policy: str = ""
+    # The caller's IP address as the front end saw it (canonical text, see
+    # `canonical_ip`); None when unknown (a Unix socket, a front end that does
+    # not say). The router maps it to a namespace (privacy.sensitiveNamespaces).
+    client_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,29 @@ class GenerationRequest:
     messages: tuple[Message, ...]
     sampling: Sampling
     routing: RoutingHints = RoutingHints()
+
+    def with_client_address(self, address: str | None) -> GenerationRequest:
+        """The same request, marked as coming from `address` (a canonical IP or None)."""
+        routing = dataclasses.replace(self.routing, client_address=address)
+        return dataclasses.replace(self, routing=routing)
+
+
+def canonical_ip(text: str | None) -> str | None:
+    """An IP address in the one spelling pod IPs use, or None when `text` is not one.
+
+    IPv4-mapped IPv6 (`::ffff:10.0.0.1`, what a dual-stack socket reports for
+    an IPv4 caller) becomes the IPv4 address; an IPv6 zone (`%eth0`) is
+    dropped; IPv6 is compressed and lower-case.
+    """
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     # The chart's ClusterRole every router's ServiceAccount is bound to.
     router_cluster_role: str = "edgefleet-router"
+    # The chart's ClusterRole (pods: list, watch) bound to a router's
+    # ServiceAccount in each of its policy's privacy.sensitiveNamespaces.
+    router_pods_cluster_role: str = "edgefleet-router-pods"
     # Kopf peering object (ClusterKopfPeering) shared by every operator replica.
     peering_name: str = "edgefleet"
     # A node is a GPU node when it carries this label with value "true"

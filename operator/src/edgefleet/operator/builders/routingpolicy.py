@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,11 @@ from edgefleet.operator.config import OperatorConfig
 
 POLICY_VOLUME = "policy"
 KEY_VOLUME = "cloud-key"
+# On RoleBindings in other namespaces, where owner references cannot point:
+# which policy's namespace they belong to (with POLICY_LABEL, the policy).
+POLICY_NAMESPACE_LABEL = f"{names.GROUP}/routing-policy-namespace"
+POD_BINDING_PREFIX = "edgefleet-router"
+MAX_NAME = 63
 
 
 def cloud_enabled(spec: Mapping[str, Any]) -> bool:
@@ -60,6 +66,66 @@ def build_router_rbac(name: str, namespace: str, config: OperatorConfig) -> list
             },
             "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
         },
+    ]
+
+
+def sensitive_namespaces(spec: Mapping[str, Any]) -> list[str]:
+    return list((spec.get("privacy") or {}).get("sensitiveNamespaces") or [])
+
+
+def pod_binding_name(name: str, namespace: str) -> str:
+    """`edgefleet-router-<policy namespace>-<policy>`, cut to 63 characters with a hash.
+
+    The hash is of the whole name, so two long names that share a prefix differ.
+    """
+    full = f"{POD_BINDING_PREFIX}-{namespace}-{name}"
+    if len(full) <= MAX_NAME:
+        return full
+    suffix = hashlib.sha256(full.encode()).hexdigest()[:10]
+    return f"{full[: MAX_NAME - len(suffix) - 1].rstrip('-.')}-{suffix}"
+
+
+def pod_binding_labels(name: str, namespace: str) -> dict[str, str]:
+    return {**names.policy_labels(name, names.ROUTER), POLICY_NAMESPACE_LABEL: namespace}
+
+
+def pod_binding_selector(name: str, namespace: str) -> str:
+    """Finds a policy's pod RoleBindings in every namespace (a label selector)."""
+    return ",".join(
+        f"{key}={value}"
+        for key, value in (
+            (names.MANAGED_BY, names.MANAGER),
+            (names.POLICY_LABEL, name),
+            (POLICY_NAMESPACE_LABEL, namespace),
+        )
+    )
+
+
+def build_router_pod_bindings(
+    name: str, namespace: str, spec: Mapping[str, Any], config: OperatorConfig
+) -> list[dict[str, Any]]:
+    """In each sensitive namespace: the router may list and watch its Pods, nothing more.
+
+    The router maps a caller's IP to these pods (privacy.sensitiveNamespaces).
+    Not owned (an owner reference cannot cross namespaces): found again by
+    their labels and removed by the operator.
+    """
+    account = names.router_name(name)
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata(
+                pod_binding_name(name, namespace), sensitive, pod_binding_labels(name, namespace)
+            ),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": config.router_pods_cluster_role,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        }
+        for sensitive in sensitive_namespaces(spec)
     ]
 
 

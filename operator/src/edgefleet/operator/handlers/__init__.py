@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from edgefleet.operator import names
+from edgefleet.operator.builders.routingpolicy import POLICY_NAMESPACE_LABEL
 from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.handlers import routingpolicy, smallmodel
 from edgefleet.operator.kube import Kube, load_credentials
@@ -32,6 +33,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.peering.clusterwide = True
     settings.peering.mandatory = True
     settings.peering.stealth = True
+    # Set even though Kopf's default would do: the finalizer on RoutingPolicies
+    # that bind routers in other namespaces (see remove_pod_bindings) is ours.
+    settings.persistence.finalizer = f"{names.GROUP}/operator"
     # Kopf's bookkeeping in annotations, so `status` holds only what we report.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="edgefleet.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -91,6 +95,15 @@ def service_endpoints(namespace: str, body: kopf.Body, labels: Any, **_: Any) ->
     return {(namespace, service): ready}
 
 
+@kopf.index(
+    "rbac.authorization.k8s.io", "v1", "rolebindings",
+    labels={**MANAGED, POLICY_NAMESPACE_LABEL: kopf.PRESENT, names.POLICY_LABEL: kopf.PRESENT},
+)  # fmt: skip
+def router_pod_bindings(namespace: str, labels: Any, **_: Any) -> dict:
+    """(policy namespace, policy) → the namespaces its router is bound in."""
+    return {(labels[POLICY_NAMESPACE_LABEL], labels[names.POLICY_LABEL]): namespace}
+
+
 @kopf.index(*SM)
 def smallmodel_names(namespace: str, name: str, **_: Any) -> dict:
     return {(namespace, name): True}
@@ -123,8 +136,19 @@ def reconcile_routingpolicy(**kwargs: Any) -> None:
 @kopf.timer(*RP, interval=CONFIG.status_interval_s, initial_delay=CONFIG.status_interval_s)
 def refresh_routingpolicy(**kwargs: Any) -> None:
     keys = "body name namespace spec uid status patch memo policy_deployments "
-    keys += "smallmodel_names service_endpoints logger"
+    keys += "smallmodel_names service_endpoints router_pod_bindings logger"
     routingpolicy.refresh(**_pick(kwargs, keys))
+
+
+def _binds_elsewhere(spec: Any, **_: Any) -> bool:
+    return bool((spec.get("privacy") or {}).get("sensitiveNamespaces"))
+
+
+# Only policies with sensitiveNamespaces get the finalizer: their RoleBindings
+# live in other namespaces, out of the garbage collector's reach.
+@kopf.on.delete(*RP, when=_binds_elsewhere)
+def delete_routingpolicy(**kwargs: Any) -> None:
+    routingpolicy.remove_pod_bindings(**_pick(kwargs, "name namespace memo logger"))
 
 
 def _pick(kwargs: dict[str, Any], keys: str) -> dict[str, Any]:

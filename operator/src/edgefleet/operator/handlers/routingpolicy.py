@@ -1,4 +1,9 @@
-"""RoutingPolicy: validate with the router's own parser, run router and egress, report status."""
+"""RoutingPolicy: validate with the router's own parser, run router and egress, report status.
+
+Also binds the router to the Pods of the policy's sensitiveNamespaces (one
+RoleBinding in each; not owned, so removed here: on every sync for namespaces
+no longer listed, and by the deletion handler when the policy goes).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from kubernetes import client
 
 from edgefleet.operator import names
 from edgefleet.operator.builders import routingpolicy as build
@@ -22,8 +28,8 @@ from edgefleet.operator.handlers.common import (
     ready_transition,
     status_changed,
 )
-from edgefleet.operator.kube import Kube
-from edgefleet.operator.status import WorkloadFacts, routingpolicy_status
+from edgefleet.operator.kube import ApiError, Kube
+from edgefleet.operator.status import WorkloadFacts, condition, routingpolicy_status
 from edgefleet.routing.policy import PolicyError, parse_policy
 
 CHILD_KINDS = ("Deployment", "Service", "NetworkPolicy")
@@ -65,6 +71,104 @@ def invalid_reason(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _bindings_everywhere(kube: Kube, selector: str) -> list[tuple[str, str]]:
+    """(namespace, name) of the RoleBindings in any namespace that match the selector."""
+    rbac = client.RbacAuthorizationV1Api(kube.api)
+    try:
+        listed = rbac.list_role_binding_for_all_namespaces(
+            label_selector=selector, _request_timeout=60
+        )
+    except client.ApiException as exc:
+        message = f"cannot list RoleBindings: {exc.status} {exc.reason}"
+        raise kopf.TemporaryError(message, delay=5) from exc
+    return [(item.metadata.namespace, item.metadata.name) for item in listed.items]
+
+
+def _unbind(kube: Kube, namespace: str, name: str) -> None:
+    """Delete one RoleBinding; gone already is fine."""
+    # The typed client, not Kube.delete: that one sends its options JSON-encoded
+    # twice (the client encodes the string again), which the API server refuses.
+    rbac = client.RbacAuthorizationV1Api(kube.api)
+    try:
+        rbac.delete_namespaced_role_binding(name, namespace, _request_timeout=60)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            message = f"cannot delete RoleBinding {namespace}/{name}: {exc.status} {exc.reason}"
+            raise kopf.TemporaryError(message, delay=5) from exc
+
+
+def sync_pod_bindings(
+    kube: Kube, name: str, namespace: str, spec: Mapping[str, Any], config: OperatorConfig
+) -> tuple[list[str], list[str]]:
+    """Bind the router in each sensitive namespace, unbind it elsewhere.
+
+    Returns (namespaces that do not exist yet, `namespace/name` of bindings
+    removed). A missing namespace is skipped; the status timer tries again.
+    """
+    wanted = build.build_router_pod_bindings(name, namespace, spec, config)
+    missing = []
+    for binding in wanted:
+        where = binding["metadata"]["namespace"]
+        try:
+            kube.apply(binding)
+        except ApiError as exc:
+            if exc.status == 404:
+                missing.append(where)
+                continue
+            what = f"RoleBinding {where}/{binding['metadata']['name']}: {exc.message}"
+            if exc.status in (409, 429) or exc.status >= 500 or exc.status == 0:
+                raise kopf.TemporaryError(f"cannot apply {what}", delay=5) from exc
+            raise ChildRefused(what) from exc
+    keep = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in wanted}
+    removed = []
+    for found in _bindings_everywhere(kube, build.pod_binding_selector(name, namespace)):
+        if found not in keep:
+            _unbind(kube, *found)
+            removed.append("/".join(found))
+    return missing, removed
+
+
+def remove_pod_bindings(
+    *,
+    name: str,
+    namespace: str,
+    memo: kopf.Memo,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> None:
+    """The policy is being deleted: its RoleBindings in other namespaces go too."""
+    kube: Kube = memo.kube
+    found = _bindings_everywhere(kube, build.pod_binding_selector(name, namespace))
+    for where, binding in found:
+        _unbind(kube, where, binding)
+    if found:
+        logger.info("removed RoleBindings %s", ", ".join("/".join(f) for f in found))
+
+
+def with_missing_namespaces(
+    fresh: dict[str, Any],
+    missing: list[str],
+    generation: int,
+    previous: list[Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    """`fresh` status, with Degraded saying which sensitive namespaces do not exist yet."""
+    if not missing:
+        return fresh
+    problem = (
+        f"sensitive namespace(s) {', '.join(missing)} do not exist yet: the router cannot "
+        "watch their pods and keeps every request local until they do (retried every "
+        "status interval)"
+    )
+    conditions = []
+    for item in fresh["conditions"]:
+        if item["type"] == "Degraded":
+            message = f"{item['message']}; {problem}" if item["status"] == "True" else problem
+            reason = item["reason"] if item["status"] == "True" else "SensitiveNamespacesMissing"
+            item = condition("Degraded", True, reason, message, generation, previous, now)
+        conditions.append(item)
+    return {**fresh, "conditions": conditions}
+
+
 def reconcile(
     *,
     body: Mapping[str, Any],
@@ -87,18 +191,27 @@ def reconcile(
     children = desired(name, namespace, spec, memo)
     fingerprint = digest(children)
     try:
+        # Bindings first: the router lists the sensitive namespaces' pods as it starts.
+        missing, unbound = sync_pod_bindings(kube, name, namespace, spec, memo.config)
         apply_children(kube, body, children)
     except ChildRefused as exc:
         memo.apply_error = str(exc)
         kopf.warn(dict(body), reason="ApplyFailed", message=str(exc))
         raise kopf.PermanentError(str(exc)) from exc
     memo.apply_error = None
+    memo.missing_namespaces = missing
     wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
     removed = delete_stale(
         kube, namespace, f"{names.POLICY_LABEL}={name}", CHILD_KINDS, wanted, uid
     )
-    if memo.get("applied") != fingerprint:
+    removed += [f"RoleBinding/{binding}" for binding in unbound]
+    if memo.get("applied") != fingerprint or unbound:
         message = f"applied {len(children)} objects"
+        bound = len(build.sensitive_namespaces(spec)) - len(missing)
+        if bound:
+            message += f", RoleBindings in {bound} sensitive namespace(s)"
+        if missing:
+            message += f" (namespace(s) {', '.join(missing)} do not exist yet)"
         if not build.cloud_enabled(spec):
             message += " (cloud disabled: no egress)"
         if removed:
@@ -128,12 +241,14 @@ def refresh(
     policy_deployments: Any,
     smallmodel_names: Any,
     service_endpoints: Any,
+    router_pod_bindings: Any,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> None:
     router = _one(policy_deployments, (namespace, name, names.ROUTER))
     egress = _one(policy_deployments, (namespace, name, names.EGRESS))
     cloud = build.cloud_enabled(spec)
-    if invalid_reason(body) is None and (
+    valid = invalid_reason(body) is None
+    if valid and (
         memo.get("applied") != digest(desired(name, namespace, spec, memo))
         or router is None
         or (cloud and egress is None)
@@ -144,6 +259,21 @@ def refresh(
                 body=body, name=name, namespace=namespace, spec=spec, uid=uid,
                 memo=memo, logger=logger,
             )  # fmt: skip
+    elif valid:
+        # From the index, no API call: bindings missing (a namespace created
+        # since, or one deleted by hand) or left over are put right.
+        bound = (
+            set(router_pod_bindings.get((namespace, name), [])) if router_pod_bindings else set()
+        )
+        if bound != set(build.sensitive_namespaces(spec)):
+            try:
+                missing, removed = sync_pod_bindings(memo.kube, name, namespace, spec, memo.config)
+            except (ChildRefused, kopf.TemporaryError) as exc:
+                logger.warning("cannot sync the router's RoleBindings: %s", exc)
+            else:
+                if removed or set(missing) != set(memo.get("missing_namespaces") or []):
+                    logger.info("sensitive namespaces: missing %s, unbound %s", missing, removed)
+                memo.missing_namespaces = missing
     targets = list((spec.get("local") or {}).get("targets") or [])
     endpoints: dict[str, int | None] = {}
     for target in targets:
@@ -162,6 +292,13 @@ def refresh(
         previous=previous,
         now=now(),
         invalid=memo.get("invalid") or memo.get("apply_error"),
+    )
+    fresh = with_missing_namespaces(
+        fresh,
+        list(memo.get("missing_namespaces") or []),
+        int(body["metadata"].get("generation", 0)),
+        previous,
+        now(),
     )
     if status_changed(status, fresh):
         patch.status.update(fresh)
