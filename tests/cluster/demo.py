@@ -140,8 +140,11 @@ def run(keep: bool) -> None:
         demo.helm("upgrade", "--install", "edgefleet", str(CHART), "-n", "edgefleet-system",
                   "--create-namespace", "-f", str(VALUES), "--wait")  # fmt: skip
         print(demo.kubectl("get", "pods", "-n", "edgefleet-system", "-o", "wide"), end="")
-        print(demo.kubectl("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: Namespace\n"
-                           f"metadata: {{name: {NAMESPACE}}}\n"), end="")  # fmt: skip
+        # The demo's namespace, and `payroll`, which the example policy names as
+        # sensitive: until it exists the router keeps everything local (fail closed).
+        for namespace in (NAMESPACE, "payroll"):
+            print(demo.kubectl("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: Namespace\n"
+                               f"metadata: {{name: {namespace}}}\n"), end="")  # fmt: skip
         with recorded_cloud(host=network.API_ADDRESS) as (_, proxy):
             say("kubectl apply -f examples/cloud-secret.yaml -f examples/smallmodel.yaml "
                 "-f examples/routingpolicy.yaml")  # fmt: skip

@@ -399,3 +399,74 @@ def test_a_policy_the_routers_parser_refuses_keeps_the_running_router(
     assert after["spec"]["template"] == router["spec"]["template"]
     config = release.get("configmap", "strict-router", namespace)
     assert "EMP" not in config["data"]["policy.yaml"]
+
+
+def test_a_spec_change_that_retires_a_workload_deletes_it(release: Cluster, namespace: str) -> None:
+    release.apply(smallmodel("reshaped", replicas=1, **ON_EDGE), namespace=namespace)
+    wait_condition(release, namespace, "smallmodel", "reshaped", "Ready", "True")
+    patch = {"spec": {"replicas": None, "perNode": True}}
+    release.kubectl(
+        "patch",
+        "smallmodel",
+        "reshaped",
+        "-n",
+        namespace,
+        "--type",
+        "merge",
+        "-p",
+        json.dumps(patch),
+    )
+    wait_condition(release, namespace, "smallmodel", "reshaped", "Ready", "True")
+    wait_for(
+        "the Deployment replaced by a DaemonSet",
+        lambda: (
+            managed_children(release, namespace, "edgefleet.io/model=reshaped")
+            == [
+                "DaemonSet/reshaped-llamacpp",
+                "NetworkPolicy/reshaped-model",
+                "PodDisruptionBudget/reshaped",
+                "Service/reshaped",
+            ]
+        ),
+        120,
+    )
+    removed = [
+        e for e in release.get("events", namespace=namespace)["items"]
+        if e["involvedObject"]["name"] == "reshaped" and e["reason"] == "Applied"
+        and "removed Deployment/reshaped-llamacpp" in e["message"]
+    ]  # fmt: skip
+    assert removed
+
+
+def test_turning_the_cloud_off_removes_the_egress(release: Cluster, namespace: str) -> None:
+    policy = {
+        "apiVersion": "edgefleet.io/v1alpha1",
+        "kind": "RoutingPolicy",
+        "metadata": {"name": "closing"},
+        "spec": {
+            "local": {"targets": [{"smallModel": "absent"}]},
+            "cloud": {"enabled": True, "baseURL": "http://10.244.0.1:9/v1", "model": "m",
+                      "apiKeySecretRef": {"name": "no-such-secret", "key": "api-key"}},
+        },
+    }  # fmt: skip
+    release.apply(policy, namespace=namespace)
+    selector = "edgefleet.io/routing-policy=closing,app.kubernetes.io/component=egress"
+    wait_for(
+        "the egress objects",
+        lambda: (
+            managed_children(release, namespace, selector)
+            == [
+                "Deployment/closing-egress",
+                "NetworkPolicy/closing-egress",
+                "Service/closing-egress",
+            ]
+        ),
+        120,
+    )
+    release.kubectl(
+        "patch", "routingpolicy", "closing", "-n", namespace, "--type", "merge",
+        "-p", json.dumps({"spec": {"cloud": {"enabled": False}}}),
+    )  # fmt: skip
+    wait_for("no egress left", lambda: managed_children(release, namespace, selector) == [], 120)
+    router = release.get("deployment", "closing-router", namespace)
+    assert "--cloud-service" not in router["spec"]["template"]["spec"]["containers"][0]["args"]

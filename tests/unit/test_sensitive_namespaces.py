@@ -17,6 +17,8 @@ from typing import Any
 import grpc
 import pytest
 
+from edgefleet.oip import grpc_predict_v2_pb2 as oip
+from edgefleet.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from edgefleet.router.engine import RouterEngine
 from edgefleet.router.metrics import RouterMetrics
 from edgefleet.router.pods import PodIndex, apply_watch_event, client_namespace, pod_addresses
@@ -232,10 +234,10 @@ def router_engine(index: PodIndex | None) -> RouterEngine:
     return engine
 
 
-def route_reasons(engine: RouterEngine) -> tuple[str, str]:
-    """(gRPC, HTTP) route reasons for one request each from 127.0.0.1 (no backends: refused)."""
+def route_reasons(engine: RouterEngine) -> tuple[str, str, str]:
+    """(edgefleet.v1, HTTP, OIP) route reasons, one request each from 127.0.0.1 (all refused)."""
 
-    async def run() -> tuple[str, str]:
+    async def run() -> tuple[str, str, str]:
         grpc_port, http_port = free_local_port(), free_local_port()
         config = ServerConfig(listen=f"127.0.0.1:{grpc_port}", instance_name="test")
         server = InferenceServer(engine, config)
@@ -249,11 +251,18 @@ def route_reasons(engine: RouterEngine) -> tuple[str, str]:
                     await call
                 assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
                 via_grpc = dict(await call.trailing_metadata())[ROUTE_REASON_KEY]
+                request = oip.ModelInferRequest(model_name="default")
+                tensor = request.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+                tensor.contents.bytes_contents.append(b"hello")
+                infer = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await infer
+                via_oip = dict(await infer.trailing_metadata())[ROUTE_REASON_KEY]
             via_http = await asyncio.to_thread(http_reason, http_port)
         finally:
             await http.cleanup()
             await server.server.stop(grace=None)
-        return via_grpc, via_http
+        return via_grpc, via_http, via_oip
 
     return asyncio.run(run())
 
@@ -275,7 +284,7 @@ def test_a_caller_in_a_sensitive_namespace_is_sensitive_on_both_front_ends() -> 
     index = PodIndex()
     index.follow(["payroll"])
     index.replace("payroll", [pod("client", "127.0.0.1")])
-    assert route_reasons(router_engine(index)) == ("privacy.namespace", "privacy.namespace")
+    assert route_reasons(router_engine(index)) == ("privacy.namespace",) * 3
 
 
 def test_a_caller_elsewhere_is_routed_on_its_merits_once_the_namespace_is_listed() -> None:
@@ -283,14 +292,14 @@ def test_a_caller_elsewhere_is_routed_on_its_merits_once_the_namespace_is_listed
     index.follow(["payroll"])
     engine = router_engine(index)
     # Not listed yet: fail closed.
-    assert route_reasons(engine) == ("privacy.namespace_unsynced",) * 2
+    assert route_reasons(engine) == ("privacy.namespace_unsynced",) * 3
     index.replace("payroll", [pod("someone-else", "10.244.1.5")])
     # No local replica and no cloud: refused for that, not for privacy.
-    assert route_reasons(engine) == ("cloud.unavailable",) * 2
+    assert route_reasons(engine) == ("cloud.unavailable",) * 3
 
 
 def test_without_the_kubernetes_api_the_namespaces_are_not_enforced() -> None:
-    assert route_reasons(router_engine(None)) == ("cloud.unavailable",) * 2
+    assert route_reasons(router_engine(None)) == ("cloud.unavailable",) * 3
 
 
 def test_metrics_show_each_namespaces_pods_and_state_and_forget_dropped_ones() -> None:

@@ -19,6 +19,7 @@ from edgefleet.oip import grpc_predict_v2_pb2 as oip
 from edgefleet.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from edgefleet.serving import grpc_errors
 from edgefleet.serving.errors import InvalidArgument
+from edgefleet.serving.grpc_inference import peer_ip
 from edgefleet.serving.service import Finished, ModelService
 from edgefleet.serving.types import GenerationRequest
 from edgefleet.serving.validation import messages_from, sampling_from, served_model
@@ -239,6 +240,8 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request: oip.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> oip.ModelInferResponse:
         generation, raw_reply = self._generation(request)
+        # The caller's address, as on edgefleet.v1: the router's namespace rule needs it.
+        generation = generation.with_client_address(peer_ip(context.peer()))
         parts: list[str] = []
         async for item in self.service.stream(generation):
             if isinstance(item, Finished):

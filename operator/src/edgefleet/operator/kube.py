@@ -114,10 +114,9 @@ class Kube:
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         try:
+            # Options as a query parameter: the client would encode a body twice.
             self._call(
-                "DELETE",
-                path(kind, namespace, name),
-                body={"propagationPolicy": "Background"},
+                "DELETE", path(kind, namespace, name), query=[("propagationPolicy", "Background")]
             )
         except ApiError as exc:
             if exc.status != 404:
