@@ -305,3 +305,22 @@ def test_gpu_label_is_configurable() -> None:
         EnginePlan("llamacpp", 1, 1),
     ]
     assert plan_engines(spec, nodes, GPU_LABEL) == [EnginePlan("llamacpp", 2, 2)]
+
+
+def test_fleet_version_moves_on_what_planning_reads_not_on_heartbeats() -> None:
+    from edgefleet.operator.placement import FleetVersion
+
+    fleet = FleetVersion()
+    node = node_object("a", gpus="1", labels={GPU_LABEL: "true"})
+    fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
+    first = fleet.version
+    # A heartbeat: same labels, taints and GPUs, new status timestamps.
+    node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
+    fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
+    assert fleet.version == first
+    node["metadata"]["labels"]["edgefleet.io/site"] = "site-z"
+    fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
+    assert fleet.version == first + 1
+    node["spec"]["unschedulable"] = False  # uncordoned
+    fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
+    assert fleet.version == first + 2

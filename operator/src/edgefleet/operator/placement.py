@@ -11,6 +11,7 @@ cannot run.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,3 +133,27 @@ def plan_engines(
     if replicas - on_gpu or not on_gpu:
         plans.append(EnginePlan("llamacpp", replicas - on_gpu, cpu_nodes))
     return plans
+
+
+class FleetVersion:
+    """Counts changes to what planning reads of nodes (labels, taints, GPUs, cordons).
+
+    Nodes post status every few seconds; those heartbeats do not change a plan,
+    so resources cache their plan under this version and replan only when it
+    (or the number of nodes) moves.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, NodeFacts] = {}
+        self._lock = threading.Lock()
+        self.version = 0
+
+    def observe(self, facts: NodeFacts) -> None:
+        with self._lock:
+            if self._seen.get(facts.name) != facts:
+                self._seen[facts.name] = facts
+                self.version += 1
+
+
+# The operator's one view of the fleet (fed by the node index).
+FLEET = FleetVersion()

@@ -16,7 +16,7 @@ from edgefleet.operator.builders.routingpolicy import POLICY_NAMESPACE_LABEL
 from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.handlers import routingpolicy, smallmodel
 from edgefleet.operator.kube import Kube, load_credentials
-from edgefleet.operator.placement import NodeFacts
+from edgefleet.operator.placement import FLEET, NodeFacts
 from edgefleet.operator.status import WorkloadFacts, pod_problem
 
 # Read at import: Kopf needs timer intervals when the decorators run.
@@ -55,7 +55,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 # --- indexes -----------------------------------------------------------------
 @kopf.index("", "v1", "nodes")
 def nodes(body: kopf.Body, **_: Any) -> dict[str, NodeFacts]:
-    return {"nodes": NodeFacts.from_node(body, CONFIG.gpu_resource)}
+    facts = NodeFacts.from_node(body, CONFIG.gpu_resource)
+    FLEET.observe(facts)
+    return {"nodes": facts}
 
 
 @kopf.index("apps", "v1", "deployments", labels={**MANAGED, names.MODEL_LABEL: kopf.PRESENT})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from edgefleet.operator.handlers.common import (
     status_changed,
 )
 from edgefleet.operator.kube import Kube
-from edgefleet.operator.placement import EnginePlan, NodeFacts, plan_engines
+from edgefleet.operator.placement import FLEET, EnginePlan, NodeFacts, plan_engines
 from edgefleet.operator.status import PodProblem, WorkloadFacts, smallmodel_status
 
 WORKLOAD_KINDS = ("Deployment", "DaemonSet", "HorizontalPodAutoscaler")
@@ -31,11 +32,25 @@ log = logging.getLogger("edgefleet.operator.smallmodel")
 
 
 def desired(
-    name: str, namespace: str, spec: Mapping[str, Any], nodes: Any, config: OperatorConfig
-) -> tuple[list[EnginePlan], list[dict[str, Any]]]:
+    body: Mapping[str, Any], spec: Mapping[str, Any], nodes: Any, memo: kopf.Memo
+) -> tuple[list[EnginePlan], list[dict[str, Any]], str]:
+    """The plan, the children and their digest; cached until the spec or the fleet changes.
+
+    The status timer asks every few seconds for every model: at a thousand
+    nodes, planning and building anew each time would cost most of a core.
+    """
+    meta = body["metadata"]
     facts: list[NodeFacts] = list(nodes.get("nodes", [])) if nodes else []
+    key = (meta.get("generation"), FLEET.version, len(facts))
+    cached = memo.get("desired")
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2], cached[3]
+    config: OperatorConfig = memo.config
     plans = plan_engines(spec, facts, config.gpu_node_label)
-    return plans, build.build_children(name, namespace, spec, plans, config)
+    children = build.build_children(meta["name"], meta["namespace"], spec, plans, config)
+    fingerprint = digest(children)
+    memo.desired = (key, plans, children, fingerprint)
+    return plans, children, fingerprint
 
 
 def reconcile(
@@ -51,11 +66,11 @@ def reconcile(
     model_deployments: Any = None,
     model_daemonsets: Any = None,
 ) -> None:
-    config: OperatorConfig = memo.config
     kube: Kube = memo.kube
     started = time.monotonic()
-    plans, children = desired(name, namespace, spec, nodes, config)
-    fingerprint = digest(children)
+    plans, children, fingerprint = desired(body, spec, nodes, memo)
+    # kopf.adopt writes into the manifests: apply copies, keep the cache pristine.
+    children = copy.deepcopy(children)
     try:
         apply_children(kube, body, children)
     except ChildRefused as exc:
@@ -140,9 +155,8 @@ def refresh(
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> None:
     """Repair drift (changed nodes, a deleted child), then write status if it changed."""
-    config: OperatorConfig = memo.config
     key = (namespace, name)
-    plans, children = desired(name, namespace, spec, nodes, config)
+    plans, children, fingerprint = desired(body, spec, nodes, memo)
     workloads = _workloads(model_deployments, key) + _workloads(model_daemonsets, key)
     present = {w.name for w in workloads}
     wanted = {c["metadata"]["name"] for c in children if c["kind"] in ("Deployment", "DaemonSet")}
@@ -153,7 +167,7 @@ def refresh(
     memo.missing_before = missing
     applied = memo.get("applied")
     # Nothing applied yet and no refusal: the create/resume handler is on it.
-    if (applied is not None and (applied != digest(children) or gone)) or memo.get("apply_error"):
+    if (applied is not None and (applied != fingerprint or gone)) or memo.get("apply_error"):
         # A refusal is recorded in memo.apply_error and an Event; tried again next round.
         with contextlib.suppress(kopf.PermanentError):
             reconcile(
