@@ -116,15 +116,16 @@ def smallmodel_names(namespace: str, name: str, **_: Any) -> dict:
 @kopf.on.create(*SM)
 @kopf.on.update(*SM, field="spec")
 def reconcile_smallmodel(**kwargs: Any) -> None:
-    smallmodel.reconcile(**_pick(kwargs, "body name namespace spec uid memo nodes logger"))
+    keys = "body name namespace spec uid memo nodes logger model_deployments model_daemonsets"
+    smallmodel.reconcile(**_pick(kwargs, keys))
 
 
 # The first round waits one interval: creation has just applied everything.
 @kopf.timer(*SM, interval=CONFIG.status_interval_s, initial_delay=CONFIG.status_interval_s)
-def refresh_smallmodel(**kwargs: Any) -> None:
+async def refresh_smallmodel(**kwargs: Any) -> None:
     keys = "body name namespace spec uid status patch memo nodes model_deployments "
     keys += "model_daemonsets model_pod_problems service_endpoints logger"
-    smallmodel.refresh(**_pick(kwargs, keys))
+    await smallmodel.refresh(**_pick(kwargs, keys))
 
 
 # --- RoutingPolicy ---------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
@@ -137,7 +138,7 @@ def _workloads(index: Any, key: tuple[str, str]) -> list[WorkloadFacts]:
     return list(index.get(key, [])) if index else []
 
 
-def refresh(
+async def refresh(
     *,
     body: Mapping[str, Any],
     name: str,
@@ -154,7 +155,11 @@ def refresh(
     service_endpoints: Any,
     logger: logging.Logger | logging.LoggerAdapter,
 ) -> None:
-    """Repair drift (changed nodes, a deleted child), then write status if it changed."""
+    """Repair drift (changed nodes, a deleted child), then write status if it changed.
+
+    Async, on Kopf's loop: the common round only reads indexes and the cached
+    plan, so it needs no thread; a repair (API calls) goes to one.
+    """
     key = (namespace, name)
     plans, children, fingerprint = desired(body, spec, nodes, memo)
     workloads = _workloads(model_deployments, key) + _workloads(model_daemonsets, key)
@@ -170,7 +175,8 @@ def refresh(
     if (applied is not None and (applied != fingerprint or gone)) or memo.get("apply_error"):
         # A refusal is recorded in memo.apply_error and an Event; tried again next round.
         with contextlib.suppress(kopf.PermanentError):
-            reconcile(
+            await asyncio.to_thread(
+                reconcile,
                 body=body, name=name, namespace=namespace, spec=spec, uid=uid,
                 memo=memo, nodes=nodes, logger=logger,
                 model_deployments=model_deployments, model_daemonsets=model_daemonsets,
