@@ -41,7 +41,10 @@ def test_uninstall_removes_the_release_and_keeps_the_crds_and_resources(
     assert _release_objects(release) != []
 
     release.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", timeout=300)
-    wait_for("nothing of the release left", lambda: _release_objects(release) == [], 120)
+    try:
+        wait_for("nothing of the release left", lambda: _release_objects(release) == [], 120)
+    except TimeoutError as exc:
+        raise AssertionError(f"left after uninstall: {_release_objects(release)}") from exc
     # crds.keep (the default): the CRDs stay, and with them the user's resources,
     # whose children are theirs (owner references), not orphans.
     for crd in ("smallmodels.edgefleet.io", "routingpolicies.edgefleet.io"):

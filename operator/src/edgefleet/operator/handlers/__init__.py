@@ -6,6 +6,7 @@ counts) in memory from watches, so status and drift checks cost no API calls.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -159,3 +160,24 @@ def _pick(kwargs: dict[str, Any], keys: str) -> dict[str, Any]:
 
 
 __all__ = ["Kube"]
+
+
+def _status_timers_without_finalizers() -> None:
+    """Let the status timers run without putting a finalizer on every resource.
+
+    Kopf marks every timer as needing a finalizer, so that it can stop the
+    timer before the object goes. Ours only read indexes and write status; a
+    tick racing a deletion gets a harmless 404. A finalizer, though, would
+    leave every SmallModel and RoutingPolicy undeletable once the operator is
+    uninstalled (the chart keeps the CRDs and the resources). Kopf offers no
+    switch, hence the registry edit; tests/unit/test_operator_finalizers.py
+    fails should a Kopf release change this shape. Kopf removes the finalizers
+    it put on earlier resources once they are no longer required.
+    """
+    spawning = kopf.get_default_registry()._spawning._handlers
+    for index, handler in enumerate(spawning):
+        if handler.fn in (refresh_smallmodel, refresh_routingpolicy):
+            spawning[index] = dataclasses.replace(handler, requires_finalizer=False)
+
+
+_status_timers_without_finalizers()
