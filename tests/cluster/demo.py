@@ -122,9 +122,9 @@ def ask(address: str, question: str) -> None:
     )  # fmt: skip
     with grpc.insecure_channel(address) as channel:
         reply = pb_grpc.InferenceStub(channel).Generate(request, timeout=300)
-    print(
-        f"    route={reply.route.target}:{reply.route.reason} served_by={reply.served_by.instance}"
-    )
+    by = reply.served_by
+    served = f"{by.backend}/{by.engine}/{by.model}@{by.instance}"
+    print(f"    route={reply.route.target}:{reply.route.reason} served_by={served}")
     print(f"    {reply.text.strip()}")
 
 
