@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from edgefleet.router.sources import Endpoints
@@ -117,3 +118,15 @@ def endpoints_from_slices(
             weights[address] = max(weight, weights.get(address, 0))
     cloud = by_service.get(cloud_service or "", [])
     return Endpoints(tuple(sorted(weights)), cloud[0] if cloud else None, weights)
+
+
+# Where a pod finds its own namespace (the mounted ServiceAccount token's folder).
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def pod_namespace() -> str:
+    """This pod's namespace, or "" outside a cluster (no Kubernetes client needed)."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    except OSError:
+        return ""

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
@@ -32,7 +31,6 @@ from edgefleet.router.status import RouterFigures, router_status, should_send, w
 
 log = logging.getLogger("edgefleet.router.kube")
 
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # The API server ends each watch after this long; the thread then re-watches
 # from the last resourceVersion, and sees a stop request at least this often.
 WATCH_TIMEOUT_S = 60
@@ -51,13 +49,6 @@ def api_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config()
     return client.ApiClient()
-
-
-def pod_namespace() -> str:
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
-    except OSError:
-        return ""
 
 
 class ListWatch:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgefleet.router.discovery import parse_local_services, targets_as_services
+from edgefleet.router.discovery import parse_local_services, pod_namespace, targets_as_services
 from edgefleet.router.engine import RouterEngine
 from edgefleet.router.metrics import RouterMetrics
 from edgefleet.router.sources import Endpoints, FileWatch, load_endpoints, parse_endpoints
@@ -218,7 +218,7 @@ class Reloader:
 
 async def serve(config: RouterConfig) -> None:
     policy = config.load_policy()
-    plan = kube_plan(config, policy, _pod_namespace())
+    plan = kube_plan(config, policy, pod_namespace())
     discovering = plan is not None and plan.discovery
     endpoints = Endpoints() if discovering else config.load_endpoints()
     engine = RouterEngine(
@@ -275,13 +275,6 @@ async def serve(config: RouterConfig) -> None:
             sensitive.stop()
         if http is not None:
             await http.cleanup()
-
-
-def _pod_namespace() -> str:
-    # Imported here: a router without Kubernetes never loads the client.
-    from edgefleet.router.kube import pod_namespace
-
-    return pod_namespace()
 
 
 def _start_kube(
