@@ -85,16 +85,12 @@ def _bindings_everywhere(kube: Kube, selector: str) -> list[tuple[str, str]]:
 
 
 def _unbind(kube: Kube, namespace: str, name: str) -> None:
-    """Delete one RoleBinding; gone already is fine."""
-    # The typed client, not Kube.delete: that one sends its options JSON-encoded
-    # twice (the client encodes the string again), which the API server refuses.
-    rbac = client.RbacAuthorizationV1Api(kube.api)
+    """Delete one RoleBinding (gone already is fine); a refusal is retried by Kopf."""
     try:
-        rbac.delete_namespaced_role_binding(name, namespace, _request_timeout=60)
-    except client.ApiException as exc:
-        if exc.status != 404:
-            message = f"cannot delete RoleBinding {namespace}/{name}: {exc.status} {exc.reason}"
-            raise kopf.TemporaryError(message, delay=5) from exc
+        kube.delete("RoleBinding", namespace, name)
+    except ApiError as exc:
+        message = f"cannot delete RoleBinding {namespace}/{name}: {exc.status} {exc.message}"
+        raise kopf.TemporaryError(message, delay=5) from exc
 
 
 def sync_pod_bindings(
