@@ -954,7 +954,7 @@ def test_router_deployment_with_cloud() -> None:
     config = OperatorConfig(router_pod=ROUTER_POD)
     readiness, liveness = policy_probe()
 
-    router = rp.build_router("demo", NS, policy_spec(), config, "0123abcd")
+    router = rp.build_router("demo", NS, policy_spec(), config)
 
     assert router == {
         "apiVersion": "apps/v1",
@@ -1025,7 +1025,7 @@ def test_router_deployment_with_cloud() -> None:
 def test_router_without_cloud_has_no_cloud_service() -> None:
     spec = {**policy_spec(), "cloud": {"enabled": False}}
 
-    router = rp.build_router("demo", NS, spec, CONFIG, "h")
+    router = rp.build_router("demo", NS, spec, CONFIG)
 
     (container,) = router["spec"]["template"]["spec"]["containers"]
     assert "--cloud-service" not in container["args"]

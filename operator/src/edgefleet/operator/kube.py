@@ -1,4 +1,4 @@
-"""The operator's only door to the API: server-side apply, list, delete, status patch.
+"""The operator's only door to the API: server-side apply, list, delete.
 
 Thin on purpose: manifests come from the pure builders; this module maps a
 kind to its REST path and sends it. Server-side apply with one field manager
@@ -60,13 +60,11 @@ def load_credentials(connections: int = 16) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def path(kind: str, namespace: str, name: str = "", subresource: str = "") -> str:
+def path(kind: str, namespace: str, name: str = "") -> str:
     prefix, plural = KINDS[kind]
     url = f"{prefix}/namespaces/{namespace}/{plural}"
     if name:
         url += f"/{name}"
-    if subresource:
-        url += f"/{subresource}"
     return url
 
 
@@ -121,14 +119,6 @@ class Kube:
         except ApiError as exc:
             if exc.status != 404:
                 raise
-
-    def patch_status(self, kind: str, namespace: str, name: str, status: dict) -> None:
-        self._call(
-            "PATCH",
-            path(kind, namespace, name, "status"),
-            body={"status": status},
-            content_type="application/merge-patch+json",
-        )
 
 
 def _message(data: Any) -> str:

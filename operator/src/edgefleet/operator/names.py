@@ -25,7 +25,6 @@ GRPC_PORT = 50051
 HTTP_PORT = 8080
 METRICS_PORT = 9090
 
-ENGINES = ("llamacpp", "vllm")
 MODELS_DIR = "/var/lib/edgefleet/models"
 ROUTER_CONFIG_DIR = "/etc/edgefleet/router"
 POLICY_FILE = "policy.yaml"

@@ -173,7 +173,7 @@ def _ports(*extra: tuple[str, int]) -> list[dict[str, Any]]:
 
 
 def build_router(
-    name: str, namespace: str, spec: Mapping[str, Any], config: OperatorConfig, config_hash: str
+    name: str, namespace: str, spec: Mapping[str, Any], config: OperatorConfig
 ) -> dict[str, Any]:
     settings = config.pod_settings(names.ROUTER)
     args = [
@@ -366,7 +366,7 @@ def build_children(
             build_egress_network_policy(name, namespace),
         ]
     children += [
-        build_router(name, namespace, spec, config, config_hash),
+        build_router(name, namespace, spec, config),
         build_service(names.router_name(name), namespace, name, names.ROUTER),
         build_router_network_policy(name, namespace, api_endpoints),
     ]
