@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+from edgefleet.router.engine import Ending, charged_usage
 from edgefleet.routing.breaker import BreakerState, CircuitBreaker
-from edgefleet.routing.budget import CloudBudget, prompt_token_bound
+from edgefleet.routing.budget import CloudBudget, Reservation, prompt_token_bound
 from edgefleet.routing.overflow import OverflowGate, ReplicaLoad, least_loaded
 from edgefleet.routing.policy import BudgetPolicy, CapacityPolicy
+from edgefleet.serving.types import Usage
 
 
 class Clock:
@@ -147,3 +149,16 @@ def test_least_loaded_skips_unready_replicas() -> None:
     down = ReplicaLoad("down", False, 0, 0, 4, 0.0)
     assert least_loaded([busy, down, idle]) == idle
     assert least_loaded([down]) is None
+
+
+def test_a_cloud_attempt_is_charged_its_reported_usage_its_worst_case_or_nothing() -> None:
+    reserved = Reservation(id=1, window=0, input_tokens=50, output_tokens=40, cost=0.0)
+    reported = Usage(30, 10)
+    assert charged_usage(Ending.ANSWERED, True, reserved, reported) == reported
+    # Failed or abandoned: the prompt may be billed, and the whole answer once text flowed.
+    for ending in (Ending.BACKEND_FAILED, Ending.ABANDONED):
+        assert charged_usage(ending, False, reserved, None) == Usage(50, 0)
+        assert charged_usage(ending, True, reserved, None) == Usage(50, 40)
+    # Turned down (rate limit, refusal) before any text: nothing to pay, the hold is released.
+    assert charged_usage(Ending.TURNED_DOWN, False, reserved, None) is None
+    assert charged_usage(Ending.TURNED_DOWN, True, reserved, None) == Usage(50, 40)

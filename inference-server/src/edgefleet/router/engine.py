@@ -5,16 +5,20 @@ model server uses (edgefleet.v1, OIP v2, health, admission, metrics, drain),
 so a client cannot tell a router from a model. For each request it gathers
 facts (privacy scan, complexity score, local load, breaker and budget state),
 asks the pure `decide`, then streams from the chosen backend, falling back
-once when that target fails before its first token.
+once when that target fails before its first token. Each attempt at a backend
+claims its breaker and, for the cloud, a budget reservation; `_settle` alone
+gives them back, however the attempt ends (answered, failed, turned down,
+abandoned by the client).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -93,24 +97,84 @@ class RouteRefused(EdgefleetError):
 
 
 class BackendError(EdgefleetError):
-    """A backend's own error, passed on with its code, details and retry hints."""
+    """A backend's own failure, passed on with its code, details and retry hints."""
 
-    def __init__(self, error: grpc.aio.AioRpcError, route: Route, backend: str) -> None:
-        super().__init__(f"{route.target} backend {backend}: {error.details()}")
-        self.code = error.code()
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        route: Route,
+        backend: str,
+        hints: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(f"{route.target} backend {backend}: {details}")
+        self.code = code
+        self.trailers = hints + route_metadata(route)
+
+    @classmethod
+    def of_call(cls, error: grpc.aio.AioRpcError, route: Route, backend: str) -> BackendError:
         hints = tuple(
             (key, str(value))
             for key, value in (error.trailing_metadata() or ())
             if key in ("grpc-retry-pushback-ms", "retry-after-ms")
         )
-        self.trailers = hints + route_metadata(route)
+        return cls(error.code(), error.details() or error.code().name, route, backend, hints)
+
+
+class Ending(enum.Enum):
+    """How one attempt at a backend ended: all its bookkeeping follows from this."""
+
+    # The final message arrived.
+    ANSWERED = "answered"
+    # The backend is unwell (an error code of _BACKEND_FAILURES, a stream cut
+    # short, a message that is not one): it counts against its breaker.
+    BACKEND_FAILED = "backend_failed"
+    # The backend turned the request down and is itself fine (full, bad input).
+    TURNED_DOWN = "turned_down"
+    # The client left, or the router stopped reading, before the answer ended.
+    ABANDONED = "abandoned"
+
+
+def charged_usage(
+    ending: Ending, started: bool, reserved: Reservation, reported: Usage | None
+) -> Usage | None:
+    """What a cloud attempt costs the budget; None: nothing, the reservation is released.
+
+    An answer costs what the egress reported. An attempt turned down before
+    any text cost nothing (the cloud bills neither refusals nor rate limits).
+    Otherwise the cloud may have billed the prompt and, once text flowed, a
+    whole answer, and nobody will say how much: the worst case is charged, so
+    the cap holds.
+    """
+    if ending is Ending.ANSWERED and reported is not None:
+        return reported
+    if ending is Ending.TURNED_DOWN and not started:
+        return None
+    return Usage(reserved.input_tokens, reserved.output_tokens if started else 0)
 
 
 class _TargetFailed(Exception):
-    def __init__(self, error: EdgefleetError, retry_elsewhere: bool) -> None:
+    def __init__(self, error: EdgefleetError, route: Route, retry_elsewhere: bool) -> None:
         super().__init__(str(error))
         self.error = error
+        # The route the caller is told about (a budget refusal reads "reject").
+        self.route = route
         self.retry_elsewhere = retry_elsewhere
+
+
+@dataclass
+class _Attempt:
+    """One target's try at a request and what it holds: a backend slot, a breaker
+    claim, maybe a budget reservation. `RouterEngine._settle` gives them back."""
+
+    route: Route
+    backend: Backend
+    reservation: Reservation | None
+    ending: Ending = Ending.ABANDONED
+    # Text reached the caller: no fallback any more, and the answer may have been billed.
+    started: bool = False
+    final: pb.GenerateStreamResponse | None = None
+    settled: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,8 +220,11 @@ class RouterEngine(Engine):
         context_length: int = 2048,
         capacity: int = 256,
         instance_name: str = "router",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.scorer = scorer
+        # Breakers and the budget window run on it; tests pass one they can move.
+        self.clock = clock
         self.active = activate(policy, scorer)
         self.model_name = policy.model_name
         self.context_length = context_length
@@ -165,10 +232,9 @@ class RouterEngine(Engine):
         self.instance_name = instance_name
         self.endpoints = endpoints
         self.backends = BackendSet()
-        self.budget = CloudBudget(policy.budget)
+        self.budget = CloudBudget(policy.budget, clock)
         self.gate = OverflowGate()
         self.metrics = RouterMetrics()
-        self._calls: dict[str, set[grpc.aio.UnaryStreamCall]] = {}
         self._routes: dict[str, Route] = {}
         self._retired: list[Backend] = []
         self._running = 0
@@ -185,7 +251,9 @@ class RouterEngine(Engine):
 
     def _new_breaker(self) -> CircuitBreaker:
         failover = self.active.policy.failover
-        return CircuitBreaker(failover.breaker_failures, failover.breaker_cooldown_seconds)
+        return CircuitBreaker(
+            failover.breaker_failures, failover.breaker_cooldown_seconds, self.clock
+        )
 
     async def start(self) -> None:
         await self.set_endpoints(self.endpoints)
@@ -223,12 +291,6 @@ class RouterEngine(Engine):
     def stats(self) -> EngineStats:
         return EngineStats(running=self._running)
 
-    async def cancel(self, request_id: str) -> bool:
-        calls = self._calls.get(request_id, set())
-        for call in calls:
-            call.cancel()
-        return bool(calls)
-
     def route_of(self, request_id: str) -> Route | None:
         return self._routes.get(request_id)
 
@@ -242,7 +304,8 @@ class RouterEngine(Engine):
         started = time.perf_counter()
         texts = [message.content for message in request.messages]
         cloud_bound = (prompt_token_bound(texts), request.sampling.max_tokens)
-        finding = active.scanner.sensitive(texts)
+        # The entity detectors cost more: they run below, only if the cloud is chosen.
+        finding = active.scanner.sensitive(texts, entities=False)
         namespaces = active.policy.privacy.sensitive_namespaces
         facts = RequestFacts(
             client_sensitive=request.routing.sensitive,
@@ -265,6 +328,11 @@ class RouterEngine(Engine):
             budget_allows=self.budget.would_allow(*cloud_bound),
         )
         decision = decide(active.policy, active.threshold, facts, fleet)
+        if decision.target is Target.CLOUD:
+            entity = active.scanner.sensitive(texts, patterns=False)
+            if entity is not None:
+                facts = RequestFacts(privacy_detector=entity.detector)
+                decision = decide(active.policy, active.threshold, facts, fleet)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         return Routing(decision, facts.sensitive, cloud_bound)
 
@@ -272,27 +340,36 @@ class RouterEngine(Engine):
         active = self.active
         routing = self.route(request, active)
         decision = routing.decision
-        if decision.target is Target.REJECT:
-            self.metrics.count_route(decision.target.value, decision.reason)
-            raise RouteRefused(decision, active.policy.name)
+        # Counted once, when the request ends: the route it was served (or refused) on.
+        counted = Route(decision.target.value, decision.reason)
         self._running += 1
         try:
-            plan = [(decision.target, decision.reason)]
+            if decision.target is Target.REJECT:
+                raise RouteRefused(decision, active.policy.name)
+            plan = [counted]
             if decision.fallback is not None:
-                plan.append((decision.fallback, f"failover.{decision.target.value}_failed"))
-            for attempt, (target, reason) in enumerate(plan):
+                plan.append(
+                    Route(decision.fallback.value, f"failover.{decision.target.value}_failed")
+                )
+            for attempt, route in enumerate(plan):
+                counted = route
                 try:
-                    async for item in self._serve_via(target, reason, request, active, routing):
-                        yield item
+                    # Closed here, not whenever the garbage collector gets to it:
+                    # the attempt is settled before this request ends.
+                    async with contextlib.aclosing(
+                        self._serve_via(route, request, active, routing)
+                    ) as items:
+                        async for item in items:
+                            yield item
                     return
                 except _TargetFailed as failed:
-                    last = attempt == len(plan) - 1
-                    if last or not failed.retry_elsewhere:
-                        self.metrics.count_route(target.value, reason)
+                    counted = failed.route
+                    if attempt == len(plan) - 1 or not failed.retry_elsewhere:
                         raise failed.error from None
-                    log.warning("%s; trying %s", failed.error, plan[attempt + 1][0].value)
+                    log.warning("%s; trying %s", failed.error, plan[attempt + 1].target)
         finally:
             self._running -= 1
+            self.metrics.count_route(counted.target, counted.reason)
 
     def _pick(self, target: Target) -> Backend | None:
         if target is Target.CLOUD:
@@ -326,99 +403,148 @@ class RouterEngine(Engine):
         )
 
     async def _serve_via(
-        self,
-        target: Target,
-        reason: str,
-        request: GenerationRequest,
-        active: ActivePolicy,
-        routing: Routing,
+        self, route: Route, request: GenerationRequest, active: ActivePolicy, routing: Routing
     ) -> AsyncIterator[StreamItem]:
-        route = Route(target.value, reason)
+        """One target's attempt: claim a backend (and budget), relay its answer, settle.
+
+        Raises _TargetFailed when the target cannot serve; however the attempt
+        ends, `_settle` gives back what `_claim` took.
+        """
         policy = active.policy
+        failover = policy.failover
+        timeout = (
+            failover.cloud_timeout_seconds
+            if route.target == Target.CLOUD.value
+            else failover.local_timeout_seconds
+        )
+        forwarded = self._forwarded(request, routing.sensitive, policy.name)
+        attempt = self._claim(route, routing, policy.name)
+        try:
+            # Closed with this attempt, so a caller that leaves stops the backend's call.
+            async with contextlib.aclosing(self._relay(attempt, forwarded, timeout)) as deltas:
+                async for delta in deltas:
+                    if not attempt.started:
+                        attempt.started = True
+                        self._routes[request.request_id] = route
+                    yield delta
+            # Settled before the caller sees the end: a client holding its answer
+            # never finds the breaker or the budget lagging behind.
+            self._settle(attempt)
+            assert attempt.final is not None  # _relay returns only after the final message
+            yield _completion(attempt.final, route)
+        finally:
+            self._routes.pop(request.request_id, None)
+            self._settle(attempt)
+
+    def _claim(self, route: Route, routing: Routing, policy: str) -> _Attempt:
+        """Pick a backend, claim its breaker and, for the cloud, the budget; never awaits."""
+        target = Target(route.target)
         backend = self._pick(target)
         if backend is None or not backend.breaker.acquire():
             error = EdgefleetError(f"no {target.value} backend is available now")
             error.code = grpc.StatusCode.UNAVAILABLE
             error.trailers = route_metadata(route)
-            raise _TargetFailed(error, retry_elsewhere=True)
+            raise _TargetFailed(error, route, retry_elsewhere=True)
         reservation: Reservation | None = None
         if target is Target.CLOUD:
             # decide() never sends a sensitive request out; should that ever break,
             # stop here rather than forward it (the egress checks once more).
             if routing.sensitive:
+                backend.breaker.release()
                 raise AssertionError("a sensitive request reached the cloud path")
             reservation = self.budget.reserve(*routing.cloud_bound)
             if reservation is None:
                 backend.breaker.release()
-                raise _TargetFailed(
-                    RouteRefused(RoutingDecision(Target.REJECT, "budget.exceeded"), policy.name),
-                    retry_elsewhere=False,
-                )
-        timeout = (
-            policy.failover.cloud_timeout_seconds
-            if target is Target.CLOUD
-            else policy.failover.local_timeout_seconds
-        )
-        forwarded = self._forwarded(request, routing.sensitive, policy.name)
-        call = backend.generate_stream(forwarded, timeout)
-        calls = self._calls.setdefault(request.request_id, set())
-        calls.add(call)
+                refusal = RoutingDecision(Target.REJECT, "budget.exceeded")
+                refused = Route(Target.REJECT.value, refusal.reason)
+                raise _TargetFailed(RouteRefused(refusal, policy), refused, retry_elsewhere=False)
         backend.in_flight += 1
-        started = False
-        settled = False
+        return _Attempt(route, backend, reservation)
+
+    async def _relay(
+        self, attempt: _Attempt, forwarded: pb.GenerateRequest, timeout_s: float
+    ) -> AsyncIterator[TextDelta]:
+        """The backend's text; returns once its stream ended after the final message.
+
+        Marks how the attempt ended (ABANDONED stays when the caller stops
+        reading) and raises _TargetFailed on any failure.
+        """
+        backend, route = attempt.backend, attempt.route
+        call = backend.generate_stream(forwarded, timeout_s)
         try:
-            final: pb.GenerateStreamResponse | None = None
             async for message in call:
+                # gRPC hands over None for a message it could not parse.
+                if not isinstance(message, pb.GenerateStreamResponse) or attempt.final is not None:
+                    raise self._backend_failed(attempt, "sent a message out of protocol")
                 if message.is_final:
-                    final = message
+                    attempt.final = message
                 elif message.delta:
-                    if not started:
-                        started = True
-                        self._routes[request.request_id] = route
                     yield TextDelta(message.delta)
-            if final is None:
-                raise RuntimeError(f"{backend.address} ended a stream without its final message")
-            backend.breaker.record_success()
-            usage = Usage(final.usage.prompt_tokens, final.usage.completion_tokens)
-            if reservation is not None:
-                cost = self.budget.settle(reservation, usage.prompt_tokens, usage.completion_tokens)
-                self.metrics.count_cloud_spend(usage, cost)
-                settled = True
-            self.metrics.count_route(route.target, route.reason)
-            served = final.served_by
-            yield Completion(
-                finish_reason=_FINISH.get(final.finish_reason, FinishReason.STOP),
-                usage=usage,
-                served_by=ServedBy(served.backend, served.engine, served.model, served.instance),
-                route=route,
-            )
         except grpc.aio.AioRpcError as error:
             code = error.code()
-            if code in _BACKEND_FAILURES:
-                backend.breaker.record_failure()
-            else:
-                backend.breaker.release()
-            if reservation is not None:
-                # The egress may have been billed for the prompt; the answer, if it
-                # started, is unknown: count the worst case, so the cap still holds.
-                output = reservation.output_tokens if started else 0
-                cost = self.budget.settle(reservation, reservation.input_tokens, output)
-                self.metrics.count_cloud_spend(Usage(reservation.input_tokens, output), cost)
-                settled = True
-            failure = BackendError(error, route, backend.address)
-            retry = not started and code in _RETRY_ELSEWHERE
-            raise _TargetFailed(failure, retry_elsewhere=retry) from error
+            attempt.ending = (
+                Ending.BACKEND_FAILED if code in _BACKEND_FAILURES else Ending.TURNED_DOWN
+            )
+            raise _TargetFailed(
+                BackendError.of_call(error, route, backend.address),
+                route,
+                retry_elsewhere=not attempt.started and code in _RETRY_ELSEWHERE,
+            ) from error
         finally:
-            self._routes.pop(request.request_id, None)
-            backend.in_flight -= 1
-            calls.discard(call)
-            if not calls:
-                self._calls.pop(request.request_id, None)
-            if not call.done():
-                call.cancel()
-                backend.breaker.release()
-            if reservation is not None and not settled:
-                # Cancelled by the client mid-way: count the worst case.
-                output = reservation.output_tokens if started else 0
-                with contextlib.suppress(Exception):
-                    self.budget.settle(reservation, reservation.input_tokens, output)
+            # Stops the backend's work when the caller left; no-op on a finished call.
+            call.cancel()
+        if attempt.final is None:
+            raise self._backend_failed(attempt, "ended its stream without the final message")
+        attempt.ending = Ending.ANSWERED
+
+    @staticmethod
+    def _backend_failed(attempt: _Attempt, what: str) -> _TargetFailed:
+        attempt.ending = Ending.BACKEND_FAILED
+        error = BackendError(
+            grpc.StatusCode.UNAVAILABLE, what, attempt.route, attempt.backend.address
+        )
+        return _TargetFailed(error, attempt.route, retry_elsewhere=not attempt.started)
+
+    def _settle(self, attempt: _Attempt) -> None:
+        """Give back what `_claim` took, as the attempt's ending says; once, never awaits.
+
+        The one place that moves a backend's breaker, its in-flight count and
+        the cloud budget for a request.
+        """
+        if attempt.settled:
+            return
+        attempt.settled = True
+        backend = attempt.backend
+        backend.in_flight -= 1
+        if attempt.ending is Ending.ANSWERED:
+            backend.breaker.record_success()
+        elif attempt.ending is Ending.BACKEND_FAILED:
+            backend.breaker.record_failure()
+        else:
+            backend.breaker.release()
+        if attempt.reservation is None:
+            return
+        reported = _usage(attempt.final) if attempt.final is not None else None
+        charged = charged_usage(attempt.ending, attempt.started, attempt.reservation, reported)
+        if charged is None:
+            self.budget.release(attempt.reservation)
+            return
+        cost = self.budget.settle(
+            attempt.reservation, charged.prompt_tokens, charged.completion_tokens
+        )
+        self.metrics.count_cloud_spend(charged, cost)
+
+
+def _usage(final: pb.GenerateStreamResponse) -> Usage:
+    # Never below zero: a backend's nonsense must not give budget back.
+    return Usage(max(0, final.usage.prompt_tokens), max(0, final.usage.completion_tokens))
+
+
+def _completion(final: pb.GenerateStreamResponse, route: Route) -> Completion:
+    served = final.served_by
+    return Completion(
+        finish_reason=_FINISH.get(final.finish_reason, FinishReason.STOP),
+        usage=_usage(final),
+        served_by=ServedBy(served.backend, served.engine, served.model, served.instance),
+        route=route,
+    )
