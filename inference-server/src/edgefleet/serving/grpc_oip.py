@@ -22,7 +22,12 @@ from edgefleet.serving.errors import InvalidArgument
 from edgefleet.serving.grpc_inference import peer_ip
 from edgefleet.serving.service import Finished, ModelService
 from edgefleet.serving.types import GenerationRequest
-from edgefleet.serving.validation import messages_from, sampling_from, served_model
+from edgefleet.serving.validation import (
+    messages_from,
+    sampling_from,
+    served_model,
+    set_sampling_number,
+)
 from edgefleet.v1 import inference_pb2 as pb
 
 SERVER_NAME = "edgefleet"
@@ -106,23 +111,6 @@ def _parameter(value: oip.InferParameter) -> float | int | str | bool:
     return getattr(value, value.WhichOneof("parameter_choice") or "string_param")
 
 
-def _set_sampling(sampling: pb.SamplingParams, key: str, value: object, field: str) -> None:
-    integral = _SCALAR_INPUTS[key][0].startswith("INT")
-    try:
-        if isinstance(value, bool | str):
-            raise TypeError
-        number = float(value)  # type: ignore[arg-type]
-        if integral:
-            if not number.is_integer():
-                raise TypeError
-            setattr(sampling, key, int(number))
-        else:
-            setattr(sampling, key, number)
-    except (TypeError, ValueError, OverflowError) as exc:
-        kind = "an integer" if integral else "a number"
-        raise InvalidArgument(field, f"must be {kind}, got {value!r}") from exc
-
-
 class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: ModelService) -> None:
         self.service = service
@@ -181,13 +169,13 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         sampling = pb.SamplingParams()
         for key, value in request.parameters.items():
             if key in _SCALAR_INPUTS:
-                _set_sampling(sampling, key, _parameter(value), f"parameters[{key}]")
+                set_sampling_number(sampling, key, _parameter(value), f"parameters[{key}]")
         for tensor, data in zip(request.inputs, raw, strict=True):
             if tensor.name == TEXT_INPUT:
                 text = self._text_input(tensor, data)
             elif tensor.name in _SCALAR_INPUTS:
                 value = _scalar(tensor, data)
-                _set_sampling(sampling, tensor.name, value, f"inputs[{tensor.name}]")
+                set_sampling_number(sampling, tensor.name, value, f"inputs[{tensor.name}]")
             else:
                 raise InvalidArgument(
                     f"inputs[{tensor.name}]",

@@ -26,7 +26,7 @@ from edgefleet.serving.errors import EdgefleetError, InvalidArgument, grpc_statu
 from edgefleet.serving.grpc_inference import ROUTE_REASON_KEY, ROUTE_TARGET_KEY
 from edgefleet.serving.service import Finished, ModelService
 from edgefleet.serving.types import GenerationRequest, Route, TextDelta, canonical_ip
-from edgefleet.serving.validation import generation_request
+from edgefleet.serving.validation import generation_request, set_sampling_number
 from edgefleet.v1 import inference_pb2 as pb
 
 _HTTP_STATUS = {
@@ -76,17 +76,30 @@ def error_response(error: EdgefleetError) -> web.Response:
     return web.json_response(_error_body(code, message, param), status=status, headers=headers)
 
 
+def _unicode(text: str, field: str) -> str:
+    """`text` when it is valid Unicode; JSON's escapes can spell lone surrogates, which
+    no UTF-8 encoder (nor protobuf) accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(
+            field, f"is not valid Unicode text (a lone surrogate at position {exc.start})"
+        ) from exc
+    return text
+
+
 def _text_of(content: Any, index: int) -> str:
+    field = f"messages[{index}].content"
     if isinstance(content, str):
-        return content
+        return _unicode(content, field)
     if isinstance(content, list):
         parts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise InvalidArgument(f"messages[{index}].content", "only text parts are supported")
+                raise InvalidArgument(field, "only text parts are supported")
             parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    raise InvalidArgument(f"messages[{index}].content", "must be a string or a list of text parts")
+        return _unicode("".join(parts), field)
+    raise InvalidArgument(field, "must be a string or a list of text parts")
 
 
 def chat_request(body: Any, headers: dict[str, str]) -> pb.GenerateRequest:
@@ -99,13 +112,16 @@ def chat_request(body: Any, headers: dict[str, str]) -> pb.GenerateRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidArgument("messages", "must be a non-empty list")
-    request = pb.GenerateRequest(model=str(body.get("model") or ""))
+    model = body.get("model") or ""
+    if not isinstance(model, str):
+        raise InvalidArgument("model", "must be a string")
+    request = pb.GenerateRequest(model=_unicode(model, "model"))
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidArgument(f"messages[{index}]", "must be an object with role and content")
         request.messages.append(
             pb.ChatMessage(
-                role=str(message.get("role", "")),
+                role=_unicode(str(message.get("role", "")), f"messages[{index}].role"),
                 content=_text_of(message.get("content", ""), index),
             )
         )
@@ -113,27 +129,20 @@ def chat_request(body: Any, headers: dict[str, str]) -> pb.GenerateRequest:
         raise InvalidArgument("n", "only n = 1 is supported")
     sampling = request.sampling
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    for name, value, kind in (
-        ("max_tokens", max_tokens, int),
-        ("temperature", body.get("temperature"), float),
-        ("top_p", body.get("top_p"), float),
-        ("seed", body.get("seed"), int),
+    for name, value in (
+        ("max_tokens", max_tokens),
+        ("temperature", body.get("temperature")),
+        ("top_p", body.get("top_p")),
+        ("seed", body.get("seed")),
     ):
-        if value is None:
-            continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or (kind is int and not float(value).is_integer())
-        ):
-            raise InvalidArgument(name, f"must be {'an integer' if kind is int else 'a number'}")
-        setattr(sampling, name, kind(value))
+        if value is not None:
+            set_sampling_number(sampling, name, value, name)
     stop = body.get("stop")
     if stop is not None:
         stops = [stop] if isinstance(stop, str) else stop
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise InvalidArgument("stop", "must be a string or a list of strings")
-        sampling.stop.extend(stops)
+        sampling.stop.extend(_unicode(s, "stop") for s in stops)
     hints = body.get("edgefleet") or {}
     if not isinstance(hints, dict):
         raise InvalidArgument("edgefleet", "must be an object with sensitivity and tenant")
@@ -141,8 +150,21 @@ def chat_request(body: Any, headers: dict[str, str]) -> pb.GenerateRequest:
     if sensitivity.lower() not in _SENSITIVITY:
         raise InvalidArgument("edgefleet.sensitivity", "must be sensitive or public")
     request.routing.sensitivity = _SENSITIVITY[sensitivity.lower()]
-    request.routing.tenant = str(hints.get("tenant") or body.get("user") or "")
+    tenant = hints.get("tenant") or body.get("user") or ""
+    field = "edgefleet.tenant" if hints.get("tenant") else "user"
+    request.routing.tenant = _unicode(str(tenant), field)
     return request
+
+
+def stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, include_usage) as the body asks."""
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise InvalidArgument("stream", "must be true or false")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise InvalidArgument("stream_options", "must be an object")
+    return stream, bool(options.get("include_usage"))
 
 
 class OpenAIHttpApi:
@@ -168,10 +190,13 @@ class OpenAIHttpApi:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         try:
             try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                # JSON is UTF-8 (RFC 8259): the bytes are decoded here, whatever
+                # charset the Content-Type claims.
+                body = json.loads(await request.read())
+            except (ValueError, RecursionError) as exc:
                 raise InvalidArgument("body", f"not valid JSON: {exc}") from exc
             grpc_request = chat_request(body, {k.lower(): v for k, v in request.headers.items()})
+            stream, include_usage = stream_options(body)
             generation = generation_request(
                 grpc_request,
                 self.service.config,
@@ -188,8 +213,7 @@ class OpenAIHttpApi:
             except EdgefleetError as error:
                 self.service.metrics.outcome(error.code.name.lower())
                 return error_response(error)
-            if body.get("stream"):
-                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            if stream:
                 return await self._stream(request, generation, first, items, include_usage)
             return await self._whole(generation, first, items)
         finally:

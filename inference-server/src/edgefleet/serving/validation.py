@@ -8,6 +8,7 @@ which owns the tokenizer.
 from __future__ import annotations
 
 import math
+import reprlib
 import uuid
 
 from edgefleet.serving.config import ServerConfig
@@ -22,6 +23,7 @@ from edgefleet.serving.types import (
 from edgefleet.v1 import inference_pb2 as pb
 
 MAX_STOP_STRINGS = 8
+_INTEGRAL_SAMPLING = ("max_tokens", "seed")
 
 
 def served_model(requested: str, served: str, aliases: tuple[str, ...] = ()) -> str:
@@ -55,6 +57,26 @@ def messages_from(request: pb.GenerateRequest, system_prompt: str) -> tuple[Mess
     if messages[0].role != "system" and system_prompt:
         messages.insert(0, Message("system", system_prompt))
     return tuple(messages)
+
+
+def set_sampling_number(sampling: pb.SamplingParams, name: str, value: object, field: str) -> None:
+    """Put a number from a looser front end (JSON, OIP parameters) into `sampling.<name>`.
+
+    Raises InvalidArgument naming `field` when the value is no number of the
+    right kind or does not fit the protobuf field (max_tokens is an int32, seed
+    an int64); `sampling_from` then checks what the server accepts.
+    """
+    integral = name in _INTEGRAL_SAMPLING
+    kind = "an integer" if integral else "a number"
+    # reprlib: a value from a client is shown, but never at any length.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(field, f"must be {kind}, got {reprlib.repr(value)}")
+    if integral and isinstance(value, float) and not value.is_integer():
+        raise InvalidArgument(field, f"must be {kind}, got {reprlib.repr(value)}")
+    try:
+        setattr(sampling, name, int(value) if integral else float(value))
+    except (ValueError, OverflowError) as exc:
+        raise InvalidArgument(field, f"{reprlib.repr(value)} is out of range") from exc
 
 
 def sampling_from(params: pb.SamplingParams, config: ServerConfig) -> Sampling:
