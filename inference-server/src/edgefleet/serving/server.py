@@ -136,6 +136,9 @@ class InferenceServer:
             raise OSError(f"cannot listen on {config.listen}: address invalid or in use") from exc
         self._stopped = asyncio.Event()
         self._engine_watch: asyncio.Task[None] | None = None
+        # The drain a signal started: held here because the event loop keeps
+        # only a weak reference to a task, which may vanish mid-drain.
+        self.drain: asyncio.Task[None] | None = None
 
     @property
     def health_names(self) -> tuple[str, ...]:
@@ -201,6 +204,11 @@ class InferenceServer:
         self._stopped.set()
         log.info("stopped")
 
+    def drain_in_background(self) -> None:
+        """Start draining without awaiting it (from a signal handler); once only."""
+        if self.drain is None:
+            self.drain = asyncio.create_task(self.drain_and_stop())
+
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
@@ -212,7 +220,7 @@ def expose(server: InferenceServer, metrics_listen: str, registry: CollectorRegi
         start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(server.drain_and_stop()))
+        loop.add_signal_handler(signum, server.drain_in_background)
 
 
 async def serve(config: ServerConfig) -> None:
