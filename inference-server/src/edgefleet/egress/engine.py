@@ -128,9 +128,8 @@ class CloudEngine(Engine):
             timeout=settings.timeout_s,
             max_retries=0,
         )
-        self._running: dict[str, set[asyncio.Task[object]]] = {}
+        self._running = 0
         self._ready = False
-        self.spent_cost = 0.0
 
     async def start(self) -> None:
         # The cloud may be down at start; calls then fail (and are retried) one by
@@ -141,13 +140,7 @@ class CloudEngine(Engine):
         return self._ready
 
     def stats(self) -> EngineStats:
-        return EngineStats(running=sum(len(tasks) for tasks in self._running.values()))
-
-    async def cancel(self, request_id: str) -> bool:
-        tasks = self._running.get(request_id, set())
-        for task in tasks:
-            task.cancel()
-        return bool(tasks)
+        return EngineStats(running=self._running)
 
     async def close(self) -> None:
         self._ready = False
@@ -163,10 +156,7 @@ class CloudEngine(Engine):
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         call = _Call(started=time.monotonic())
         finding = self.scanner.sensitive(m.content for m in request.messages)
-        task = asyncio.current_task()
-        tasks = self._running.setdefault(request.request_id, set())
-        if task is not None:
-            tasks.add(task)
+        self._running += 1
         try:
             if request.routing.sensitive or finding is not None:
                 call.outcome = "refused_sensitive"
@@ -187,10 +177,7 @@ class CloudEngine(Engine):
                 call.outcome = "CANCELLED"
             raise
         finally:
-            if task is not None:
-                tasks.discard(task)
-            if not tasks:
-                self._running.pop(request.request_id, None)
+            self._running -= 1
             if not call.audited:
                 self._audit(request, call)
 
@@ -257,7 +244,6 @@ class CloudEngine(Engine):
         seconds = time.monotonic() - call.started
         usage = call.usage or Usage(0, 0)
         cost = self.cost(usage)
-        self.spent_cost += cost
         self.audit.write(
             AuditRecord(
                 request_id=request.request_id,
