@@ -15,7 +15,7 @@ from edgefleet.router.status import (
 from edgefleet.routing.budget import BudgetSnapshot
 
 BUDGET = BudgetSnapshot(
-    window=0, spent_tokens=5000, spent_cost=0.025, reserved_tokens=120, reserved_cost=0.005
+    spent_tokens=5000, spent_cost=0.025, reserved_tokens=120, reserved_cost=0.005
 )
 
 

@@ -50,7 +50,8 @@ class Reservation:
 
 @dataclass(frozen=True)
 class BudgetSnapshot:
-    window: int
+    """The current window: spent, and held by requests still running."""
+
     spent_tokens: int
     spent_cost: float
     reserved_tokens: int
@@ -135,7 +136,6 @@ class CloudBudget:
         self._roll()
         current = [r for r in self._open.values() if r.window == self._window]
         return BudgetSnapshot(
-            window=self._window,
             spent_tokens=self._spent_tokens,
             spent_cost=self._spent_cost,
             reserved_tokens=sum(r.tokens for r in current),
