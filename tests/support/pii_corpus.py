@@ -16,13 +16,13 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgefleet.routing.privacy import BUILTIN_DETECTORS
+from edgefleet.routing.privacy import PATTERN_DETECTORS
 
 
 @dataclass(frozen=True)
 class PiiPrompt:
     text: str
-    detector: str  # the kind planted, one of BUILTIN_DETECTORS
+    detector: str  # the kind planted, one of PATTERN_DETECTORS
     value: str  # the planted value, verbatim in text
 
 
@@ -440,7 +440,7 @@ def pii_prompts(count: int = 240, seed: int = 7) -> list[PiiPrompt]:
     rng = random.Random(seed)
     prompts = []
     for index in range(count):
-        detector = BUILTIN_DETECTORS[index % len(BUILTIN_DETECTORS)]
+        detector = PATTERN_DETECTORS[index % len(PATTERN_DETECTORS)]
         value, kind = _MAKERS[detector](rng)
         if detector == "national_id" and rng.random() < 0.5:
             snippet, value = _keyword_id(rng)

@@ -31,7 +31,12 @@ Covered formats, per detector:
 
 Full-width forms, unicode dashes and no-break spaces are read as their ASCII equivalents.
 
-Not covered: names, postal addresses, dates of birth, other countries' national ids without a
+The entity detectors (`person`, `address`, `health`, `obfuscated_contact`, see
+routing/entities.py) read words in context and cost more; callers that can (the router) run
+them only on requests otherwise headed for the cloud: `sensitive(..., entities=False)` first,
+then `sensitive(..., patterns=False)` once the cloud is chosen.
+
+Not covered: dates of birth, other countries' national ids without a
 keyword, phone numbers as bare digits without a keyword or trunk 0, SSNs without separators or
 keyword, digits other than ASCII and full-width, an unquoted all-letters password after a colon
 (`password: correcthorse` reads like prose), and placeholders such as "YOUR_API_KEY".
@@ -44,12 +49,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
+from edgefleet.routing.entities import ENTITY_DETECTORS, find_entities
+
 try:
     from re import _parser as _sre  # the parse tree is the only way to see a regex's shape
 except ImportError:  # pragma: no cover - Python < 3.11
     import sre_parse as _sre  # type: ignore[no-redef]
 
-BUILTIN_DETECTORS: tuple[str, ...] = (
+# Shapes of numbers and keys: cheap, run on every request.
+PATTERN_DETECTORS: tuple[str, ...] = (
     "email",
     "phone",
     "credit_card",
@@ -58,6 +66,7 @@ BUILTIN_DETECTORS: tuple[str, ...] = (
     "national_id",
     "secret",
 )
+BUILTIN_DETECTORS: tuple[str, ...] = PATTERN_DETECTORS + ENTITY_DETECTORS
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,16 @@ class Finding:
 
     def redacted(self) -> str:
         return f"{self.detector}@{self.start}-{self.end}"
+
+
+@dataclass(frozen=True)
+class SensitiveSpan:
+    """What a redactor needs: `text[start:end] == value`, found by detector `kind`."""
+
+    start: int
+    end: int
+    kind: str
+    value: str
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,11 @@ class _Text:
         if len(folded) != len(self.plain):  # "İ" lowers to two characters
             folded = "".join(c.lower() if len(c.lower()) == 1 else c for c in self.plain)
         return folded
+
+    @cached_property
+    def entities(self) -> dict[str, list[tuple[int, int]]]:
+        """The entity detectors' spans, judged together (a person vouches for a diagnosis)."""
+        return find_entities(self.plain)
 
     @cached_property
     def runs(self) -> list[tuple[int, int, int]]:
@@ -550,6 +574,16 @@ _BUILTINS: dict[str, Detect] = {
     "national_id": _national_id,
     "secret": _secret,
 }
+
+
+def _entity(kind: str) -> Detect:
+    def detect(view: _Text) -> Iterator[Span]:
+        yield from view.entities[kind]
+
+    return detect
+
+
+_BUILTINS.update({kind: _entity(kind) for kind in ENTITY_DETECTORS})
 _NAME = re.compile(r"[a-z][a-z0-9_.\-]{0,62}")
 # Quantifiers with a larger bound than this count as unbounded when judging nesting.
 _LARGE_REPEAT = 16
@@ -599,24 +633,41 @@ class PrivacyScanner:
             findings.extend(Finding(name, start, end) for start, end in merged)
         return sorted(findings, key=lambda f: (f.start, f.end, f.detector))
 
-    def first(self, text: str) -> Finding | None:
+    def spans(self, text: str) -> list[SensitiveSpan]:
+        """`scan`'s findings with the text they cover, for a redactor; never log these."""
+        return [
+            SensitiveSpan(f.start, f.end, f.detector, text[f.start : f.end])
+            for f in self.scan(text)
+        ]
+
+    def first(self, text: str, *, patterns: bool = True, entities: bool = True) -> Finding | None:
         """Some finding, or None exactly when `scan` finds nothing; stops at the first match.
 
         Detectors run in the configured order, so it is not necessarily the leftmost finding.
+        `patterns` / `entities` choose which built-in families run (custom patterns count as
+        patterns).
         """
         view = _Text(text)
         for name, detect in self._detectors:
-            for start, end in detect(view):
-                return Finding(name, start, end)
+            if entities if name in ENTITY_DETECTORS else patterns:
+                for start, end in detect(view):
+                    return Finding(name, start, end)
         return None
 
-    def sensitive(self, texts: Iterable[str]) -> Finding | None:
+    def sensitive(
+        self, texts: Iterable[str], *, patterns: bool = True, entities: bool = True
+    ) -> Finding | None:
         """The first finding in the first text that has one (offsets are within that text)."""
         for text in texts:
-            finding = self.first(text)
+            finding = self.first(text, patterns=patterns, entities=entities)
             if finding is not None:
                 return finding
         return None
+
+    @property
+    def has_entities(self) -> bool:
+        """Does this scanner run any entity detector (the router's second, cloud-path pass)?"""
+        return any(name in ENTITY_DETECTORS for name in self.names)
 
 
 def _custom_detector(pattern: CustomPattern) -> Detect:
