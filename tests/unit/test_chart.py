@@ -425,3 +425,24 @@ def test_values_yaml_and_schema_declare_the_same_keys() -> None:
         return found
 
     assert paths(values, schema) == set(leaf_keys(schema))
+
+
+def test_dashboards_are_off_by_default(default: list[dict[str, Any]]) -> None:
+    assert not [o for o in default if o["kind"] == "ConfigMap"]
+
+
+def test_dashboards_on_ship_the_grafana_json_with_the_sidecar_label() -> None:
+    objects = render("dashboards.enabled=true")
+    config_map = find(objects, "ConfigMap", "edgefleet-dashboards")
+    assert config_map["metadata"]["namespace"] == NAMESPACE
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = (CHART / "dashboards" / "edgefleet-routing.json").read_text()
+    assert json.loads(config_map["data"]["edgefleet-routing.json"]) == json.loads(shipped)
+
+
+def test_the_dashboard_label_is_configurable_and_checked() -> None:
+    objects = render("dashboards.enabled=true", "dashboards.label=grafana.io/dashboard")
+    labels = find(objects, "ConfigMap", "edgefleet-dashboards")["metadata"]["labels"]
+    assert labels["grafana.io/dashboard"] == "1"
+    refused = template("dashboards.enabled=true", "dashboards.label=not a label")
+    assert refused.returncode != 0 and "dashboards.label" in refused.stderr

@@ -48,6 +48,8 @@ def test_figures_are_summed_by_target_and_reason() -> None:
             {"reason": "capacity.overflow", "count": 3},
             {"reason": "budget.exceeded", "count": 2},
         ],
+        "savings": {"allCloudCost": 0.0, "cloudCost": 0.0, "saved": 0.0},
+        "ttftMs": {},
     }
 
 

@@ -418,6 +418,7 @@ class RouterEngine(Engine):
             else failover.local_timeout_seconds
         )
         forwarded = self._forwarded(request, routing.sensitive, policy.name)
+        asked = time.perf_counter()
         attempt = self._claim(route, routing, policy.name)
         try:
             # Closed with this attempt, so a caller that leaves stops the backend's call.
@@ -426,6 +427,7 @@ class RouterEngine(Engine):
                     if not attempt.started:
                         attempt.started = True
                         self._routes[request.request_id] = route
+                        self.metrics.observe_ttft(route.target, time.perf_counter() - asked)
                     yield delta
             # Settled before the caller sees the end: a client holding its answer
             # never finds the breaker or the budget lagging behind.
@@ -522,6 +524,11 @@ class RouterEngine(Engine):
             backend.breaker.record_failure()
         else:
             backend.breaker.release()
+        if attempt.ending is Ending.ANSWERED and attempt.final is not None:
+            # Priced as the cloud would have charged it, whoever answered: what routing saved.
+            usage = _usage(attempt.final)
+            would_cost = self.budget.price(usage.prompt_tokens, usage.completion_tokens)
+            self.metrics.count_answer(attempt.route.target, usage, would_cost)
         if attempt.reservation is None:
             return
         reported = _usage(attempt.final) if attempt.final is not None else None

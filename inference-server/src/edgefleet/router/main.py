@@ -173,6 +173,9 @@ def figures_of(engine: RouterEngine) -> RouterFigures:
         recent_reasons=list(engine.metrics.recent_reasons),
         budget=engine.budget.snapshot(),
         budget_window_seconds=engine.active.policy.budget.window_seconds,
+        cloud_cost=engine.metrics.cloud_cost_total,
+        all_cloud_cost=dict(engine.metrics.all_cloud_cost_totals),
+        recent_ttfts={t: list(d) for t, d in engine.metrics.recent_ttfts.items()},
     )
 
 

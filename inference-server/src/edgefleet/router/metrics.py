@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 # How many of the latest decisions status.router's lastDecisions summarises.
 RECENT_DECISIONS = 1000
+# How many of the latest answers per target status.router's TTFT medians are taken over.
+RECENT_TTFTS = 1000
 
 
 class RouterMetrics:
@@ -28,6 +30,10 @@ class RouterMetrics:
         # (reading figures back out of prometheus_client is not its public API).
         self.route_totals: Tally[tuple[str, str]] = Tally()
         self.recent_reasons: deque[str] = deque(maxlen=RECENT_DECISIONS)
+        # What the answered traffic cost on the cloud, and would have cost all-cloud.
+        self.cloud_cost_total = 0.0
+        self.all_cloud_cost_totals: Tally[str] = Tally()
+        self.recent_ttfts: dict[str, deque[float]] = {}
         r = self.registry
         self.routes = Counter(
             "edgefleet:router_routes_total",
@@ -49,6 +55,27 @@ class RouterMetrics:
         )
         self.cloud_cost = Counter(
             "edgefleet:router_cloud_cost_total", "Money charged to the cloud budget.", registry=r
+        )
+        self.all_cloud_cost = Counter(
+            "edgefleet:router_all_cloud_cost_total",
+            "What the answered requests would have cost had all gone to the cloud: each "
+            "request's tokens at the policy's prices, by the target that served it. Minus "
+            "edgefleet:router_cloud_cost_total, what routing saved.",
+            ["target"],
+            registry=r,
+        )
+        self.answered_tokens = Counter(
+            "edgefleet:router_answered_tokens_total",
+            "Tokens of answered requests, by the target that served them and kind.",
+            ["target", "kind"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "edgefleet:router_ttft_seconds",
+            "Time from the router's call to a backend to its first text, by target.",
+            ["target"],
+            buckets=(0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30),
+            registry=r,
         )
         self.budget_spent_cost = Gauge(
             "edgefleet:router_budget_window_cost",
@@ -108,6 +135,18 @@ class RouterMetrics:
         self.cloud_tokens.labels("input").inc(usage.prompt_tokens)
         self.cloud_tokens.labels("output").inc(usage.completion_tokens)
         self.cloud_cost.inc(cost)
+        self.cloud_cost_total += cost
+
+    def count_answer(self, target: str, usage: Usage, all_cloud_cost: float) -> None:
+        """An answered request: its tokens, and its price had the cloud answered it."""
+        self.answered_tokens.labels(target, "input").inc(usage.prompt_tokens)
+        self.answered_tokens.labels(target, "output").inc(usage.completion_tokens)
+        self.all_cloud_cost.labels(target).inc(all_cloud_cost)
+        self.all_cloud_cost_totals[target] += all_cloud_cost
+
+    def observe_ttft(self, target: str, seconds: float) -> None:
+        self.ttft.labels(target).observe(seconds)
+        self.recent_ttfts.setdefault(target, deque(maxlen=RECENT_TTFTS)).append(seconds)
 
     def observe_budget(self, snapshot: BudgetSnapshot) -> None:
         self.budget_spent_cost.set(snapshot.spent_cost + snapshot.reserved_cost)

@@ -7,9 +7,10 @@ so it is tested without a cluster; the patch itself is in router.kube. Only
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,12 @@ class RouterFigures:
     recent_reasons: Iterable[str]
     budget: BudgetSnapshot
     budget_window_seconds: float
+    # Money charged for cloud answers since start, and what every answered request
+    # would have cost on the cloud (its tokens at the policy's prices), by serving target.
+    cloud_cost: float = 0.0
+    all_cloud_cost: Mapping[str, float] = field(default_factory=dict)
+    # Target -> the latest times to first token, in seconds.
+    recent_ttfts: Mapping[str, Iterable[float]] = field(default_factory=dict)
 
 
 def router_status(figures: RouterFigures) -> dict[str, Any]:
@@ -57,6 +64,26 @@ def router_status(figures: RouterFigures) -> dict[str, Any]:
             "cost": round(budget.spent_cost + budget.reserved_cost, 6),
         },
         "lastDecisions": [{"reason": reason, "count": count} for reason, count in top],
+        "savings": savings(figures),
+        "ttftMs": {
+            target: round(statistics.median(times) * 1000, 1)
+            for target, times in sorted(_listed(figures.recent_ttfts).items())
+            if times
+        },
+    }
+
+
+def _listed(series: Mapping[str, Iterable[float]]) -> dict[str, list[float]]:
+    return {target: list(values) for target, values in series.items()}
+
+
+def savings(figures: RouterFigures) -> dict[str, float]:
+    """Since start: what all-cloud would have cost, what the cloud cost, the difference."""
+    all_cloud = sum(figures.all_cloud_cost.values())
+    return {
+        "allCloudCost": round(all_cloud, 6),
+        "cloudCost": round(figures.cloud_cost, 6),
+        "saved": round(all_cloud - figures.cloud_cost, 6),
     }
 
 

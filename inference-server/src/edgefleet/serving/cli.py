@@ -3,6 +3,7 @@
     edgefleet generate "What is the capital of France?"
     edgefleet models
     edgefleet health [--service NAME]
+    edgefleet report --metrics-url http://ROUTER:9090/metrics [--window 5m]
 
 The target comes from --target or EDGEFLEET_TARGET (default localhost:50051).
 """
@@ -12,10 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from edgefleet.router.report import difference, fetch, parse_window, rows, table
 from edgefleet.serving.readiness import NotServing, wait_until_serving
 from edgefleet.v1 import inference_pb2 as pb
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
@@ -54,7 +57,34 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="block until SERVING (exit 1 if not within SECONDS)",
     )
+    report = commands.add_parser(
+        "report", help="what routing saved: a router's figures from its metrics endpoint"
+    )
+    report.add_argument(
+        "--metrics-url", required=True, help="the router's Prometheus endpoint (.../metrics)"
+    )
+    report.add_argument(
+        "--window",
+        help="read the counters twice, this far apart (90s, 5m, 1h); default: since start",
+    )
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        window = parse_window(args.window) if args.window else None
+        first = fetch(args.metrics_url, args.timeout)
+        if window is None:
+            print(table(rows(first), f"{args.metrics_url}, since the router started"))
+            return 0
+        print(f"reading {args.metrics_url} again in {args.window} ...", file=sys.stderr)
+        time.sleep(window)  # the window itself: two readings of growing counters
+        figures = difference(fetch(args.metrics_url, args.timeout), first)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(table(rows(figures), f"{args.metrics_url}, the last {args.window}"))
+    return 0
 
 
 def _request(args: argparse.Namespace) -> pb.GenerateRequest:
@@ -139,6 +169,8 @@ def _health(channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "report":  # HTTP, not gRPC: no channel to the target
+        sys.exit(_report(args))
     command = {"generate": _generate, "models": _models, "health": _health}[args.command]
     try:
         with grpc.insecure_channel(args.target) as channel:
