@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edgefleet.serving.config import ServerConfig, add_arguments, config_from
+from edgefleet.serving.config import FrontSettings, ServerConfig, add_arguments, config_from
 from edgefleet.serving.errors import ModelFileError
 from edgefleet.serving.model_files import DEFAULT_MODEL_SHA256, default_model_path, resolve_model
 
@@ -27,6 +31,72 @@ def test_flag_wins_over_environment_which_wins_over_default() -> None:
 def test_instance_pool_concurrency_follows_instances() -> None:
     config = config_from(parse("--batch-sequences", "0", "--instances", "3"), {})
     assert config.max_concurrency == 3
+
+
+def test_the_batch_follows_the_concurrency_asked_for() -> None:
+    config = config_from(parse("--max-concurrency", "8"), {})
+
+    # Eight admitted are eight decoding together, not four and four queued in the engine.
+    assert (config.batch_sequences, config.max_concurrency) == (8, 8)
+    assert (ServerConfig().batch_sequences, ServerConfig().max_concurrency) == (4, 4)
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        (
+            {"batch_sequences": 4, "max_concurrency": 8},
+            "--max-concurrency 8 is more than the llamacpp engine decodes at once "
+            "(--batch-sequences 4), so the rest would wait inside the engine counted as "
+            "running: lower --max-concurrency or raise --batch-sequences",
+        ),
+        (
+            {"batch_sequences": 0, "instances": 2, "max_concurrency": 3},
+            "--max-concurrency 3 is more than the llamacpp engine decodes at once "
+            "(--instances 2 with --batch-sequences 0)",
+        ),
+        (
+            {"engine": "vllm", "batch_sequences": 16, "max_concurrency": 64},
+            "--max-concurrency 64 is more than the vllm engine decodes at once "
+            "(--batch-sequences 16)",
+        ),
+    ],
+)
+def test_admitting_more_than_the_engine_decodes_is_refused(
+    settings: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        ServerConfig(**settings)
+
+
+def test_admitting_fewer_than_the_engine_decodes_is_fine() -> None:
+    config = ServerConfig(batch_sequences=8, max_concurrency=2)
+
+    assert (config.batch_sequences, config.max_concurrency) == (8, 2)
+
+
+def test_router_and_egress_admit_more_than_their_one_engine_instance() -> None:
+    # Their engines answer from elsewhere (model servers, the cloud): no batch to fill.
+    config = FrontSettings(max_concurrency=256).server_config("router")
+
+    assert (config.batch_sequences, config.max_concurrency) == (0, 256)
+
+
+def test_server_refuses_to_start_admitting_more_than_it_decodes() -> None:
+    started = subprocess.run(
+        [sys.executable, "-m", "edgefleet.serving.server", "--batch-sequences", "4",
+         "--max-concurrency", "8", "--listen", "127.0.0.1:0", "--metrics-listen", ""],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert started.returncode == 2
+    # One line, naming the flags, before any model is loaded.
+    last_line = started.stderr.strip().splitlines()[-1]
+    assert last_line.endswith(
+        "invalid server settings: --max-concurrency 8 is more than the llamacpp engine decodes "
+        "at once (--batch-sequences 4), so the rest would wait inside the engine counted as "
+        "running: lower --max-concurrency or raise --batch-sequences"
+    )
 
 
 def test_bad_environment_value_names_the_variable() -> None:

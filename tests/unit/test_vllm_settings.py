@@ -31,6 +31,21 @@ def test_vllm_options_come_from_flags_and_environment() -> None:
     assert (config.vllm_gpu_memory_utilization, config.vllm_enforce_eager) == (0.9, 0)
 
 
+def test_vllm_batches_64_sequences_unless_told_otherwise() -> None:
+    # vLLM's max_num_seqs is batch_sequences: a GPU is built for many at once.
+    assert (ServerConfig(engine="vllm").batch_sequences, ServerConfig().batch_sequences) == (64, 4)
+    assert ServerConfig(engine="vllm").max_concurrency == 64
+    # Asked to admit 128, it decodes 128 together.
+    config = config_from(parse("--engine", "vllm", "--max-concurrency", "128"), {})
+    assert (config.batch_sequences, config.max_concurrency) == (128, 128)
+
+
+def test_vllm_kv_cache_is_sized_from_the_gpu_share_by_default() -> None:
+    config = ServerConfig(engine="vllm")
+
+    assert (config.vllm_gpu_memory_utilization, config.vllm_kv_cache_gib) == (0.9, 0.0)
+
+
 @pytest.mark.parametrize(
     ("settings", "problem"),
     [

@@ -15,6 +15,11 @@ from typing import TypeVar
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer the question directly, briefly and accurately."
 )
+# Requests each model engine decodes together when neither batch_sequences nor
+# max_concurrency is given: llama.cpp on a few CPU cores gains little beyond 4
+# (docs/benchmarks.md); vLLM on a GPU is built for many at once, its paged KV
+# cache holding as many as memory allows and preempting the rest.
+DEFAULT_BATCH_SEQUENCES = {"llamacpp": 4, "vllm": 64}
 
 
 @dataclass
@@ -35,9 +40,10 @@ class ServerConfig:
     # With batch_sequences 0: model copies kept in memory, one request each.
     instances: int = 2
     # Continuous batching: the model is loaded once and up to N requests are
-    # decoded together in one context. 0 switches to a pool of `instances`
-    # separate model copies instead.
-    batch_sequences: int = 4
+    # decoded together (vLLM: its max_num_seqs). -1: max_concurrency when that
+    # is given, else DEFAULT_BATCH_SEQUENCES for the engine. 0 (llama.cpp only)
+    # switches to a pool of `instances` separate model copies instead.
+    batch_sequences: int = -1
     # CPU threads shared by all instances; 0 means all cores.
     threads: int = 0
     # Streamed text is handed over at most this often (the first token at
@@ -45,7 +51,9 @@ class ServerConfig:
     stream_interval_ms: float = 50.0
     # Context length per instance, in tokens (prompt plus answer).
     context_length: int = 2048
-    # Requests generating at once; 0 means one per instance.
+    # Requests generating at once; 0 means as many as the engine decodes at
+    # once (batch_sequences, or instances in a pool). Never more: the rest
+    # would wait inside the engine while counted as running.
     max_concurrency: int = 0
     # Requests allowed to wait for a slot; beyond that RESOURCE_EXHAUSTED.
     max_queue: int = 8
@@ -64,7 +72,10 @@ class ServerConfig:
     # float16 or float32.
     vllm_dtype: str = "auto"
     # Fraction of GPU memory vLLM takes for weights and KV cache (the CPU
-    # build reads it as a fraction of host memory).
+    # build reads it as a fraction of host memory); the KV cache gets what the
+    # weights and a profiling run leave. batch_sequences bounds the batch and
+    # reserves nothing: when the cache runs short, vLLM preempts sequences
+    # back to waiting (GetStats reports them as waiting).
     vllm_gpu_memory_utilization: float = 0.9
     # KV-cache size in GiB; 0 sizes it from vllm_gpu_memory_utilization.
     vllm_kv_cache_gib: float = 0.0
@@ -78,13 +89,18 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.threads <= 0:
             self.threads = os.cpu_count() or 1
+        if self.batch_sequences == -1:
+            self.batch_sequences = self.max_concurrency or DEFAULT_BATCH_SEQUENCES.get(
+                self.engine, DEFAULT_BATCH_SEQUENCES["llamacpp"]
+            )
         if self.max_concurrency <= 0:
             self.max_concurrency = self.batch_sequences or self.instances
         problems = []
         if self.instances < 1:
             problems.append("instances must be at least 1")
         if self.batch_sequences < 0:
-            problems.append("batch_sequences must not be negative")
+            problems.append("batch_sequences must not be negative (-1: the default)")
+        problems += self._beyond_the_engine()
         if self.max_queue < 0:
             problems.append("max_queue must not be negative")
         if self.context_length < 64:
@@ -101,6 +117,28 @@ class ServerConfig:
             problems.append("default_max_tokens must be between 1 and max_tokens_cap")
         if problems:
             raise ValueError("invalid server settings: " + "; ".join(problems))
+
+    def _beyond_the_engine(self) -> list[str]:
+        """Admitting more than the engine decodes at once would queue the rest
+        inside the engine, where GetStats and vllm:num_requests_running count
+        them as running: routers and autoscalers would under-read the load."""
+        if self.engine not in DEFAULT_BATCH_SEQUENCES:
+            return []  # the router and the egress: their engine answers from elsewhere
+        if self.batch_sequences:
+            decoded, flag = self.batch_sequences, "--batch-sequences"
+            setting = f"--batch-sequences {decoded}"
+        elif self.engine == "vllm":
+            return []  # refused already: vLLM has no instance pool
+        else:
+            decoded, flag = self.instances, "--instances"
+            setting = f"--instances {decoded} with --batch-sequences 0"
+        if self.max_concurrency <= decoded:
+            return []
+        return [
+            f"--max-concurrency {self.max_concurrency} is more than the {self.engine} engine "
+            f"decodes at once ({setting}), so the rest would wait inside the engine counted "
+            f"as running: lower --max-concurrency or raise {flag}"
+        ]
 
 
 @dataclass
