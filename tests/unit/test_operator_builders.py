@@ -6,6 +6,7 @@ RoutingPolicy → ConfigMap, RBAC, router and egress. No cluster needed.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import ipaddress
 from pathlib import Path
@@ -18,7 +19,9 @@ from edgefleet.operator.builders import routingpolicy as rp
 from edgefleet.operator.builders import smallmodel as sm
 from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.placement import EnginePlan, NodeFacts, plan_engines
+from edgefleet.operator.spec import SmallModelSpec, parse_smallmodel_spec
 from edgefleet.routing.policy import load_policy, parse_policy
+from edgefleet.serving.config import add_arguments, config_from
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NS = "shop"
@@ -59,6 +62,11 @@ def probe(initial_delay: int, period: int, failures: int) -> dict[str, Any]:
     }
 
 
+def model(spec: dict[str, Any]) -> SmallModelSpec:
+    """A SmallModel spec as the handlers hand it to the builders: parsed, defaults applied."""
+    return parse_smallmodel_spec(spec)
+
+
 MODEL_PORTS = [
     {"name": "grpc", "containerPort": 50051, "protocol": "TCP"},
     {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
@@ -77,7 +85,7 @@ def test_llamacpp_deployment_from_the_builtin_source() -> None:
         "serving": {"contextLength": 4096, "maxConcurrency": 2, "maxQueue": 8, "instances": 2},
     }
 
-    workload = sm.build_workload("smollm2", NS, spec, EnginePlan("llamacpp", 2, 3), CONFIG)
+    workload = sm.build_workload("smollm2", NS, model(spec), EnginePlan("llamacpp", 2, 3), CONFIG)
 
     mounts = [{"name": "models", "mountPath": MODELS}]
     assert workload == {
@@ -139,12 +147,16 @@ def test_llamacpp_deployment_from_the_builtin_source() -> None:
                                 "0.0.0.0:9090",
                                 "--context-length",
                                 "4096",
+                                # Two instances: a pool of two model copies,
+                                # one request each.
+                                "--batch-sequences",
+                                "0",
+                                "--instances",
+                                "2",
                                 "--max-concurrency",
                                 "2",
                                 "--max-queue",
                                 "8",
-                                "--instances",
-                                "2",
                             ],
                             "env": INSTANCE_ENV,
                             "ports": MODEL_PORTS,
@@ -175,7 +187,7 @@ def test_vllm_daemonset_with_a_gpu_per_pod() -> None:
         "resources": {"requests": {"cpu": "4"}, "limits": {"memory": "16Gi"}},
     }
 
-    workload = sm.build_workload("smollm2", NS, spec, EnginePlan("vllm", None, 2), CONFIG)
+    workload = sm.build_workload("smollm2", NS, model(spec), EnginePlan("vllm", None, 2), CONFIG)
 
     mounts = [{"name": "models", "mountPath": MODELS}]
     assert workload == {
@@ -231,8 +243,12 @@ def test_vllm_daemonset_with_a_gpu_per_pod() -> None:
                                 "0.0.0.0:9090",
                                 "--context-length",
                                 "2048",
+                                # vLLM's own default: 64 sequences batched
+                                # (its max_num_seqs), all of them admitted.
+                                "--batch-sequences",
+                                "64",
                                 "--max-concurrency",
-                                "4",
+                                "64",
                                 "--max-queue",
                                 "16",
                             ],
@@ -268,9 +284,9 @@ def test_vllm_daemonset_with_a_gpu_per_pod() -> None:
 
 
 def test_vllm_from_a_builtin_gguf_only_fetches_it_converted_to_hf() -> None:
-    workload = sm.build_workload(
-        "smollm2", NS, {"source": BUILTIN, "engine": "vllm"}, EnginePlan("vllm", 1, 1), CONFIG
-    )
+    spec = model({"source": BUILTIN, "engine": "vllm"})
+
+    workload = sm.build_workload("smollm2", NS, spec, EnginePlan("vllm", 1, 1), CONFIG)
 
     (init,) = workload["spec"]["template"]["spec"]["initContainers"]
     assert init["args"] == [
@@ -291,13 +307,63 @@ def test_user_gpu_count_is_kept() -> None:
         "resources": {"requests": {"nvidia.com/gpu": 2}, "limits": {"nvidia.com/gpu": 2}},
     }
 
-    workload = sm.build_workload("smollm2", NS, spec, EnginePlan("vllm", 1, 1), CONFIG)
+    workload = sm.build_workload("smollm2", NS, model(spec), EnginePlan("vllm", 1, 1), CONFIG)
 
     (server,) = workload["spec"]["template"]["spec"]["containers"]
     assert server["resources"] == {
         "requests": {"nvidia.com/gpu": 2},
         "limits": {"nvidia.com/gpu": 2},
     }
+
+
+@pytest.mark.parametrize(
+    ("serving", "engine", "flags"),
+    [
+        # llama.cpp decodes the requests it admits together, in one context.
+        ({}, "llamacpp", ["--batch-sequences", "4", "--max-concurrency", "4"]),
+        (
+            {"maxConcurrency": 8},
+            "llamacpp",
+            ["--batch-sequences", "8", "--max-concurrency", "8"],
+        ),
+        # More instances: a pool of model copies, one request each.
+        (
+            {"instances": 3},
+            "llamacpp",
+            ["--batch-sequences", "0", "--instances", "3", "--max-concurrency", "3"],
+        ),
+        (
+            {"instances": 3, "maxConcurrency": 2},
+            "llamacpp",
+            ["--batch-sequences", "0", "--instances", "3", "--max-concurrency", "2"],
+        ),
+        # vLLM: max_num_seqs is what the pod admits, 64 unless the spec says.
+        ({}, "vllm", ["--batch-sequences", "64", "--max-concurrency", "64"]),
+        ({"maxConcurrency": 128}, "vllm", ["--batch-sequences", "128", "--max-concurrency", "128"]),
+        # engine auto with a llama.cpp pool: the vLLM half has no pool.
+        ({"instances": 2}, "vllm", ["--batch-sequences", "64", "--max-concurrency", "64"]),
+    ],
+)
+def test_each_engine_decodes_what_it_admits(
+    serving: dict[str, Any], engine: str, flags: list[str]
+) -> None:
+    spec = model({"source": BUILTIN, "serving": {"contextLength": 1024, **serving}})
+
+    assert sm.serving_flags(spec.serving, engine) == [
+        "--context-length", "1024", *flags, "--max-queue", "16",
+    ]  # fmt: skip
+
+
+def test_a_gpu_model_asking_for_64_runs_64_in_vllm() -> None:
+    spec = model({"source": BUILTIN, "engine": "vllm", "serving": {"maxConcurrency": 64}})
+
+    workload = sm.build_workload("m", NS, spec, EnginePlan("vllm", 1, 1), CONFIG)
+
+    args = workload["spec"]["template"]["spec"]["containers"][0]["args"]
+    # vLLM's max_num_seqs is --batch-sequences: 64 decode at once, none wait
+    # inside the engine while counted as running.
+    assert args[args.index("--batch-sequences") + 1] == "64"
+    assert args[args.index("--max-concurrency") + 1] == "64"
 
 
 USER_AFFINITY = {
@@ -381,8 +447,10 @@ def expected_auto_affinity(gpu: dict[str, Any]) -> dict[str, Any]:
 def test_auto_with_sites_and_the_users_own_affinity() -> None:
     original = copy.deepcopy(AUTO_PLACED)
 
-    llamacpp = sm.build_pod_template("smollm2", AUTO_PLACED, EnginePlan("llamacpp", 1, 2), CONFIG)
-    vllm = sm.build_pod_template("smollm2", AUTO_PLACED, EnginePlan("vllm", 2, 2), CONFIG)
+    spec = model(AUTO_PLACED)
+
+    llamacpp = sm.build_pod_template("smollm2", spec, EnginePlan("llamacpp", 1, 2), CONFIG)
+    vllm = sm.build_pod_template("smollm2", spec, EnginePlan("vllm", 2, 2), CONFIG)
 
     not_gpu = {"key": GPU, "operator": "NotIn", "values": ["true"]}
     on_gpu = {"key": GPU, "operator": "In", "values": ["true"]}
@@ -398,7 +466,7 @@ def test_auto_with_sites_and_the_users_own_affinity() -> None:
 def test_sites_alone_make_the_only_required_term() -> None:
     spec = {"source": BUILTIN, "engine": "llamacpp", "placement": {"sites": ["s1"]}}
 
-    template = sm.build_pod_template("smollm2", spec, EnginePlan("llamacpp", 1, 1), CONFIG)
+    template = sm.build_pod_template("smollm2", model(spec), EnginePlan("llamacpp", 1, 1), CONFIG)
 
     assert template["spec"]["affinity"] == {
         "nodeAffinity": {
@@ -425,8 +493,8 @@ def test_pvc_and_file_sources_are_mounted_in_both_containers() -> None:
         "replicas": 1,
     }
 
-    llamacpp = sm.build_pod_template("smollm2", spec, EnginePlan("llamacpp", 1, 1), CONFIG)
-    vllm = sm.build_pod_template("smollm2", spec, EnginePlan("vllm", 1, 1), CONFIG)
+    llamacpp = sm.build_pod_template("smollm2", model(spec), EnginePlan("llamacpp", 1, 1), CONFIG)
+    vllm = sm.build_pod_template("smollm2", model(spec), EnginePlan("vllm", 1, 1), CONFIG)
 
     mounts = [
         {"name": "models", "mountPath": MODELS},
@@ -471,7 +539,9 @@ def test_pvc_and_file_sources_are_mounted_in_both_containers() -> None:
 def test_file_gguf_mounts_its_folder() -> None:
     spec = {"source": {"gguf": {"uri": "file:///data/gguf/smollm2.gguf"}}, "engine": "llamacpp"}
 
-    pod = sm.build_pod_template("smollm2", spec, EnginePlan("llamacpp", 1, 1), CONFIG)["spec"]
+    plan = EnginePlan("llamacpp", 1, 1)
+
+    pod = sm.build_pod_template("smollm2", model(spec), plan, CONFIG)["spec"]
 
     assert pod["volumes"] == [
         {"name": "models", "emptyDir": {}},
@@ -489,7 +559,7 @@ def test_one_claim_for_both_forms_is_one_volume() -> None:
         "engine": "auto",
     }
 
-    pod = sm.build_pod_template("smollm2", spec, EnginePlan("vllm", 1, 1), CONFIG)["spec"]
+    pod = sm.build_pod_template("smollm2", model(spec), EnginePlan("vllm", 1, 1), CONFIG)["spec"]
 
     assert [v["name"] for v in pod["volumes"]] == ["models", "pvc-models"]
     assert pod["initContainers"][0]["args"] == [
@@ -508,7 +578,9 @@ def test_one_claim_for_both_forms_is_one_volume() -> None:
 
 
 def test_service_for_replicas() -> None:
-    assert sm.build_service("smollm2", NS, {"replicas": 2}) == {
+    spec = model({"source": BUILTIN, "replicas": 2})
+
+    assert sm.build_service("smollm2", NS, spec) == {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "smollm2", "namespace": NS, "labels": model_labels()},
@@ -526,7 +598,9 @@ def test_service_for_replicas() -> None:
 
 
 def test_service_for_per_node_keeps_traffic_on_the_node() -> None:
-    assert sm.build_service("smollm2", NS, {"perNode": True}) == {
+    spec = model({"source": BUILTIN, "perNode": True})
+
+    assert sm.build_service("smollm2", NS, spec) == {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "smollm2", "namespace": NS, "labels": model_labels()},
@@ -608,7 +682,7 @@ AUTOSCALED = {
 def test_autoscaler_floors_min_replicas_at_one() -> None:
     plan = EnginePlan("llamacpp", 0, 3)
 
-    assert sm.build_autoscaler("smollm2", NS, AUTOSCALED, plan) == {
+    assert sm.build_autoscaler("smollm2", NS, model(AUTOSCALED), plan) == {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": {
@@ -640,7 +714,7 @@ def test_autoscaler_floors_min_replicas_at_one() -> None:
 def test_autoscaler_defaults() -> None:
     spec = {"source": BUILTIN, "autoscaling": {"minReplicas": 2}}
 
-    hpa = sm.build_autoscaler("smollm2", NS, spec, EnginePlan("llamacpp", 2, 3))
+    hpa = sm.build_autoscaler("smollm2", NS, model(spec), EnginePlan("llamacpp", 2, 3))
 
     assert hpa is not None
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
@@ -648,12 +722,17 @@ def test_autoscaler_defaults() -> None:
 
 
 def test_no_autoscaler_without_autoscaling_or_for_a_daemonset() -> None:
-    assert sm.build_autoscaler("smollm2", NS, {"replicas": 2}, EnginePlan("llamacpp", 2, 3)) is None
-    assert sm.build_autoscaler("smollm2", NS, AUTOSCALED, EnginePlan("llamacpp", None, 3)) is None
+    fixed = model({"source": BUILTIN, "replicas": 2})
+
+    assert sm.build_autoscaler("smollm2", NS, fixed, EnginePlan("llamacpp", 2, 3)) is None
+    per_node = EnginePlan("llamacpp", None, 3)
+    assert sm.build_autoscaler("smollm2", NS, model(AUTOSCALED), per_node) is None
 
 
 def test_autoscaled_deployment_leaves_the_count_to_the_hpa() -> None:
-    workload = sm.build_workload("smollm2", NS, AUTOSCALED, EnginePlan("llamacpp", 0, 3), CONFIG)
+    plan = EnginePlan("llamacpp", 0, 3)
+
+    workload = sm.build_workload("smollm2", NS, model(AUTOSCALED), plan, CONFIG)
 
     assert workload["kind"] == "Deployment"
     assert "replicas" not in workload["spec"]
@@ -666,7 +745,7 @@ def test_autoscaled_deployment_leaves_the_count_to_the_hpa() -> None:
 def test_replicas_zero_is_an_explicit_zero() -> None:
     spec = {"source": BUILTIN, "engine": "llamacpp", "replicas": 0}
 
-    workload = sm.build_workload("smollm2", NS, spec, EnginePlan("llamacpp", 0, 3), CONFIG)
+    workload = sm.build_workload("smollm2", NS, model(spec), EnginePlan("llamacpp", 0, 3), CONFIG)
 
     assert workload["spec"]["replicas"] == 0
 
@@ -679,7 +758,7 @@ def test_smallmodel_children_in_apply_order() -> None:
     spec = {**AUTOSCALED, "engine": "auto", "autoscaling": {"minReplicas": 3, "maxReplicas": 6}}
     plans = [EnginePlan("vllm", 2, 2), EnginePlan("llamacpp", 1, 3)]
 
-    children = sm.build_children("smollm2", NS, spec, plans, CONFIG)
+    children = sm.build_children("smollm2", NS, model(spec), plans, CONFIG)
 
     assert kinds_and_names(children) == [
         ("Deployment", "smollm2-vllm"),
@@ -693,7 +772,7 @@ def test_smallmodel_children_in_apply_order() -> None:
     per_node = sm.build_children(
         "smollm2",
         NS,
-        {"source": BUILTIN, "perNode": True},
+        model({"source": BUILTIN, "perNode": True}),
         [EnginePlan("llamacpp", None, 0)],
         CONFIG,
     )
@@ -741,8 +820,9 @@ MANY = [
 
 
 def smallmodel_children(name: str, spec: dict[str, Any], fleet: str) -> list[dict[str, Any]]:
-    plans = plan_engines(spec, FLEETS[fleet], GPU)
-    return sm.build_children(name, NS, spec, plans, CONFIG)
+    parsed = model(spec)
+    plans = plan_engines(parsed, FLEETS[fleet], GPU)
+    return sm.build_children(name, NS, parsed, plans, CONFIG)
 
 
 def all_children() -> list[dict[str, Any]]:
@@ -825,6 +905,30 @@ def test_pods_have_unique_volume_names_and_mount_paths() -> None:
                 assert {m["name"] for m in container["volumeMounts"]} <= set(volume_names)
 
 
+SERVINGS: list[dict[str, Any]] = [
+    {},
+    {"maxConcurrency": 1},
+    {"maxConcurrency": 64, "contextLength": 8192},
+    {"instances": 4},
+    {"instances": 4, "maxConcurrency": 3},
+]
+
+
+@pytest.mark.parametrize("serving", SERVINGS)
+def test_the_server_accepts_every_model_pods_settings(serving: dict[str, Any]) -> None:
+    for fleet in FLEETS:
+        spec = {"source": BUILTIN, "replicas": 2, "serving": serving}
+        for workload in workloads(smallmodel_children("m", spec, fleet)):
+            (server,) = workload["spec"]["template"]["spec"]["containers"]
+            parser = argparse.ArgumentParser()
+            add_arguments(parser)
+
+            # What edgefleet-server reads at start; it refuses what its engine cannot run.
+            config = config_from(parser.parse_args(server["args"]), {})
+
+            assert config.max_concurrency == model(spec).serving.concurrency(config.engine)
+
+
 def node_matches(affinity: dict[str, Any], node: NodeFacts) -> bool:
     """The scheduler's required node affinity rule (terms ORed, expressions ANDed)."""
     required = affinity.get("nodeAffinity", {}).get(
@@ -862,7 +966,7 @@ def node_matches(affinity: dict[str, Any], node: NodeFacts) -> bool:
     ids=lambda node: node.name,
 )
 def test_auto_puts_each_node_in_exactly_the_class_the_planner_counted(node: NodeFacts) -> None:
-    spec = {"source": BUILTIN, "engine": "auto", "perNode": True}
+    spec = model({"source": BUILTIN, "engine": "auto", "perNode": True})
     plans = plan_engines(spec, [node], GPU)
 
     (plan,) = plans

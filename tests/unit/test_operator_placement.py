@@ -9,18 +9,20 @@ from typing import Any
 
 import pytest
 
-from edgefleet.operator.placement import (
-    EnginePlan,
-    NodeFacts,
-    admits,
-    plan_engines,
-    requested_replicas,
-    tolerates,
-)
+from edgefleet.operator.placement import EnginePlan, NodeFacts, admits, plan_engines, tolerates
+from edgefleet.operator.spec import Placement, SmallModelSpec, parse_smallmodel_spec
 
 GPU_LABEL = "nvidia.com/gpu.present"
 SITE = "edgefleet.io/site"
 NO_SCHEDULE = {"key": "dedicated", "value": "edge", "effect": "NoSchedule"}
+
+
+def model(spec: dict[str, Any]) -> SmallModelSpec:
+    return parse_smallmodel_spec({"source": {"gguf": {"uri": "builtin://smollm2-135m"}}, **spec})
+
+
+def placed(placement: dict[str, Any]) -> Placement:
+    return model({"placement": placement}).placement
 
 
 def gpu_node(name: str, **labels: str) -> NodeFacts:
@@ -75,38 +77,38 @@ def test_prefer_no_schedule_never_keeps_a_pod_off() -> None:
 
 
 def test_admits_any_schedulable_untainted_node_without_placement() -> None:
-    assert admits({}, cpu_node("a"))
-    assert admits({}, gpu_node("b", zone="x"))
+    assert admits(placed({}), cpu_node("a"))
+    assert admits(placed({}), gpu_node("b", zone="x"))
 
 
 def test_unschedulable_node_is_never_admitted() -> None:
-    assert not admits({}, NodeFacts("cordoned", unschedulable=True))
+    assert not admits(placed({}), NodeFacts("cordoned", unschedulable=True))
 
 
 def test_node_selector_needs_every_label_to_match() -> None:
     placement = {"nodeSelector": {"tier": "edge", "arch": "arm64"}}
-    assert admits(placement, cpu_node("a", tier="edge", arch="arm64", extra="1"))
-    assert not admits(placement, cpu_node("b", tier="edge"))
-    assert not admits(placement, cpu_node("c", tier="edge", arch="amd64"))
+    assert admits(placed(placement), cpu_node("a", tier="edge", arch="arm64", extra="1"))
+    assert not admits(placed(placement), cpu_node("b", tier="edge"))
+    assert not admits(placed(placement), cpu_node("c", tier="edge", arch="amd64"))
 
 
 def test_sites_admit_only_nodes_labelled_with_one_of_them() -> None:
     placement = {"sites": ["store-1", "store-2"]}
-    assert admits(placement, cpu_node("a", **{SITE: "store-2"}))
-    assert not admits(placement, cpu_node("b", **{SITE: "store-3"}))
-    assert not admits(placement, cpu_node("c"))
+    assert admits(placed(placement), cpu_node("a", **{SITE: "store-2"}))
+    assert not admits(placed(placement), cpu_node("b", **{SITE: "store-3"}))
+    assert not admits(placed(placement), cpu_node("c"))
 
 
 @pytest.mark.parametrize("effect", ["NoSchedule", "NoExecute"])
 def test_taints_keep_pods_off_unless_tolerated(effect: str) -> None:
     node = NodeFacts("t", taints=({"key": "dedicated", "value": "edge", "effect": effect},))
-    assert not admits({}, node)
-    assert admits({"tolerations": [{"key": "dedicated", "operator": "Exists"}]}, node)
+    assert not admits(placed({}), node)
+    assert admits(placed({"tolerations": [{"key": "dedicated", "operator": "Exists"}]}), node)
 
 
 def test_prefer_no_schedule_taint_does_not_exclude_a_node() -> None:
     node = NodeFacts("t", taints=({"key": "x", "effect": "PreferNoSchedule"},))
-    assert admits({}, node)
+    assert admits(placed({}), node)
 
 
 def test_every_taint_must_be_tolerated() -> None:
@@ -117,9 +119,9 @@ def test_every_taint_must_be_tolerated() -> None:
             {"key": "b", "effect": "NoExecute"},
         ),
     )
-    assert not admits({"tolerations": [{"key": "a", "operator": "Exists"}]}, node)
+    assert not admits(placed({"tolerations": [{"key": "a", "operator": "Exists"}]}), node)
     tolerations = [{"key": "a", "operator": "Exists"}, {"key": "b", "operator": "Exists"}]
-    assert admits({"tolerations": tolerations}, node)
+    assert admits(placed({"tolerations": tolerations}), node)
 
 
 # --- NodeFacts.from_node -------------------------------------------------------
@@ -180,29 +182,13 @@ def test_from_node_unparseable_gpu_quantity_counts_as_none() -> None:
     assert facts.gpus == 0
 
 
-# --- requested_replicas and plan_engines --------------------------------------
+# --- plan_engines --------------------------------------
 
 GPU_ONLY = [gpu_node("g1"), gpu_node("g2")]
 CPU_ONLY = [cpu_node("c1"), cpu_node("c2"), cpu_node("c3")]
 MIXED = [*GPU_ONLY, *CPU_ONLY]
 # Every node is outside the selector: nothing eligible.
 SELECTOR = {"placement": {"nodeSelector": {"tier": "nowhere"}}}
-
-
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        ({}, 1),
-        ({"replicas": 3}, 3),
-        ({"replicas": 0}, 0),
-        ({"perNode": True}, None),
-        ({"autoscaling": {"minReplicas": 2, "maxReplicas": 5}}, 2),
-        ({"autoscaling": {"maxReplicas": 5}}, 1),
-        ({"autoscaling": {"minReplicas": 0, "maxReplicas": 5}}, 0),
-    ],
-)
-def test_requested_replicas(spec: dict[str, Any], expected: int | None) -> None:
-    assert requested_replicas(spec) == expected
 
 
 @pytest.mark.parametrize(
@@ -264,7 +250,7 @@ def test_requested_replicas(spec: dict[str, Any], expected: int | None) -> None:
 def test_plan_engines(
     spec: dict[str, Any], nodes: list[NodeFacts], expected: list[EnginePlan]
 ) -> None:
-    assert plan_engines(spec, nodes, GPU_LABEL) == expected
+    assert plan_engines(model(spec), nodes, GPU_LABEL) == expected
 
 
 def test_plan_counts_only_nodes_the_placement_admits() -> None:
@@ -281,7 +267,7 @@ def test_plan_counts_only_nodes_the_placement_admits() -> None:
     ]
     spec = {"engine": "auto", "perNode": True, "placement": {"sites": ["store-1"]}}
 
-    assert plan_engines(spec, nodes, GPU_LABEL) == [
+    assert plan_engines(model(spec), nodes, GPU_LABEL) == [
         EnginePlan("vllm", None, 1),
         EnginePlan("llamacpp", None, 1),
     ]
@@ -290,7 +276,7 @@ def test_plan_counts_only_nodes_the_placement_admits() -> None:
         **spec,
         "placement": {"sites": ["store-1"], "tolerations": [{"operator": "Exists"}]},
     }
-    assert plan_engines(tolerant, nodes, GPU_LABEL) == [
+    assert plan_engines(model(tolerant), nodes, GPU_LABEL) == [
         EnginePlan("vllm", None, 1),
         EnginePlan("llamacpp", None, 2),
     ]
@@ -300,11 +286,11 @@ def test_gpu_label_is_configurable() -> None:
     nodes = [NodeFacts("a", labels={"example.com/accelerator": "true"}), cpu_node("b")]
     spec = {"engine": "auto", "replicas": 2}
 
-    assert plan_engines(spec, nodes, "example.com/accelerator") == [
+    assert plan_engines(model(spec), nodes, "example.com/accelerator") == [
         EnginePlan("vllm", 1, 1),
         EnginePlan("llamacpp", 1, 1),
     ]
-    assert plan_engines(spec, nodes, GPU_LABEL) == [EnginePlan("llamacpp", 2, 2)]
+    assert plan_engines(model(spec), nodes, GPU_LABEL) == [EnginePlan("llamacpp", 2, 2)]
 
 
 def test_fleet_version_moves_on_what_planning_reads_not_on_heartbeats() -> None:

@@ -410,6 +410,28 @@ def test_apply_error_wins_over_everything() -> None:
     }
 
 
+def test_a_refused_spec_says_why_and_still_counts_what_runs() -> None:
+    problem = "invalid SmallModel: spec.serving.maxConcurrency: 8 is more than serving.instances"
+
+    # The last valid spec's workloads keep serving; the status counts them.
+    status = model_status(invalid=problem, apply_error="an older refusal")
+
+    assert conditions(status)["Ready"]["message"] == problem
+    assert summary(status) == {
+        "Ready": ("False", "InvalidSpec"),
+        "Progressing": ("False", "Stable"),
+        "Degraded": ("True", "InvalidSpec"),
+    }
+    assert (status["readyReplicas"], status["desiredReplicas"]) == (2, 2)
+
+
+def test_a_refused_spec_with_nothing_running_is_not_called_unschedulable() -> None:
+    status = model_status(invalid="invalid SmallModel: ...", plans=[], workloads=[])
+
+    assert summary(status)["Ready"] == ("False", "InvalidSpec")
+    assert status["engines"] == {}
+
+
 def test_transition_time_kept_while_status_holds_and_moved_when_it_flips() -> None:
     first = model_status(now=T0)
     same = model_status(now=T1, previous=first["conditions"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.operator.names import SITE_LABEL
+from edgefleet.operator.spec import Placement, SmallModelSpec
 
 
 @dataclass(frozen=True)
@@ -79,43 +80,29 @@ def tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Mapping[str, Any]
     return False
 
 
-def admits(placement: Mapping[str, Any], node: NodeFacts) -> bool:
+def admits(placement: Placement, node: NodeFacts) -> bool:
     """Whether the placement lets a model pod onto this node (affinity left to the scheduler)."""
     if node.unschedulable:
         return False
-    selector = placement.get("nodeSelector") or {}
-    if any(node.labels.get(k) != v for k, v in selector.items()):
+    if any(node.labels.get(k) != v for k, v in placement.node_selector.items()):
         return False
-    sites = placement.get("sites") or []
-    if sites and node.labels.get(SITE_LABEL) not in sites:
+    if placement.sites and node.labels.get(SITE_LABEL) not in placement.sites:
         return False
-    tolerations = placement.get("tolerations") or []
     return all(
-        tolerates(tolerations, taint)
+        tolerates(placement.tolerations, taint)
         for taint in node.taints
         if taint.get("effect") in ("NoSchedule", "NoExecute")
     )
 
 
-def requested_replicas(spec: Mapping[str, Any]) -> int | None:
-    """The replica count the spec asks for; None for perNode."""
-    if spec.get("perNode"):
-        return None
-    autoscaling = spec.get("autoscaling")
-    if autoscaling:
-        return int(autoscaling.get("minReplicas", 1))
-    return int(spec.get("replicas", 1))
-
-
 def plan_engines(
-    spec: Mapping[str, Any], nodes: Iterable[NodeFacts], gpu_label: str
+    spec: SmallModelSpec, nodes: Iterable[NodeFacts], gpu_label: str
 ) -> list[EnginePlan]:
-    placement = spec.get("placement") or {}
-    eligible = [n for n in nodes if admits(placement, n)]
+    eligible = [n for n in nodes if admits(spec.placement, n)]
     gpu_nodes = sum(1 for n in eligible if n.is_gpu(gpu_label))
     cpu_nodes = len(eligible) - gpu_nodes
-    engine = spec.get("engine", "auto")
-    replicas = requested_replicas(spec)
+    engine = spec.engine
+    replicas = spec.requested_replicas()
     if engine == "llamacpp":
         return [EnginePlan("llamacpp", replicas, len(eligible))]
     if engine == "vllm":

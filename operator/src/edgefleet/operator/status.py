@@ -127,7 +127,9 @@ def smallmodel_status(
     previous: Sequence[Mapping[str, Any]],
     now: str,
     apply_error: str | None = None,
+    invalid: str | None = None,
 ) -> dict[str, Any]:
+    """`invalid` is why the spec was refused (the plans are then the last valid spec's)."""
     seen = {w.engine: w for w in workloads}
     engines: dict[str, Any] = {}
     for plan in plans:
@@ -145,7 +147,9 @@ def smallmodel_status(
     summary = ", ".join(f"{e} {v['ready']}/{v['desired']}" for e, v in engines.items())
     problem = problems[0] if problems else None
 
-    if apply_error:
+    if invalid:
+        ready_state = (False, "InvalidSpec", invalid)
+    elif apply_error:
         ready_state = (False, "ApplyFailed", apply_error)
     elif all(p.replicas is None and p.nodes == 0 for p in plans):
         ready_state = (False, "NoEligibleNodes", "no node matches the placement (selector, "
@@ -162,8 +166,9 @@ def smallmodel_status(
     else:
         ready_state = (False, "ReplicasNotReady", f"{ready}/{desired} ready ({summary})")
 
-    progressing = not settled and not apply_error and (problem is None or ready > 0)
-    degraded = bool(apply_error) or (problem is not None) or (0 < ready < desired)
+    refused = invalid or apply_error
+    progressing = not settled and not refused and (problem is None or ready > 0)
+    degraded = bool(refused) or (problem is not None) or (0 < ready < desired)
     conditions = [
         condition("Ready", *ready_state, generation, previous, now),
         condition(

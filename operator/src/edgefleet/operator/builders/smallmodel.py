@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from typing import Any
 
 from edgefleet.operator import names
@@ -15,6 +14,7 @@ from edgefleet.operator.builders.common import (
 )
 from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.placement import EnginePlan
+from edgefleet.operator.spec import ModelSource, Serving, SmallModelSpec
 
 MODELS_VOLUME = "models"
 # Where pvc://CLAIM/path sources are mounted (the fetch command's --pvc-root).
@@ -23,41 +23,57 @@ PVC_ROOT = "/mnt/pvc"
 _STARTUP_DELAY = {"llamacpp": 5, "vllm": 60}
 
 
-def _fetch_args(source: Mapping[str, Any], engine: str) -> list[str]:
+def _fetch_args(source: ModelSource, engine: str) -> list[str]:
     """The init container's arguments: the source form this engine reads."""
     fmt = "hf" if engine == "vllm" else "gguf"
-    chosen = source.get(fmt) or source.get("gguf") or source.get("hf") or {}
-    if engine == "vllm" and not source.get("hf"):
-        # Only a builtin GGUF passes admission without `hf` for vLLM: converted on fetch.
-        chosen = source.get("gguf", {})
-    args = ["--source", chosen.get("uri", ""), "--dest", names.MODELS_DIR, "--format", fmt]
-    if chosen.get("uri", "").startswith("pvc://"):
+    # vLLM without `hf`: only a builtin GGUF passes admission, converted on fetch.
+    chosen = (source.hf or source.gguf) if engine == "vllm" else (source.gguf or source.hf)
+    assert chosen is not None  # the parser insists on one of the two
+    args = ["--source", chosen.uri, "--dest", names.MODELS_DIR, "--format", fmt]
+    if chosen.uri.startswith("pvc://"):
         args += ["--pvc-root", PVC_ROOT]
-    if chosen.get("sha256"):
-        args += ["--sha256", chosen["sha256"]]
+    if chosen.sha256:
+        args += ["--sha256", chosen.sha256]
     return args
 
 
-def _server_args(name: str, spec: Mapping[str, Any], engine: str) -> list[str]:
-    serving = spec.get("serving") or {}
+def serving_flags(serving: Serving, engine: str) -> list[str]:
+    """The edgefleet-server flags that make a pod of this engine class serve as asked.
+
+    A pod decodes exactly what it admits (the server refuses to admit more):
+    llama.cpp with one instance, and vLLM (its max_num_seqs), batch
+    `concurrency` sequences together; llama.cpp with more instances runs a
+    pool of model copies, one request each. vLLM's KV cache is sized by the
+    server from its share of GPU memory, which a node may set through
+    EDGEFLEET_VLLM_* variables (flags here would override them).
+    """
+    concurrency = serving.concurrency(engine)
+    if engine == "llamacpp" and serving.instances > 1:
+        decoding = ["--batch-sequences", "0", "--instances", str(serving.instances)]
+    else:
+        decoding = ["--batch-sequences", str(concurrency)]
+    return [
+        "--context-length", str(serving.context_length),
+        *decoding,
+        "--max-concurrency", str(concurrency),
+        "--max-queue", str(serving.max_queue),
+    ]  # fmt: skip
+
+
+def _server_args(name: str, spec: SmallModelSpec, engine: str) -> list[str]:
     model = f"{names.MODELS_DIR}/hf" if engine == "vllm" else f"{names.MODELS_DIR}/model.gguf"
-    args = [
+    return [
         "--engine", engine,
         "--model", model,
         "--model-name", name,
         "--listen", f"0.0.0.0:{names.GRPC_PORT}",
         "--metrics-listen", f"0.0.0.0:{names.METRICS_PORT}",
-        "--context-length", str(serving.get("contextLength", 2048)),
-        "--max-concurrency", str(serving.get("maxConcurrency", 4)),
-        "--max-queue", str(serving.get("maxQueue", 16)),
+        *serving_flags(spec.serving, engine),
     ]  # fmt: skip
-    if engine == "llamacpp":
-        args += ["--instances", str(serving.get("instances", 1))]
-    return args
 
 
 def _source_volumes(
-    source: Mapping[str, Any],
+    source: ModelSource,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes and mounts that make pvc:// and file:// sources visible to both containers.
 
@@ -66,8 +82,8 @@ def _source_volumes(
     """
     volumes: dict[str, dict[str, Any]] = {}
     mounts: dict[str, dict[str, Any]] = {}
-    for form in ("gguf", "hf"):
-        uri = (source.get(form) or {}).get("uri", "")
+    for form, model_file in (("gguf", source.gguf), ("hf", source.hf)):
+        uri = model_file.uri if model_file else ""
         if uri.startswith("pvc://"):
             claim = uri.removeprefix("pvc://").split("/", 1)[0]
             volume = f"pvc-{claim}".replace(".", "-")[:63]
@@ -92,8 +108,8 @@ def _source_volumes(
     return list(volumes.values()), list(mounts.values())
 
 
-def _resources(spec: Mapping[str, Any], engine: str, config: OperatorConfig) -> dict[str, Any]:
-    resources = copy.deepcopy(dict(spec.get("resources") or {}))
+def _resources(spec: SmallModelSpec, engine: str, config: OperatorConfig) -> dict[str, Any]:
+    resources = copy.deepcopy(dict(spec.resources))
     if engine == "vllm":
         # Every vLLM pod owns one GPU; asking for it is also what keeps it on GPU nodes.
         for key in ("requests", "limits"):
@@ -101,27 +117,27 @@ def _resources(spec: Mapping[str, Any], engine: str, config: OperatorConfig) -> 
     return resources
 
 
-def _affinity(spec: Mapping[str, Any], plan: EnginePlan, config: OperatorConfig) -> dict:
-    placement = spec.get("placement") or {}
+def _affinity(spec: SmallModelSpec, plan: EnginePlan, config: OperatorConfig) -> dict:
+    placement = spec.placement
     expressions: list[dict[str, Any]] = []
-    if placement.get("sites"):
+    if placement.sites:
         expressions.append(
-            {"key": names.SITE_LABEL, "operator": "In", "values": list(placement["sites"])}
+            {"key": names.SITE_LABEL, "operator": "In", "values": list(placement.sites)}
         )
     if plan.engine == "vllm":
         expressions.append({"key": config.gpu_node_label, "operator": "In", "values": ["true"]})
-    elif spec.get("engine", "auto") == "auto":
+    elif spec.engine == "auto":
         # auto: llama.cpp is the CPU half; GPU nodes belong to the vLLM half.
         expressions.append({"key": config.gpu_node_label, "operator": "NotIn", "values": ["true"]})
-    return with_required_terms(placement.get("affinity"), expressions)
+    return with_required_terms(placement.affinity, expressions)
 
 
 def build_pod_template(
-    name: str, spec: Mapping[str, Any], plan: EnginePlan, config: OperatorConfig
+    name: str, spec: SmallModelSpec, plan: EnginePlan, config: OperatorConfig
 ) -> dict[str, Any]:
-    placement = spec.get("placement") or {}
+    placement = spec.placement
     image = config.vllm_image if plan.engine == "vllm" else config.image
-    source_volumes, source_mounts = _source_volumes(spec["source"])
+    source_volumes, source_mounts = _source_volumes(spec.source)
     mounts = [{"name": MODELS_VOLUME, "mountPath": names.MODELS_DIR}, *source_mounts]
     delay = _STARTUP_DELAY[plan.engine]
     pod_spec: dict[str, Any] = {
@@ -135,7 +151,7 @@ def build_pod_template(
                 "image": image,
                 "imagePullPolicy": config.image_pull_policy,
                 "command": ["edgefleet-fetch-model"],
-                "args": _fetch_args(spec["source"], plan.engine),
+                "args": _fetch_args(spec.source, plan.engine),
                 "volumeMounts": copy.deepcopy(mounts),
             }
         ],
@@ -163,10 +179,10 @@ def build_pod_template(
         ],
         "volumes": [{"name": MODELS_VOLUME, "emptyDir": {}}, *source_volumes],
     }
-    if placement.get("nodeSelector"):
-        pod_spec["nodeSelector"] = dict(placement["nodeSelector"])
-    if placement.get("tolerations"):
-        pod_spec["tolerations"] = copy.deepcopy(list(placement["tolerations"]))
+    if placement.node_selector:
+        pod_spec["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(list(placement.tolerations))
     affinity = _affinity(spec, plan, config)
     if affinity:
         pod_spec["affinity"] = affinity
@@ -174,7 +190,7 @@ def build_pod_template(
 
 
 def build_workload(
-    name: str, namespace: str, spec: Mapping[str, Any], plan: EnginePlan, config: OperatorConfig
+    name: str, namespace: str, spec: SmallModelSpec, plan: EnginePlan, config: OperatorConfig
 ) -> dict[str, Any]:
     """A Deployment (replicas) or DaemonSet (perNode) for one engine class."""
     selector = {names.MODEL_LABEL: name, names.ENGINE_LABEL: plan.engine}
@@ -195,7 +211,7 @@ def build_workload(
         }
     else:
         body["apiVersion"], body["kind"] = "apps/v1", "Deployment"
-        if not spec.get("autoscaling"):
+        if spec.autoscaling is None:
             # Under autoscaling the HPA owns the count; applying one here would fight it.
             body["spec"]["replicas"] = plan.replicas
         body["spec"]["strategy"] = {
@@ -205,7 +221,7 @@ def build_workload(
     return body
 
 
-def build_service(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+def build_service(name: str, namespace: str, spec: SmallModelSpec) -> dict[str, Any]:
     """One Service for every engine class of the model: clients never pick an engine."""
     service_spec: dict[str, Any] = {
         "selector": names.model_selector(name),
@@ -214,7 +230,7 @@ def build_service(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[st
             {"name": "metrics", "port": names.METRICS_PORT, "targetPort": "metrics"},
         ],
     }
-    if spec.get("perNode"):
+    if spec.per_node:
         # Edge clients stay on their own node's replica.
         service_spec["internalTrafficPolicy"] = "Local"
     return {
@@ -265,7 +281,7 @@ def build_network_policy(name: str, namespace: str, config: OperatorConfig) -> d
 
 
 def build_autoscaler(
-    name: str, namespace: str, spec: Mapping[str, Any], plan: EnginePlan
+    name: str, namespace: str, spec: SmallModelSpec, plan: EnginePlan
 ) -> dict[str, Any] | None:
     """A HorizontalPodAutoscaler on in-flight requests per pod, when autoscaling is asked for.
 
@@ -275,8 +291,8 @@ def build_autoscaler(
     HPAScaleToZero feature gate, so minReplicas 0 is applied as 1 by the HPA;
     the router covers a model with no ready replica with the cloud.
     """
-    autoscaling = spec.get("autoscaling")
-    if not autoscaling or plan.replicas is None:
+    autoscaling = spec.autoscaling
+    if autoscaling is None or plan.replicas is None:
         return None
     workload = names.workload_name(name, plan.engine)
     return {
@@ -285,8 +301,8 @@ def build_autoscaler(
         "metadata": metadata(workload, namespace, names.model_labels(name, plan.engine)),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload},
-            "minReplicas": max(1, int(autoscaling.get("minReplicas", 1))),
-            "maxReplicas": int(autoscaling.get("maxReplicas", 4)),
+            "minReplicas": max(1, autoscaling.min_replicas),
+            "maxReplicas": autoscaling.max_replicas,
             "metrics": [
                 {
                     "type": "Pods",
@@ -294,7 +310,7 @@ def build_autoscaler(
                         "metric": {"name": "vllm:num_requests_running"},
                         "target": {
                             "type": "AverageValue",
-                            "averageValue": str(autoscaling.get("targetInFlightPerReplica", 4)),
+                            "averageValue": str(autoscaling.target_in_flight_per_replica),
                         },
                     },
                 }
@@ -306,7 +322,7 @@ def build_autoscaler(
 def build_children(
     name: str,
     namespace: str,
-    spec: Mapping[str, Any],
+    spec: SmallModelSpec,
     plans: list[EnginePlan],
     config: OperatorConfig,
 ) -> list[dict[str, Any]]:

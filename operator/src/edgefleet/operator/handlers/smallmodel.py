@@ -1,4 +1,4 @@
-"""SmallModel: plan engines from the nodes, apply children, report status."""
+"""SmallModel: parse the spec, plan engines from the nodes, apply children, report status."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from edgefleet.operator.handlers.common import (
 )
 from edgefleet.operator.kube import Kube
 from edgefleet.operator.placement import FLEET, EnginePlan, NodeFacts, plan_engines
+from edgefleet.operator.spec import SpecError, parse_smallmodel_spec
 from edgefleet.operator.status import PodProblem, WorkloadFacts, smallmodel_status
 
 WORKLOAD_KINDS = ("Deployment", "DaemonSet", "HorizontalPodAutoscaler")
@@ -39,6 +40,8 @@ def desired(
 
     The status timer asks every few seconds for every model: at a thousand
     nodes, planning and building anew each time would cost most of a core.
+    Raises SpecError for a spec the operator must not act on (the cache then
+    keeps the last valid one's, which still describes what runs).
     """
     meta = body["metadata"]
     facts: list[NodeFacts] = list(nodes.get("nodes", [])) if nodes else []
@@ -46,9 +49,10 @@ def desired(
     cached = memo.get("desired")
     if cached is not None and cached[0] == key:
         return cached[1], cached[2], cached[3]
+    model = parse_smallmodel_spec(dict(spec))
     config: OperatorConfig = memo.config
-    plans = plan_engines(spec, facts, config.gpu_node_label)
-    children = build.build_children(meta["name"], meta["namespace"], spec, plans, config)
+    plans = plan_engines(model, facts, config.gpu_node_label)
+    children = build.build_children(meta["name"], meta["namespace"], model, plans, config)
     fingerprint = digest(children)
     memo.desired = (key, plans, children, fingerprint)
     return plans, children, fingerprint
@@ -69,7 +73,13 @@ def reconcile(
 ) -> None:
     kube: Kube = memo.kube
     started = time.monotonic()
-    plans, children, fingerprint = desired(body, spec, nodes, memo)
+    try:
+        plans, children, fingerprint = desired(body, spec, nodes, memo)
+    except SpecError as exc:
+        # Keep what runs: a bad edit must not take working model servers down.
+        # The status timer reports it (Ready False, InvalidSpec).
+        kopf.warn(dict(body), reason="InvalidSpec", message=str(exc))
+        raise kopf.PermanentError(str(exc)) from exc
     # kopf.adopt writes into the manifests: apply copies, keep the cache pristine.
     children = copy.deepcopy(children)
     try:
@@ -161,7 +171,13 @@ async def refresh(
     plan, so it needs no thread; a repair (API calls) goes to one.
     """
     key = (namespace, name)
-    plans, children, fingerprint = desired(body, spec, nodes, memo)
+    try:
+        plans, children, fingerprint = desired(body, spec, nodes, memo)
+        invalid = None
+    except SpecError as exc:
+        invalid = str(exc)
+        # Status still describes the workloads of the last valid spec, if any.
+        _, plans, children, fingerprint = memo.get("desired") or (None, [], [], None)
     workloads = _workloads(model_deployments, key) + _workloads(model_daemonsets, key)
     present = {w.name for w in workloads}
     wanted = {c["metadata"]["name"] for c in children if c["kind"] in ("Deployment", "DaemonSet")}
@@ -172,7 +188,8 @@ async def refresh(
     memo.missing_before = missing
     applied = memo.get("applied")
     # Nothing applied yet and no refusal: the create/resume handler is on it.
-    if (applied is not None and (applied != fingerprint or gone)) or memo.get("apply_error"):
+    repair = (applied is not None and (applied != fingerprint or gone)) or memo.get("apply_error")
+    if invalid is None and repair:
         # A refusal is recorded in memo.apply_error and an Event; tried again next round.
         with contextlib.suppress(kopf.PermanentError):
             await asyncio.to_thread(
@@ -194,6 +211,7 @@ async def refresh(
         previous=previous,
         now=now(),
         apply_error=memo.get("apply_error"),
+        invalid=invalid,
     )
     if status_changed(status, fresh):
         patch.status.update(fresh)
