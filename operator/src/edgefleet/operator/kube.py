@@ -30,7 +30,6 @@ KINDS: dict[str, tuple[str, str]] = {
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
-    "SmallModel": ("/apis/edgefleet.io/v1alpha1", "smallmodels"),
     "RoutingPolicy": ("/apis/edgefleet.io/v1alpha1", "routingpolicies"),
     "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices"),
 }
