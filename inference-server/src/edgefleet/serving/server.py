@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import signal
 import sys
@@ -26,11 +27,13 @@ from edgefleet.oip import grpc_predict_v2_pb2 as oip
 from edgefleet.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from edgefleet.serving.config import ServerConfig, Settings, add_arguments, config_from
 from edgefleet.serving.engines.base import Engine
+from edgefleet.serving.engines.cpu_backend import loaded_cpu_backend
 from edgefleet.serving.errors import ModelFileError
 from edgefleet.serving.grpc_inference import InferenceServicer
 from edgefleet.serving.grpc_oip import OpenInferenceServicer
 from edgefleet.serving.model_files import DEFAULT_MODEL_NAME, resolve_model
 from edgefleet.serving.service import ModelService
+from edgefleet.serving.types import GenerationRequest, Message, Sampling
 from edgefleet.v1 import inference_pb2 as pb
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
 
@@ -159,6 +162,8 @@ class InferenceServer:
         except Exception as exc:
             await self.server.stop(grace=None)
             raise ModelFileError(f"cannot load {self.engine.model_name}: {exc}") from exc
+        if self.engine.warms_up:
+            await self._warm_up()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._engine_watch = asyncio.create_task(self._follow_engine_readiness())
         log.info(
@@ -169,6 +174,33 @@ class InferenceServer:
             self.engine.context_length,
             time.monotonic() - started,
         )
+
+    async def _warm_up(self) -> None:
+        """Decode a few tokens before SERVING: the first real decode is where a
+        build the CPU cannot run dies (SIGILL), so it dies here, at start-up,
+        with the cause in the log, and readiness never passes."""
+        cpu = loaded_cpu_backend()
+        where = f" on llama.cpp's {cpu} CPU backend" if cpu != "none" else ""
+        log.info(
+            "warm-up decode%s (a crash here means this engine build cannot run on this CPU)",
+            where,
+        )
+        started = time.monotonic()
+        request = GenerationRequest(
+            request_id="warm-up",
+            model=self.engine.model_name,
+            messages=(Message("user", "Hello"),),
+            sampling=Sampling(max_tokens=2, temperature=0.0, top_p=1.0, ignore_eos=True),
+        )
+        try:
+            await self.engine.generate(request)
+        except Exception as exc:
+            await self.server.stop(grace=None)
+            await self.engine.close()
+            raise ModelFileError(
+                f"warm-up decode failed for {self.engine.model_name}: {exc}"
+            ) from exc
+        log.info("warm-up decode done in %.2fs", time.monotonic() - started)
 
     async def _follow_engine_readiness(self, interval_s: float = 1.0) -> None:
         """Health follows the engine after start-up: an engine that dies (vLLM's
@@ -243,6 +275,9 @@ def run_service(
     args: argparse.Namespace, settings: type[Settings], serve: Callable[[Settings], Awaitable[None]]
 ) -> None:
     """Configure logging, read the settings and serve; a setup error exits 2 with its message."""
+    # A fatal signal (SIGILL from an engine built for another CPU, SIGSEGV)
+    # prints its name and the Python stack instead of dying silently.
+    faulthandler.enable()
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
