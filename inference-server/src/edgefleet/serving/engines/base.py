@@ -31,6 +31,10 @@ class Engine(abc.ABC):
     backend: str = "local"
     #: Other names clients may ask for.
     aliases: tuple[str, ...] = ()
+    #: Model engines decode a few tokens before the server reports SERVING, so
+    #: an engine that cannot run here (a build for another CPU dies with
+    #: SIGILL) fails at start-up, never on a user's first request.
+    warms_up: bool = False
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -45,10 +49,6 @@ class Engine(abc.ABC):
         Raises InvalidArgument before yielding anything when the prompt does not
         fit the context.
         """
-
-    @abc.abstractmethod
-    async def cancel(self, request_id: str) -> bool:
-        """Stop a running request by id; False when no such request runs."""
 
     @abc.abstractmethod
     def ready(self) -> bool:

@@ -82,6 +82,7 @@ class _Instance:
 
 class LlamaCppEngine(Engine):
     name = "llamacpp"
+    warms_up = True
 
     def __init__(
         self,
@@ -159,9 +160,6 @@ class LlamaCppEngine(Engine):
             waiting=0,
             kv_cache_usage=in_use / total,
         )
-
-    async def cancel(self, request_id: str) -> bool:
-        return self._running.cancel(request_id)
 
     async def close(self) -> None:
         self._ready = False

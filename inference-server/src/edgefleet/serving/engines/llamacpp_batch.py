@@ -75,6 +75,7 @@ class _Slot:
 
 class LlamaCppBatchEngine(Engine):
     name = "llamacpp"
+    warms_up = True
 
     def __init__(
         self,
@@ -147,9 +148,6 @@ class LlamaCppBatchEngine(Engine):
             waiting=self._jobs.qsize(),
             kv_cache_usage=cached / (self.context_length * self.capacity),
         )
-
-    async def cancel(self, request_id: str) -> bool:
-        return self._running.cancel(request_id)
 
     async def close(self) -> None:
         self._ready = False

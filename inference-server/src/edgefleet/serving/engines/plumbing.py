@@ -32,12 +32,6 @@ class RunningRequests:
             if not sharing:
                 del self._flags[request_id]
 
-    def cancel(self, request_id: str) -> bool:
-        flags = self._flags.get(request_id, [])
-        for flag in flags:
-            flag.set()
-        return bool(flags)
-
     def cancel_all(self) -> None:
         for flags in self._flags.values():
             for flag in flags:

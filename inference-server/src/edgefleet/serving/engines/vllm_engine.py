@@ -80,6 +80,7 @@ class _SchedulerStatsLogger(StatLoggerBase):
 
 class VllmEngine(Engine):
     name = "vllm"
+    warms_up = True
 
     def __init__(
         self,
@@ -163,13 +164,6 @@ class VllmEngine(Engine):
             waiting=waiting,
             kv_cache_usage=float(latest.kv_cache_usage),
         )
-
-    async def cancel(self, request_id: str) -> bool:
-        vllm_ids = self._vllm_ids.get(request_id)
-        if not vllm_ids or self._engine is None:
-            return False
-        await self._engine.abort(list(vllm_ids))
-        return True
 
     async def close(self) -> None:
         self._ready = False
