@@ -21,3 +21,16 @@ def dev_data_path() -> Path:
         Path("/work") / _RELATIVE,
     ]  # fmt: skip
     return next((path for path in candidates if path.exists()), candidates[0])
+
+
+def required_dev_data() -> Path:
+    """The DEV data for a test that needs it: missing data fails the test, never skips it."""
+    path = dev_data_path()
+    if not path.exists():
+        import pytest
+
+        pytest.fail(
+            f"routing DEV data not found at {path}: put shared/ beside the checkout "
+            "or set EDGEFLEET_ROUTING_DATA"
+        )
+    return path

@@ -32,7 +32,7 @@ def helm() -> str:
         return str(cached)
     found = shutil.which("helm")
     if found is None:
-        pytest.skip(f"helm is neither cached in {cached.parent} nor on PATH")
+        pytest.fail(f"helm is neither cached in {cached.parent} nor on PATH: run `make testbed`")
     return found
 
 

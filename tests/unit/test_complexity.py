@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgefleet.routing.complexity import ComplexityScorer, default_scorer
-from tests.support.routing_data import dev_data_path
+from tests.support.routing_data import dev_data_path, required_dev_data
 
 DEV = dev_data_path()
 
@@ -61,8 +61,7 @@ def test_threshold_for_share_falls_as_the_cloud_share_grows():
 
 
 def test_threshold_for_share_sends_about_that_share_of_dev_prompts():
-    if not DEV.exists():
-        pytest.skip(f"{DEV} not present")
+    required_dev_data()
     scorer = default_scorer()
     with DEV.open(encoding="utf-8") as f:
         prompts = [json.loads(line)["prompt"] for line in f][::4]
@@ -74,11 +73,9 @@ def test_threshold_for_share_sends_about_that_share_of_dev_prompts():
 
 
 def test_numpy_scorer_matches_the_sklearn_model_it_was_exported_from(tmp_path):
-    pytest.importorskip("sklearn")
     from edgefleet.routing import train_complexity as tc
 
-    if not DEV.exists():
-        pytest.skip(f"{DEV} not present")
+    required_dev_data()
     rows = tc.load_rows(DEV)[::8]
     texts = [r["prompt"] for r in rows]
     model = tc.fit_model(texts, tc.gain_target(rows), tc.Params(alpha=3.0, hand_weight=0.1))

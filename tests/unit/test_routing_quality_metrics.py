@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgefleet.routing import quality
-from tests.support.routing_data import dev_data_path
+from tests.support.routing_data import dev_data_path, required_dev_data
 
 DEV = dev_data_path()
 
@@ -49,8 +49,7 @@ def test_pgr_is_undefined_when_both_models_are_equally_good():
 
 
 def _dev_by_benchmark() -> dict[str, list[dict]]:
-    if not DEV.exists():
-        pytest.skip(f"{DEV} not present")
+    required_dev_data()
     groups: dict[str, list[dict]] = {}
     with DEV.open(encoding="utf-8") as f:
         for line in f:
