@@ -1,9 +1,10 @@
-"""`make demo`: the hybrid router in one command, on this machine, with no download.
+"""`make demo-router`: the hybrid router alone, on this machine, with no cluster and no download.
 
 Starts four processes on loopback: a local model server (edgefleet-server on
 the packaged SmolLM2), a stand-in for the cloud LLM (the OpenAI-compatible
 `llama_cpp.server`, here on the same small model), the egress pointing at it,
-and the router in front of both with examples/routingpolicy.yaml. Then asks
+and the router in front of both with a RoutingPolicy file (by default the
+checkout's examples/routingpolicy.yaml, read from the working directory). Then asks
 three questions through the `edgefleet` CLI and shows where each went and why:
 a simple one answered locally, a hard one sent to the cloud, and one with an
 e-mail address that is kept local however hard it is.
@@ -11,6 +12,7 @@ e-mail address that is kept local however hard it is.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -27,7 +29,7 @@ import grpc
 from edgefleet.serving.model_files import resolve_model
 from edgefleet.serving.readiness import NotServing, free_local_port, wait_until_serving
 
-POLICY = Path(__file__).resolve().parents[4] / "examples" / "routingpolicy.yaml"
+DEFAULT_POLICY = Path("examples") / "routingpolicy.yaml"
 QUESTIONS = (
     ("a simple question", "What is the capital of France?"),
     (
@@ -98,7 +100,14 @@ def cli(target: str, *args: str) -> None:
     subprocess.run(command, check=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m edgefleet.router.demo", description=__doc__)
+    parser.add_argument(
+        "--policy", type=Path, default=DEFAULT_POLICY, help="RoutingPolicy YAML (%(default)s)"
+    )
+    policy = parser.parse_args(argv).policy
+    if not policy.is_file():
+        parser.error(f"no policy file at {policy}: run from a checkout or pass --policy FILE")
     # Keep this script's lines in order with the CLI's when piped.
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     ports = {name: free_local_port() for name in ("local", "cloud", "egress", "router", "http")}
@@ -120,16 +129,16 @@ def main() -> None:
         started.append(_start("egress", [
             "-m", "edgefleet.egress.main", "--listen", egress, "--metrics-listen", "",
             "--base-url", f"http://127.0.0.1:{ports['cloud']}/v1", "--cloud-model", "cloud-llm",
-            "--policy-file", str(POLICY), "--audit-log", str(audit),
+            "--policy-file", str(policy), "--audit-log", str(audit),
         ], env={"EDGEFLEET_CLOUD_API_KEY": STAND_IN_KEY}))  # fmt: skip
         _wait_http(f"http://127.0.0.1:{ports['cloud']}/v1/models", cloud)
         _wait_grpc(local, "the local server")
         _wait_grpc(egress, "the egress")
         # The router starts last: its first poll then finds both backends ready.
-        print(f"==> router with {POLICY.name} on {router} (OpenAI HTTP on :{ports['http']})")
+        print(f"==> router with {policy.name} on {router} (OpenAI HTTP on :{ports['http']})")
         started.append(_start("router", [
             "-m", "edgefleet.router.main", "--listen", router, "--metrics-listen", "",
-            "--http-listen", f"127.0.0.1:{ports['http']}", "--policy-file", str(POLICY),
+            "--http-listen", f"127.0.0.1:{ports['http']}", "--policy-file", str(policy),
             "--local", local, "--cloud", egress,
         ]))  # fmt: skip
         _wait_grpc(router, "the router")
