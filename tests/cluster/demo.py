@@ -47,8 +47,26 @@ QUESTIONS = (
 )  # fmt: skip
 
 
+# What the demo is doing now, for the one-line message when a step fails.
+_step = ["starting"]
+
+
 def say(text: str) -> None:
+    _step[0] = text
     print(f"\n==> {text}", flush=True)
+
+
+def failure_line(error: BaseException, step: str, paths: testbed.Paths) -> str:
+    """One line: what failed, while doing what, and where the logs are."""
+    if isinstance(error, grpc.RpcError):
+        what = f"{error.code().name}: {error.details()}"  # type: ignore[attr-defined]
+    else:
+        what = str(error) or type(error).__name__
+    first = what.strip().splitlines()[0] if what.strip() else type(error).__name__
+    return (
+        f"make demo failed while {step!r}: {first} -- logs: control plane in "
+        f"{paths.cluster_dir / 'logs'}, pods in {paths.kubelets}"
+    )
 
 
 class Demo:
@@ -180,10 +198,20 @@ def run(keep: bool) -> None:
             testbed.down()
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster.demo")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
-    run(parser.parse_args().keep)
+    keep = parser.parse_args().keep
+    try:
+        run(keep)
+    except KeyboardInterrupt:
+        return 130
+    except (Exception, SystemExit) as error:
+        if isinstance(error, SystemExit) and error.code in (None, 0):
+            return 0
+        print(f"\n{failure_line(error, _step[0], testbed.paths())}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
