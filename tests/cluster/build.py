@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,23 @@ def _k8s_ldflags() -> str:
     return " ".join(flags)
 
 
+def _helm_ldflags() -> str:
+    """Helm's own release flags: its version, and the Kubernetes version it assumes
+    without a cluster (`helm template`, `helm lint`), taken from its client-go as
+    Helm's Makefile does. Without them Helm assumes Kubernetes 1.20 and refuses
+    charts that need newer."""
+    client_go = re.search(
+        r"k8s\.io/client-go v0\.(\d+)\.", (versions.GOMOD_DIR / "helm" / "go.mod").read_text()
+    )
+    if client_go is None:
+        raise SystemExit("tests/cluster/gomod/helm/go.mod pins no k8s.io/client-go")
+    minor = client_go.group(1)
+    flags = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version={versions.HELM_VERSION}"]
+    for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+        flags += [f"-X {pkg}.k8sVersionMajor=1", f"-X {pkg}.k8sVersionMinor={minor}"]
+    return " ".join(flags)
+
+
 def _targets() -> list[tuple[str, list[str], str]]:
     """(wrapper module folder, packages, ldflags); binaries are named by package."""
     kwok_version = versions.KUBERNETES_VERSION.lstrip("v")
@@ -51,11 +69,7 @@ def _targets() -> list[tuple[str, list[str], str]]:
             ["sigs.k8s.io/kwok/cmd/kwok", "sigs.k8s.io/kwok/cmd/kwokctl"],
             f"-s -w -X sigs.k8s.io/kwok/pkg/consts.KubeVersion={kwok_version}",
         ),
-        (
-            "helm",
-            ["helm.sh/helm/v3/cmd/helm"],
-            f"-s -w -X helm.sh/helm/v3/internal/version.version={versions.HELM_VERSION}",
-        ),
+        ("helm", ["helm.sh/helm/v3/cmd/helm"], _helm_ldflags()),
         (
             "grpcurl",
             ["github.com/fullstorydev/grpcurl/cmd/grpcurl"],

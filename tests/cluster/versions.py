@@ -13,7 +13,7 @@ HELM_VERSION = "v3.19.5"
 GRPCURL_VERSION = "v1.9.3"
 # Bump when build.py changes how binaries are built (flags, ldflags), so the
 # cache key changes with it.
-BUILD_RECIPE = "1"
+BUILD_RECIPE = "2"
 
 GOMOD_DIR = Path(__file__).resolve().parent / "gomod"
 CONTROL_PLANE = (
