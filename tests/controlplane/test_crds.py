@@ -84,7 +84,7 @@ def test_examples_are_accepted_and_read_back_with_defaults(crds: Cluster, namesp
         "engine": "auto",
         "perNode": False,
         "replicas": 2,
-        "serving": {"contextLength": 2048, "maxConcurrency": 4, "maxQueue": 16, "instances": 1},
+        "serving": {"contextLength": 2048, "maxQueue": 16, "instances": 1},
     }
 
 
@@ -102,7 +102,7 @@ def test_minimal_resources_get_every_default(crds: Cluster, namespace: str) -> N
         "source": {"gguf": {"uri": "builtin://smollm2-135m", "sha256": ""}},
         "engine": "auto",
         "perNode": False,
-        "serving": {"contextLength": 2048, "maxConcurrency": 4, "maxQueue": 16, "instances": 1},
+        "serving": {"contextLength": 2048, "maxQueue": 16, "instances": 1},
     }
     scaled = crds.get("smallmodel", "scaled", namespace)["spec"]
     assert scaled["autoscaling"] == {
@@ -330,6 +330,16 @@ INVALID: list[tuple[str, Manifest, str]] = [
         "autoscaling-with-replicas",
         small_model(replicas=2, autoscaling={"maxReplicas": 3}),
         "autoscaling is exclusive with replicas and perNode: true",
+    ),
+    (
+        "pool-admitting-more-than-its-copies",
+        small_model(serving={"instances": 2, "maxConcurrency": 4}),
+        "serving.maxConcurrency may not exceed serving.instances",
+    ),
+    (
+        "vllm-instance-pool",
+        small_model(engine="vllm", serving={"instances": 2}),
+        "engine: vllm needs 1",
     ),
     (
         "context-length-too-small",
