@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -130,9 +131,11 @@ def main() -> None:
     parser.add_argument("--errors", action="store_true", help="list every wrong prompt")
     args = parser.parse_args()
     rows = load()
+    load_1, load_5, _ = os.getloadavg()
     print(
         f"Entity detectors, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"{platform.platform()}, Python {platform.python_version()}"
+        f"{platform.platform()}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load average at start {load_1:.2f}, {load_5:.2f}"
     )
     print(cpu_flags())
     print()
