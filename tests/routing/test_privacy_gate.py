@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.routing.privacy import PrivacyScanner
 from edgefleet.serving.readiness import free_local_port
 from edgefleet.v1 import inference_pb2 as pb
+from tests.bench.bench_entities import load as load_entities
 from tests.routing.conftest import Stack
 from tests.support.pii_corpus import PiiPrompt, pii_prompts
 from tests.support.routing import Router, ask_or_error, running_router
@@ -129,3 +131,29 @@ def test_client_marked_sensitive_is_never_sent_out(stack: Stack, tmp_path: Path)
         response = router.stub.Generate(request, timeout=120)
         assert (response.route.target, response.route.reason) == ("local", "privacy.client_marked")
         assert len(stack.proxy.received()) == sent_before
+
+
+def test_entity_findings_stay_local_and_the_rest_goes_out(stack: Stack, tmp_path: Path) -> None:
+    """The entity detectors run on cloud-bound requests: each held-out labelled prompt is routed
+    as the egress's scanner judges it (quality is asserted in tests/unit/test_entities.py)."""
+    rows = load_entities("heldout")
+    prompts = [r["text"] for r in rows if r["labels"]][:8] + [
+        r["text"] for r in rows if not r["labels"]
+    ][:4]
+    scanner = PrivacyScanner()
+    spec = {"complexity": {"threshold": 0.0}}
+    with running_router(tmp_path, spec, [stack.local.target], stack.egress.target) as router:
+        sent_before = len(stack.proxy.received())
+        flagged = []
+        for text in prompts:
+            finding = scanner.sensitive([text])
+            target, reason, code = ask_or_error(router.stub, text, max_tokens=1)
+            if finding is None:
+                assert (target, reason, code) == ("cloud", "complexity.high", "OK"), text
+            else:
+                flagged.append(text)
+                assert (target, code) == ("local", "OK"), text
+                assert reason == f"privacy.detector.{finding.detector}", text
+        assert len(flagged) >= 8  # the labelled prompts; a look-alike may be flagged too
+        assert len(stack.proxy.received()) - sent_before == len(prompts) - len(flagged)
+        assert not [text for text in flagged if text in stack.proxy.received_text()]
