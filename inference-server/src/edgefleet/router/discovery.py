@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from edgefleet.kubeapi import endpoint_serving
 from edgefleet.router.sources import Endpoints
 from edgefleet.routing.policy import LocalTarget, PolicyError, is_dns_label
 
@@ -67,13 +68,6 @@ def _grpc_port(slice_: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _serving(endpoint: Mapping[str, Any]) -> bool:
-    # The API's reading of absent conditions: ready unless it says false,
-    # terminating only when it says true.
-    conditions = endpoint.get("conditions") or {}
-    return conditions.get("ready") is not False and conditions.get("terminating") is not True
-
-
 def _host_port(address: str, port: int) -> str:
     try:
         is_v6 = ipaddress.ip_address(address).version == 6
@@ -94,7 +88,7 @@ def ready_addresses(slices: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]
         addresses = found.setdefault(service, set())
         for endpoint in slice_.get("endpoints") or []:
             # All addresses of an endpoint are the same pod: the first is enough.
-            if _serving(endpoint) and endpoint.get("addresses"):
+            if endpoint_serving(endpoint):
                 addresses.add(_host_port(endpoint["addresses"][0], port))
     return {service: sorted(addresses) for service, addresses in found.items()}
 

@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
+from edgefleet.kubeapi import HTTP_GONE
 from edgefleet.router.discovery import endpoints_from_slices, service_selector
 from edgefleet.router.pods import PodIndex, apply_watch_event
 from edgefleet.router.sources import Endpoints
@@ -38,17 +39,7 @@ WATCH_TIMEOUT_S = 60
 READ_TIMEOUT_S = WATCH_TIMEOUT_S + 30
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
-HTTP_GONE = 410
 GROUP, VERSION, PLURAL = "edgefleet.io", "v1alpha1", "routingpolicies"
-
-
-def api_client() -> client.ApiClient:
-    """In a pod, its ServiceAccount; elsewhere (tests on the host), $KUBECONFIG."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
 
 
 class ListWatch:

@@ -283,7 +283,8 @@ async def serve(config: RouterConfig) -> None:
 def _start_kube(
     plan: KubePlan, engine: RouterEngine, config: RouterConfig, policy: RoutingPolicy
 ) -> tuple[Discovery | None, StatusReporter | None, SensitiveNamespaces]:
-    from edgefleet.router.kube import Discovery, SensitiveNamespaces, StatusReporter, api_client
+    from edgefleet.kubeapi import api_client
+    from edgefleet.router.kube import Discovery, SensitiveNamespaces, StatusReporter
     from edgefleet.router.pods import PodIndex
 
     api = api_client()
