@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import kopf
 
-import edgefleet.operator.handlers  # noqa: F401  (registers the handlers)
+from edgefleet.operator.config import OperatorConfig
+from edgefleet.operator.main import build_registry
 
 
-def _needing_finalizers() -> set[str]:
-    registry = kopf.get_default_registry()
+def _needing_finalizers(registry: kopf.OperatorRegistry) -> set[str]:
     found = set()
     for kind in (registry._spawning, registry._changing):
         for handler in kind._handlers:
@@ -18,15 +18,22 @@ def _needing_finalizers() -> set[str]:
 
 
 def test_only_the_sensitive_namespace_cleanup_needs_a_finalizer() -> None:
-    # Status timers must not: with the operator uninstalled, every SmallModel
+    # Status daemons must not: with the operator uninstalled, every SmallModel
     # and RoutingPolicy would become undeletable. The RoutingPolicy delete
     # handler does (bindings in other namespaces have no owner to follow), and
     # its filter keeps it to policies that list sensitive namespaces.
-    assert _needing_finalizers() == {"delete_routingpolicy"}
+    assert _needing_finalizers(build_registry(OperatorConfig())) == {"delete_routingpolicy"}
 
 
-def test_the_timers_are_still_registered() -> None:
-    registry = kopf.get_default_registry()
-    timers = {str(h.id): h for h in registry._spawning._handlers}
-    assert set(timers) == {"refresh_smallmodel", "refresh_routingpolicy"}
-    assert all(h.interval and h.interval > 0 for h in timers.values())
+def test_the_status_daemons_are_still_registered_and_cancellable() -> None:
+    registry = build_registry(OperatorConfig())
+    daemons = {str(h.id): h for h in registry._spawning._handlers}
+    assert set(daemons) == {"keep_smallmodel_status", "keep_routingpolicy_status"}
+    # They wait on asyncio events: Kopf must cancel them, not wait for them to notice.
+    assert all(h.cancellation_timeout for h in daemons.values())
+
+
+def test_building_the_registry_registers_nothing_anywhere_else() -> None:
+    before = len(kopf.get_default_registry()._changing._handlers)
+    build_registry(OperatorConfig())
+    assert len(kopf.get_default_registry()._changing._handlers) == before

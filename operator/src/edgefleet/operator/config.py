@@ -31,8 +31,10 @@ class OperatorConfig:
     # (NVIDIA GPU feature discovery's label; the kwok fleet sets it too).
     gpu_node_label: str = "nvidia.com/gpu.present"
     gpu_resource: str = "nvidia.com/gpu"
-    # How often each resource's status is recomputed and drift repaired, at most.
-    status_interval_s: float = 5.0
+    # Status follows changes to a resource's children and the nodes within a
+    # second; this is the safety net: every resource's status is recomputed,
+    # and drift repaired, at least this often even when no event said so.
+    status_interval_s: float = 300.0
     # Comma-separated CIDRs model pods may fetch http(s) sources from (besides
     # in-cluster pods); empty keeps model pods inside the cluster.
     model_fetch_cidrs: str = ""

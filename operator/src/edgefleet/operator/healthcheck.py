@@ -17,7 +17,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.operator import names
-from edgefleet.operator.kube import ApiError, Kube, load_credentials
+from edgefleet.kubeapi import api_client, endpoint_serving
+from edgefleet.operator.kube import ApiError, Kube
 
 
 def router_addresses(kube: Kube, namespace: str, policy: str) -> list[str]:
@@ -26,7 +27,7 @@ def router_addresses(kube: Kube, namespace: str, policy: str) -> list[str]:
     for item in kube.list("EndpointSlice", namespace, selector):
         ports = [p["port"] for p in item.get("ports") or [] if p.get("name") == "grpc"]
         for endpoint in item.get("endpoints") or []:
-            if (endpoint.get("conditions") or {}).get("ready", True):
+            if endpoint_serving(endpoint):
                 addresses += [f"{a}:{p}" for a in endpoint["addresses"] for p in ports]
     return sorted(addresses)
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("namespaces", nargs="+", help="namespaces whose RoutingPolicies to check")
     parser.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
-    kube = Kube(load_credentials())
+    kube = Kube(api_client())
     failed = checked = 0
     for namespace in args.namespaces:
         try:

@@ -1,7 +1,9 @@
-"""The operator's only door to the API: server-side apply, list, delete.
+"""The operator's only door to the API: server-side apply, list, delete, status.
 
-Thin on purpose: manifests come from the pure builders; this module maps a
-kind to its REST path and sends it. Server-side apply with one field manager
+Thin on purpose: manifests come from the pure builders and status from
+edgefleet.operator.status; this module maps a kind to its REST path and
+sends it. Credentials and which refusals are transient are shared with the
+router (edgefleet.kubeapi). Server-side apply with one field manager
 makes every reconcile idempotent: a restarted operator re-applies the same
 objects under the same names and nothing is duplicated.
 """
@@ -9,15 +11,13 @@ objects under the same names and nothing is duplicated.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
+from edgefleet.kubeapi import transient
 from edgefleet.operator.names import FIELD_MANAGER
-
-log = logging.getLogger("edgefleet.operator.kube")
 
 # kind → (API prefix, plural). Only what the operator manages.
 KINDS: dict[str, tuple[str, str]] = {
@@ -30,6 +30,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+    "SmallModel": ("/apis/edgefleet.io/v1alpha1", "smallmodels"),
     "RoutingPolicy": ("/apis/edgefleet.io/v1alpha1", "routingpolicies"),
     "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices"),
 }
@@ -43,20 +44,10 @@ class ApiError(Exception):
         self.status = status
         self.message = message
 
-
-def load_credentials(connections: int = 16) -> client.ApiClient:
-    """In-cluster credentials in a Pod, else $KUBECONFIG (tests and local runs).
-
-    One pooled connection per handler thread: with fewer, busy threads open a
-    fresh TLS connection per call and the pool discards it afterwards.
-    """
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    configuration = client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = connections
-    return client.ApiClient(configuration)
+    @property
+    def transient(self) -> bool:
+        """Worth sending again unchanged (conflict, throttling, server trouble, no answer)."""
+        return transient(self.status)
 
 
 def path(kind: str, namespace: str, name: str = "") -> str:
@@ -103,6 +94,15 @@ class Kube:
         query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
         return self._call(
             "PATCH", url, query=query, body=manifest, content_type="application/apply-patch+yaml"
+        )
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge `status` into the resource's status subresource (other keys are kept)."""
+        self._call(
+            "PATCH",
+            path(kind, namespace, name) + "/status",
+            body={"status": dict(status)},
+            content_type="application/merge-patch+json",
         )
 
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:

@@ -1,19 +1,365 @@
 """edgefleet-operator: run the Kopf handlers for SmallModel and RoutingPolicy, cluster-wide.
 
-One replica (the chart's Deployment uses the Recreate strategy); Kopf peering
-makes a stray second instance freeze instead of acting twice. The liveness
-endpoint answers once the operator is up and its handlers are running.
+Every Kopf registration is in `build_registry`, the one place that says what
+the operator watches and which function of which resource's module handles
+it; importing a module registers nothing. One replica (the chart's
+Deployment uses the Recreate strategy); Kopf peering makes a stray second
+instance freeze instead of acting twice. The liveness endpoint answers once
+the operator is up and its handlers are running.
+
+Status is event-driven: each SmallModel and RoutingPolicy has a daemon that
+recomputes its status (from Kopf's indexes, no API call) when one of its
+children or the fleet changes, debounced, and at the latest every
+`statusIntervalSeconds` as a safety net.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 import kopf
 
+from edgefleet.kubeapi import api_client, endpoint_serving
+from edgefleet.operator import names
+from edgefleet.operator.builders.routingpolicy import POLICY_NAMESPACE_LABEL
 from edgefleet.operator.config import OperatorConfig
+from edgefleet.operator.handlers import routingpolicy, smallmodel
+from edgefleet.operator.kube import Kube
+from edgefleet.operator.placement import NodeFacts
+from edgefleet.operator.state import OperatorContext, States
+from edgefleet.operator.status import PodProblem, WorkloadFacts, pod_problem
+from edgefleet.operator.triggers import (
+    ROUTINGPOLICY,
+    SERVICE_NAME_LABEL,
+    SMALLMODEL,
+    Parent,
+    parents_of_child,
+)
+
+MANAGED = {names.MANAGED_BY: names.MANAGER}
+MODEL_CHILD = {**MANAGED, names.MODEL_LABEL: kopf.PRESENT}
+POLICY_CHILD = {**MANAGED, names.POLICY_LABEL: kopf.PRESENT}
+ROUTER_BINDING = {**POLICY_CHILD, POLICY_NAMESPACE_LABEL: kopf.PRESENT}
+SM = (names.GROUP, names.VERSION, names.SMALLMODELS)
+RP = (names.GROUP, names.VERSION, names.ROUTINGPOLICIES)
+# Kopf cancels a daemon this long after asking it to stop (ours stop at once when cancelled).
+DAEMON_CANCELLATION_S = 5.0
+
+PolicyTargetIndex = kopf.Index[tuple[str, str], str]
+Logger = logging.Logger | logging.LoggerAdapter
+
+
+def context(memo: kopf.Memo) -> OperatorContext:
+    found: OperatorContext = memo.context
+    return found
+
+
+# --- startup ---------------------------------------------------------------------
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Every Kopf setting, and what the handlers share (memo.context)."""
+    config: OperatorConfig = memo.config
+    # Peering: a stray second operator freezes instead of acting twice.
+    settings.peering.name = config.peering_name
+    settings.peering.clusterwide = True
+    settings.peering.mandatory = True
+    settings.peering.stealth = True
+    # Set even though Kopf's default would do: the finalizer on RoutingPolicies
+    # that bind routers in other namespaces (see remove_pod_bindings) is ours.
+    settings.persistence.finalizer = f"{names.GROUP}/operator"
+    # Kopf's bookkeeping in annotations, so `status` holds only what we report.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="edgefleet.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="edgefleet.io", key="last-handled-configuration"
+    )
+    settings.posting.reporting_component = "edgefleet-operator"
+    # Only our own Events (kopf.event, kopf.warn) reach people; handler chatter stays in the log.
+    settings.posting.level = logging.WARNING
+    settings.networking.request_timeout = 60
+    # Handlers are async; their blocking API calls (asyncio.to_thread) share
+    # Kopf's pool, one pooled API connection per thread.
+    settings.execution.max_workers = config.workers
+    asyncio.get_running_loop().set_default_executor(settings.execution.executor)
+    kube = Kube(api_client(connections=config.workers))
+    endpoints = await asyncio.to_thread(routingpolicy.api_endpoints, kube, config)
+    memo.context = OperatorContext(config, kube, States(), endpoints)
+
+
+# --- indexes: what status and planning read, kept from watches -------------------------
+async def nodes(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, NodeFacts]:
+    config: OperatorConfig = memo.config
+    return {"nodes": NodeFacts.from_node(body, config.gpu_resource)}
+
+
+async def model_deployments(
+    namespace: str, body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], WorkloadFacts]:
+    facts = WorkloadFacts.from_body(body, labels.get(names.ENGINE_LABEL, ""))
+    return {(namespace, labels[names.MODEL_LABEL]): facts}
+
+
+async def model_daemonsets(
+    namespace: str, body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], WorkloadFacts]:
+    facts = WorkloadFacts.from_body(body, labels.get(names.ENGINE_LABEL, ""))
+    return {(namespace, labels[names.MODEL_LABEL]): facts}
+
+
+async def policy_deployments(
+    namespace: str, body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str, str], WorkloadFacts]:
+    component = labels.get(names.COMPONENT, "")
+    facts = WorkloadFacts.from_body(body, component)
+    return {(namespace, labels[names.POLICY_LABEL], component): facts}
+
+
+async def model_pod_problems(
+    namespace: str, body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], PodProblem] | None:
+    problem = pod_problem(body)
+    return {(namespace, labels[names.MODEL_LABEL]): problem} if problem else None
+
+
+async def service_endpoints(
+    namespace: str, body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], int] | None:
+    """Ready endpoints per Service: exactly those the router sends traffic to."""
+    service = labels.get(SERVICE_NAME_LABEL)
+    if not service:
+        return None
+    ready = sum(1 for e in body.get("endpoints") or [] if endpoint_serving(e))
+    return {(namespace, service): ready}
+
+
+async def router_pod_bindings(
+    namespace: str, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], str]:
+    """(policy namespace, policy) → the namespaces its router is bound in."""
+    return {(labels[POLICY_NAMESPACE_LABEL], labels[names.POLICY_LABEL]): namespace}
+
+
+async def smallmodel_names(namespace: str, name: str, **_: Any) -> dict[tuple[str, str], bool]:
+    return {(namespace, name): True}
+
+
+async def policy_targets(
+    namespace: str, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], str]:
+    """(namespace, SmallModel) → the RoutingPolicies that list it as a local target."""
+    targets = (spec.get("local") or {}).get("targets") or []
+    return {(namespace, t["smallModel"]): name for t in targets if t.get("smallModel")}
+
+
+# --- events: whose status a change concerns ---------------------------------------
+async def child_changed(
+    param: str,
+    namespace: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    policy_targets: PolicyTargetIndex,
+    **_: Any,
+) -> None:
+    """A child of ours changed (`param` is its kind): its parents' status rounds are due."""
+
+    def targeting(where: str, model: str) -> list[str]:
+        return list(policy_targets.get((where, model), []))
+
+    states = context(memo).states
+    for parent in parents_of_child(param, namespace, labels, targeting):
+        states.poke(parent)
+
+
+async def node_changed(
+    type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """A node came, went or changed what planning reads: every SmallModel replans."""
+    ctx = context(memo)
+    if type == "DELETED":
+        changed = ctx.states.fleet.forget(name)
+    else:
+        changed = ctx.states.fleet.observe(NodeFacts.from_node(body, ctx.config.gpu_resource))
+    if changed:
+        ctx.states.fleet_changed()
+
+
+async def smallmodel_changed(
+    type: str | None,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    policy_targets: PolicyTargetIndex,
+    **_: Any,
+) -> None:
+    """A model that comes or goes changes the status of the policies that target it."""
+    states = context(memo).states
+    if type == "DELETED":
+        states.forget(Parent(SMALLMODEL, namespace, name))
+    if type in ("ADDED", "DELETED"):
+        for policy in policy_targets.get((namespace, name), []):
+            states.poke(Parent(ROUTINGPOLICY, namespace, policy))
+
+
+async def routingpolicy_changed(
+    type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    if type == "DELETED":
+        context(memo).states.forget(Parent(ROUTINGPOLICY, namespace, name))
+
+
+# --- SmallModel ------------------------------------------------------------------
+async def reconcile_smallmodel(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    nodes: smallmodel.NodeIndex,
+    model_deployments: smallmodel.WorkloadIndex,
+    model_daemonsets: smallmodel.WorkloadIndex,
+    logger: Logger,
+    **_: Any,
+) -> None:
+    ctx = context(memo)
+    await smallmodel.apply(
+        ctx, ctx.states.model(namespace, name), body=body, nodes=nodes,
+        model_deployments=model_deployments, model_daemonsets=model_daemonsets, logger=logger,
+    )  # fmt: skip
+
+
+async def keep_smallmodel_status(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    nodes: smallmodel.NodeIndex,
+    model_deployments: smallmodel.WorkloadIndex,
+    model_daemonsets: smallmodel.WorkloadIndex,
+    model_pod_problems: smallmodel.ProblemIndex,
+    service_endpoints: smallmodel.EndpointIndex,
+    logger: Logger,
+    **_: Any,
+) -> None:
+    ctx = context(memo)
+    await smallmodel.keep_status(
+        ctx, ctx.states.model(namespace, name), body=body, nodes=nodes,
+        model_deployments=model_deployments, model_daemonsets=model_daemonsets,
+        model_pod_problems=model_pod_problems, service_endpoints=service_endpoints,
+        logger=logger,
+    )  # fmt: skip
+
+
+# --- RoutingPolicy ---------------------------------------------------------------
+async def reconcile_routingpolicy(
+    body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, logger: Logger, **_: Any
+) -> None:
+    ctx = context(memo)
+    await routingpolicy.apply(ctx, ctx.states.policy(namespace, name), body=body, logger=logger)
+
+
+async def keep_routingpolicy_status(
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    policy_deployments: routingpolicy.PolicyWorkloadIndex,
+    smallmodel_names: routingpolicy.ModelNameIndex,
+    service_endpoints: routingpolicy.EndpointIndex,
+    router_pod_bindings: routingpolicy.BindingIndex,
+    logger: Logger,
+    **_: Any,
+) -> None:
+    ctx = context(memo)
+    await routingpolicy.keep_status(
+        ctx, ctx.states.policy(namespace, name), body=body,
+        policy_deployments=policy_deployments, smallmodel_names=smallmodel_names,
+        service_endpoints=service_endpoints, router_pod_bindings=router_pod_bindings,
+        logger=logger,
+    )  # fmt: skip
+
+
+def binds_elsewhere(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("privacy") or {}).get("sensitiveNamespaces"))
+
+
+async def delete_routingpolicy(
+    namespace: str, name: str, memo: kopf.Memo, logger: Logger, **_: Any
+) -> None:
+    await asyncio.to_thread(
+        routingpolicy.remove_pod_bindings, context(memo), name, namespace, logger
+    )
+
+
+# --- registration ----------------------------------------------------------------
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """Every handler the operator runs, registered in one place."""
+    registry = kopf.OperatorRegistry()
+    on: dict[str, Any] = {"registry": registry}
+    kopf.on.startup(**on)(configure)
+
+    kopf.index("", "v1", "nodes", **on)(nodes)
+    kopf.index("apps", "v1", "deployments", labels=MODEL_CHILD, **on)(model_deployments)
+    kopf.index("apps", "v1", "daemonsets", labels=MODEL_CHILD, **on)(model_daemonsets)
+    kopf.index("apps", "v1", "deployments", labels=POLICY_CHILD, **on)(policy_deployments)
+    kopf.index("", "v1", "pods", labels=MODEL_CHILD, **on)(model_pod_problems)
+    kopf.index("discovery.k8s.io", "v1", "endpointslices", labels=MANAGED, **on)(service_endpoints)
+    kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", labels=ROUTER_BINDING, **on)(
+        router_pod_bindings
+    )
+    kopf.index(*SM, **on)(smallmodel_names)
+    kopf.index(*RP, **on)(policy_targets)
+
+    # The same watches feed the events: a child's change pokes its parents' status.
+    for resource, kind, labels in (
+        (("apps", "v1", "deployments"), "Deployment", MANAGED),
+        (("apps", "v1", "daemonsets"), "DaemonSet", MODEL_CHILD),
+        (("", "v1", "pods"), "Pod", MODEL_CHILD),
+        (("discovery.k8s.io", "v1", "endpointslices"), "EndpointSlice", MANAGED),
+        (("rbac.authorization.k8s.io", "v1", "rolebindings"), "RoleBinding", ROUTER_BINDING),
+    ):
+        kopf.on.event(*resource, labels=labels, param=kind, id=f"{kind.lower()}_changed", **on)(
+            child_changed
+        )
+    kopf.on.event("", "v1", "nodes", **on)(node_changed)
+    kopf.on.event(*SM, **on)(smallmodel_changed)
+    kopf.on.event(*RP, **on)(routingpolicy_changed)
+
+    kopf.on.resume(*SM, **on)(reconcile_smallmodel)
+    kopf.on.create(*SM, **on)(reconcile_smallmodel)
+    kopf.on.update(*SM, field="spec", **on)(reconcile_smallmodel)
+    kopf.on.resume(*RP, **on)(reconcile_routingpolicy)
+    kopf.on.create(*RP, **on)(reconcile_routingpolicy)
+    kopf.on.update(*RP, field="spec", **on)(reconcile_routingpolicy)
+    # Only policies with sensitiveNamespaces get the finalizer: their RoleBindings
+    # live in other namespaces, out of the garbage collector's reach.
+    kopf.on.delete(*RP, when=binds_elsewhere, **on)(delete_routingpolicy)
+
+    daemon = {"cancellation_timeout": DAEMON_CANCELLATION_S, **on}
+    kopf.daemon(*SM, **daemon)(keep_smallmodel_status)
+    kopf.daemon(*RP, **daemon)(keep_routingpolicy_status)
+    _without_finalizers(registry, {keep_smallmodel_status, keep_routingpolicy_status})
+    return registry
+
+
+def _without_finalizers(registry: kopf.OperatorRegistry, daemons: set[Callable[..., Any]]) -> None:
+    """Let the status daemons run without putting a finalizer on every resource.
+
+    Kopf marks every daemon as needing a finalizer, so that it can stop the
+    daemon before the object goes. Ours only read indexes and write status; a
+    round racing a deletion gets a harmless 404. A finalizer, though, would
+    leave every SmallModel and RoutingPolicy undeletable once the operator is
+    uninstalled (the chart keeps the CRDs and the resources). Kopf offers no
+    switch, hence this edit of its registry; tests/unit/test_operator_finalizers.py
+    fails should a Kopf release change this shape. Kopf removes the finalizers
+    it put on earlier resources once they are no longer required.
+    """
+    spawning = registry._spawning._handlers
+    for index, handler in enumerate(spawning):
+        if handler.fn in daemons:
+            spawning[index] = dataclasses.replace(handler, requires_finalizer=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,21 +378,25 @@ def main(argv: list[str] | None = None) -> None:
         help="(env EDGEFLEET_LOG_LEVEL)",
     )
     args = parser.parse_args(argv)
+    try:
+        config = OperatorConfig.from_env()
+    except ValueError as exc:
+        parser.exit(2, f"edgefleet-operator: {exc}\n")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # Probes hit the liveness endpoint every few seconds: not worth a log line each.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # Kopf says "Timer ... succeeded" for every status round of every resource (a
-    # hundred lines a second at scale); our own lines name the resource instead.
+    # Kopf logs every handler call of every resource (hundreds a second at
+    # scale: each child's event is one); our own lines name the resource instead.
     if args.log_level.upper() != "DEBUG":
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    # Importing registers the handlers; config errors surface here, before Kopf starts.
-    try:
-        import edgefleet.operator.handlers  # noqa: F401
-    except ValueError as exc:
-        parser.exit(2, f"edgefleet-operator: {exc}\n")
-    kopf.run(clusterwide=True, liveness_endpoint=args.liveness or None)
+    kopf.run(
+        registry=build_registry(config),
+        memo=kopf.Memo(config=config),
+        clusterwide=True,
+        liveness_endpoint=args.liveness or None,
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ cannot run.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,20 +126,24 @@ class FleetVersion:
 
     Nodes post status every few seconds; those heartbeats do not change a plan,
     so resources cache their plan under this version and replan only when it
-    (or the number of nodes) moves.
+    moves. Used on the event loop only.
     """
 
     def __init__(self) -> None:
         self._seen: dict[str, NodeFacts] = {}
-        self._lock = threading.Lock()
         self.version = 0
 
-    def observe(self, facts: NodeFacts) -> None:
-        with self._lock:
-            if self._seen.get(facts.name) != facts:
-                self._seen[facts.name] = facts
-                self.version += 1
+    def observe(self, facts: NodeFacts) -> bool:
+        """Record a node as it is now; True when that changes what planning sees."""
+        if self._seen.get(facts.name) == facts:
+            return False
+        self._seen[facts.name] = facts
+        self.version += 1
+        return True
 
-
-# The operator's one view of the fleet (fed by the node index).
-FLEET = FleetVersion()
+    def forget(self, node: str) -> bool:
+        """A node is gone; True when it was known."""
+        if self._seen.pop(node, None) is None:
+            return False
+        self.version += 1
+        return True

@@ -1,16 +1,24 @@
-"""What both resources' handlers share: applying children, hashing, timestamps, events."""
+"""What both resources' handlers share: applying children, writing status, timing rounds."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
 
+from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.kube import ApiError, Kube
+from edgefleet.operator.state import ModelState, PolicyState
+
+# While something is refused or missing (no event will say when that ends), a
+# resource's daemon looks again this often instead of waiting for the safety net.
+RETRY_S = 5.0
 
 
 def now() -> str:
@@ -29,9 +37,14 @@ def apply_children(kube: Kube, owner: Mapping[str, Any], children: list[dict[str
             kube.apply(child)
         except ApiError as exc:
             what = f"{child['kind']} {child['metadata']['name']}: {exc.message}"
-            if exc.status in (409, 429) or exc.status >= 500 or exc.status == 0:
-                raise kopf.TemporaryError(f"cannot apply {what}", delay=5) from exc
-            raise ChildRefused(what) from exc
+            raise refusal(what, exc) from exc
+
+
+def refusal(what: str, exc: ApiError) -> Exception:
+    """A refused apply as Kopf should see it: retried when transient, else for a person to fix."""
+    if exc.transient:
+        return kopf.TemporaryError(f"cannot apply {what}", delay=5)
+    return ChildRefused(what)
 
 
 class ChildRefused(Exception):
@@ -60,6 +73,49 @@ def delete_stale(
 
 def status_changed(current: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool:
     return any(current.get(key) != value for key, value in fresh.items())
+
+
+def round_timeout(config: OperatorConfig, retry_soon: bool) -> float:
+    """How long a resource's daemon waits for a change before a round of its own."""
+    return min(RETRY_S, config.status_interval_s) if retry_soon else config.status_interval_s
+
+
+def last_status(body: Mapping[str, Any], state: ModelState | PolicyState) -> dict[str, Any]:
+    """The resource's status as last written, by us or anyone.
+
+    The body Kopf hands a daemon follows the watch, a moment behind our own
+    writes: while it still shows the version we wrote over, what we wrote is newer.
+    """
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    if state.reported is not None and version == state.reported_over:
+        return state.reported
+    return dict(body.get("status") or {})
+
+
+async def report_status(
+    kube: Kube,
+    kind: str,
+    body: Mapping[str, Any],
+    state: ModelState | PolicyState,
+    current: Mapping[str, Any],
+    fresh: dict[str, Any],
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> bool:
+    """Write `fresh` into the status when it differs from `current`; True when written."""
+    if not status_changed(current, fresh):
+        state.report_failed = False
+        return False
+    meta = body["metadata"]
+    over = meta.get("resourceVersion")
+    try:
+        await asyncio.to_thread(kube.patch_status, kind, meta["namespace"], meta["name"], fresh)
+    except ApiError as exc:
+        if exc.status != 404:  # 404: deleted meanwhile, nothing to report to
+            logger.warning("cannot write status (tried again soon): %s", exc)
+            state.report_failed = True
+        return False
+    state.reported, state.reported_over, state.report_failed = {**current, **fresh}, over, False
+    return True
 
 
 def ready_transition(

@@ -2,11 +2,14 @@
 
 Also binds the router to the Pods of the policy's sensitiveNamespaces (one
 RoleBinding in each; not owned, so removed here: on every sync for namespaces
-no longer listed, and by the deletion handler when the policy goes).
+no longer listed, and by the deletion handler when the policy goes). Entry
+points, like SmallModel's: `apply` and the daemon `keep_status`, both
+holding the policy's lock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -24,13 +27,24 @@ from edgefleet.operator.handlers.common import (
     apply_children,
     delete_stale,
     digest,
+    last_status,
     now,
     ready_transition,
-    status_changed,
+    refusal,
+    report_status,
+    round_timeout,
 )
 from edgefleet.operator.kube import ApiError, Kube
+from edgefleet.operator.state import OperatorContext, PolicyState
 from edgefleet.operator.status import WorkloadFacts, condition, routingpolicy_status
 from edgefleet.routing.policy import PolicyError, parse_policy
+
+# Kopf's indexes, as the handlers receive them (see edgefleet.operator.main).
+PolicyWorkloadIndex = kopf.Index[tuple[str, str, str], WorkloadFacts]
+ModelNameIndex = kopf.Index[tuple[str, str], bool]
+EndpointIndex = kopf.Index[tuple[str, str], int]
+BindingIndex = kopf.Index[tuple[str, str], str]
+Logger = logging.Logger | logging.LoggerAdapter
 
 CHILD_KINDS = ("Deployment", "Service", "NetworkPolicy")
 
@@ -49,13 +63,12 @@ def api_endpoints(kube: Kube, config: OperatorConfig) -> list[tuple[str, int]]:
 
 
 def desired(
-    name: str, namespace: str, spec: Mapping[str, Any], memo: kopf.Memo
+    ctx: OperatorContext, name: str, namespace: str, spec: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
-    config: OperatorConfig = memo.config
     # The router re-reads the policy file live; the egress reads it at start,
     # so only the egress rolls when the policy changes.
     return build.build_children(
-        name, namespace, spec, config, memo.api_endpoints, config_hash=digest(dict(spec))
+        name, namespace, spec, ctx.config, ctx.api_endpoints, config_hash=digest(dict(spec))
     )
 
 
@@ -112,9 +125,7 @@ def sync_pod_bindings(
                 missing.append(where)
                 continue
             what = f"RoleBinding {where}/{binding['metadata']['name']}: {exc.message}"
-            if exc.status in (409, 429) or exc.status >= 500 or exc.status == 0:
-                raise kopf.TemporaryError(f"cannot apply {what}", delay=5) from exc
-            raise ChildRefused(what) from exc
+            raise refusal(what, exc) from exc
     keep = {(b["metadata"]["namespace"], b["metadata"]["name"]) for b in wanted}
     removed = []
     for found in _bindings_everywhere(kube, build.pod_binding_selector(name, namespace)):
@@ -124,18 +135,11 @@ def sync_pod_bindings(
     return missing, removed
 
 
-def remove_pod_bindings(
-    *,
-    name: str,
-    namespace: str,
-    memo: kopf.Memo,
-    logger: logging.Logger | logging.LoggerAdapter,
-) -> None:
+def remove_pod_bindings(ctx: OperatorContext, name: str, namespace: str, logger: Logger) -> None:
     """The policy is being deleted: its RoleBindings in other namespaces go too."""
-    kube: Kube = memo.kube
-    found = _bindings_everywhere(kube, build.pod_binding_selector(name, namespace))
+    found = _bindings_everywhere(ctx.kube, build.pod_binding_selector(name, namespace))
     for where, binding in found:
-        _unbind(kube, where, binding)
+        _unbind(ctx.kube, where, binding)
     if found:
         logger.info("removed RoleBindings %s", ", ".join("/".join(f) for f in found))
 
@@ -166,42 +170,37 @@ def with_missing_namespaces(
 
 
 def reconcile(
-    *,
-    body: Mapping[str, Any],
-    name: str,
-    namespace: str,
-    spec: Mapping[str, Any],
-    uid: str,
-    memo: kopf.Memo,
-    logger: logging.Logger | logging.LoggerAdapter,
+    ctx: OperatorContext, state: PolicyState, *, body: Mapping[str, Any], logger: Logger
 ) -> None:
+    """Bind, apply and prune (blocking: run in a thread, holding the policy's lock)."""
+    meta = body["metadata"]
+    name, namespace, spec = meta["name"], meta["namespace"], body.get("spec") or {}
     problem = invalid_reason(body)
     if problem:
-        memo.invalid = problem
+        state.invalid = problem
         kopf.warn(dict(body), reason="InvalidPolicy", message=problem)
         # Keep what runs: a bad edit must not take a working router down.
         raise kopf.PermanentError(problem)
-    memo.invalid = None
-    kube: Kube = memo.kube
+    state.invalid = None
     started = time.monotonic()
-    children = desired(name, namespace, spec, memo)
+    children = desired(ctx, name, namespace, spec)
     fingerprint = digest(children)
     try:
         # Bindings first: the router lists the sensitive namespaces' pods as it starts.
-        missing, unbound = sync_pod_bindings(kube, name, namespace, spec, memo.config)
-        apply_children(kube, body, children)
+        missing, unbound = sync_pod_bindings(ctx.kube, name, namespace, spec, ctx.config)
+        apply_children(ctx.kube, body, children)
     except ChildRefused as exc:
-        memo.apply_error = str(exc)
+        state.apply_error = str(exc)
         kopf.warn(dict(body), reason="ApplyFailed", message=str(exc))
         raise kopf.PermanentError(str(exc)) from exc
-    memo.apply_error = None
-    memo.missing_namespaces = missing
+    state.apply_error = None
+    state.missing_namespaces = missing
     wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
     removed = delete_stale(
-        kube, namespace, f"{names.POLICY_LABEL}={name}", CHILD_KINDS, wanted, uid
+        ctx.kube, namespace, f"{names.POLICY_LABEL}={name}", CHILD_KINDS, wanted, meta["uid"]
     )
     removed += [f"RoleBinding/{binding}" for binding in unbound]
-    if memo.get("applied") != fingerprint or unbound:
+    if state.applied != fingerprint or unbound:
         message = f"applied {len(children)} objects"
         bound = len(build.sensitive_namespaces(spec)) - len(missing)
         if bound:
@@ -214,88 +213,129 @@ def reconcile(
             message += f"; removed {', '.join(removed)}"
         kopf.event(dict(body), type="Normal", reason="Applied", message=message)
         logger.info(message)
-    memo.applied = fingerprint
+    state.applied = fingerprint
     # One line per reconcile, with its duration: what the scale benchmark reads.
     logger.info("reconciled in %.1f ms", (time.monotonic() - started) * 1000)
 
 
-def _one(index: Any, key: tuple[str, str, str]) -> WorkloadFacts | None:
+async def apply(
+    ctx: OperatorContext, state: PolicyState, *, body: Mapping[str, Any], logger: Logger
+) -> None:
+    """Create, update or resume: reconcile holding the policy's lock, then have status follow."""
+    try:
+        async with state.lock:
+            await asyncio.to_thread(reconcile, ctx, state, body=body, logger=logger)
+    finally:
+        state.trigger.poke()
+
+
+def _one(index: PolicyWorkloadIndex | None, key: tuple[str, str, str]) -> WorkloadFacts | None:
     found = list(index.get(key, [])) if index else []
     return found[0] if found else None
 
 
-def refresh(
+def _sync_bindings_from_index(
+    ctx: OperatorContext,
+    state: PolicyState,
+    body: Mapping[str, Any],
+    router_pod_bindings: BindingIndex | None,
+    logger: Logger,
+) -> None:
+    """Put right bindings missing (a namespace created since, one deleted by hand) or left over.
+
+    The index says what exists, so a round where all is well costs no API call.
+    """
+    meta, spec = body["metadata"], body.get("spec") or {}
+    name, namespace = meta["name"], meta["namespace"]
+    bound = set(router_pod_bindings.get((namespace, name), [])) if router_pod_bindings else set()
+    if bound == set(build.sensitive_namespaces(spec)):
+        return
+    try:
+        missing, removed = sync_pod_bindings(ctx.kube, name, namespace, spec, ctx.config)
+    except (ChildRefused, kopf.TemporaryError) as exc:
+        logger.warning("cannot sync the router's RoleBindings: %s", exc)
+        return
+    if removed or set(missing) != set(state.missing_namespaces):
+        logger.info("sensitive namespaces: missing %s, unbound %s", missing, removed)
+    state.missing_namespaces = missing
+
+
+async def status_round(
+    ctx: OperatorContext,
+    state: PolicyState,
     *,
     body: Mapping[str, Any],
-    name: str,
-    namespace: str,
-    spec: Mapping[str, Any],
-    uid: str,
-    status: Mapping[str, Any],
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    policy_deployments: Any,
-    smallmodel_names: Any,
-    service_endpoints: Any,
-    router_pod_bindings: Any,
-    logger: logging.Logger | logging.LoggerAdapter,
+    policy_deployments: PolicyWorkloadIndex | None,
+    smallmodel_names: ModelNameIndex | None,
+    service_endpoints: EndpointIndex | None,
+    router_pod_bindings: BindingIndex | None,
+    logger: Logger,
 ) -> None:
-    router = _one(policy_deployments, (namespace, name, names.ROUTER))
-    egress = _one(policy_deployments, (namespace, name, names.EGRESS))
-    cloud = build.cloud_enabled(spec)
-    valid = invalid_reason(body) is None
-    if valid and (
-        memo.get("applied") != digest(desired(name, namespace, spec, memo))
-        or router is None
-        or (cloud and egress is None)
-    ):
-        # A refusal is recorded in memo and an Event; tried again next round.
-        with contextlib.suppress(kopf.PermanentError):
-            reconcile(
-                body=body, name=name, namespace=namespace, spec=spec, uid=uid,
-                memo=memo, logger=logger,
-            )  # fmt: skip
-    elif valid:
-        # From the index, no API call: bindings missing (a namespace created
-        # since, or one deleted by hand) or left over are put right.
-        bound = (
-            set(router_pod_bindings.get((namespace, name), [])) if router_pod_bindings else set()
+    """Repair drift (a deleted router or egress, bindings), then write status if it changed."""
+    meta, spec = body["metadata"], body.get("spec") or {}
+    name, namespace = meta["name"], meta["namespace"]
+    async with state.lock:
+        router = _one(policy_deployments, (namespace, name, names.ROUTER))
+        egress = _one(policy_deployments, (namespace, name, names.EGRESS))
+        cloud = build.cloud_enabled(spec)
+        valid = invalid_reason(body) is None
+        if valid and (
+            state.applied != digest(desired(ctx, name, namespace, spec))
+            or router is None
+            or (cloud and egress is None)
+        ):
+            # A refusal is recorded in the state and an Event; tried again soon.
+            with contextlib.suppress(kopf.PermanentError):
+                await asyncio.to_thread(reconcile, ctx, state, body=body, logger=logger)
+        elif valid:
+            await asyncio.to_thread(
+                _sync_bindings_from_index, ctx, state, body, router_pod_bindings, logger
+            )
+        targets = list((spec.get("local") or {}).get("targets") or [])
+        endpoints: dict[str, int | None] = {}
+        for target in targets:
+            model = target["smallModel"]
+            exists = smallmodel_names is not None and (namespace, model) in smallmodel_names
+            slices = service_endpoints.get((namespace, model), []) if service_endpoints else []
+            endpoints[model] = sum(slices) if exists else None
+        current = last_status(body, state)
+        previous = list(current.get("conditions") or [])
+        generation = int(meta.get("generation", 0))
+        fresh = routingpolicy_status(
+            generation=generation,
+            targets=targets,
+            target_endpoints=endpoints,
+            router=router,
+            egress=egress if cloud else None,
+            cloud=cloud,
+            previous=previous,
+            now=now(),
+            invalid=state.invalid or state.apply_error,
         )
-        if bound != set(build.sensitive_namespaces(spec)):
-            try:
-                missing, removed = sync_pod_bindings(memo.kube, name, namespace, spec, memo.config)
-            except (ChildRefused, kopf.TemporaryError) as exc:
-                logger.warning("cannot sync the router's RoleBindings: %s", exc)
-            else:
-                if removed or set(missing) != set(memo.get("missing_namespaces") or []):
-                    logger.info("sensitive namespaces: missing %s, unbound %s", missing, removed)
-                memo.missing_namespaces = missing
-    targets = list((spec.get("local") or {}).get("targets") or [])
-    endpoints: dict[str, int | None] = {}
-    for target in targets:
-        model = target["smallModel"]
-        exists = smallmodel_names is not None and (namespace, model) in smallmodel_names
-        slices = service_endpoints.get((namespace, model), []) if service_endpoints else []
-        endpoints[model] = sum(slices) if exists else None
-    previous = list(status.get("conditions") or [])
-    fresh = routingpolicy_status(
-        generation=int(body["metadata"].get("generation", 0)),
-        targets=targets,
-        target_endpoints=endpoints,
-        router=router,
-        egress=egress if cloud else None,
-        cloud=cloud,
-        previous=previous,
-        now=now(),
-        invalid=memo.get("invalid") or memo.get("apply_error"),
-    )
-    fresh = with_missing_namespaces(
-        fresh,
-        list(memo.get("missing_namespaces") or []),
-        int(body["metadata"].get("generation", 0)),
-        previous,
-        now(),
-    )
-    if status_changed(status, fresh):
-        patch.status.update(fresh)
-        ready_transition(body, previous, fresh["conditions"])
+        fresh = with_missing_namespaces(
+            fresh, state.missing_namespaces, generation, previous, now()
+        )
+        if await report_status(ctx.kube, "RoutingPolicy", body, state, current, fresh, logger):
+            ready_transition(body, previous, fresh["conditions"])
+
+
+async def keep_status(
+    ctx: OperatorContext,
+    state: PolicyState,
+    *,
+    body: Mapping[str, Any],
+    policy_deployments: PolicyWorkloadIndex | None,
+    smallmodel_names: ModelNameIndex | None,
+    service_endpoints: EndpointIndex | None,
+    router_pod_bindings: BindingIndex | None,
+    logger: Logger,
+) -> None:
+    """The policy's daemon: a status round now, then after every settled burst of changes."""
+    state.trigger.poke()
+    while True:
+        await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon()))
+        await status_round(
+            ctx, state, body=body, policy_deployments=policy_deployments,
+            smallmodel_names=smallmodel_names, service_endpoints=service_endpoints,
+            router_pod_bindings=router_pod_bindings, logger=logger,
+        )  # fmt: skip

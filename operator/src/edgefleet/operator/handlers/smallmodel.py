@@ -1,4 +1,9 @@
-"""SmallModel: parse the spec, plan engines from the nodes, apply children, report status."""
+"""SmallModel: parse the spec, plan engines from the nodes, apply children, report status.
+
+Two entry points, both holding the model's lock: `apply` (Kopf's create,
+update and resume handlers) and `keep_status` (its daemon: a status round
+whenever the model's children or the fleet change, and a slow safety net).
+"""
 
 from __future__ import annotations
 
@@ -14,109 +19,108 @@ import kopf
 
 from edgefleet.operator import names
 from edgefleet.operator.builders import smallmodel as build
-from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.handlers.common import (
     ChildRefused,
     apply_children,
     delete_stale,
     digest,
+    last_status,
     now,
     ready_transition,
-    status_changed,
+    report_status,
+    round_timeout,
 )
-from edgefleet.operator.kube import Kube
-from edgefleet.operator.placement import FLEET, EnginePlan, NodeFacts, plan_engines
+from edgefleet.operator.placement import NodeFacts, plan_engines
 from edgefleet.operator.spec import SpecError, parse_smallmodel_spec
+from edgefleet.operator.state import Desired, ModelState, OperatorContext
 from edgefleet.operator.status import PodProblem, WorkloadFacts, smallmodel_status
 
-WORKLOAD_KINDS = ("Deployment", "DaemonSet", "HorizontalPodAutoscaler")
+WORKLOADS = ("Deployment", "DaemonSet")
+WORKLOAD_KINDS = (*WORKLOADS, "HorizontalPodAutoscaler")
 log = logging.getLogger("edgefleet.operator.smallmodel")
+
+# Kopf's indexes, as the handlers receive them (see edgefleet.operator.main).
+NodeIndex = kopf.Index[str, NodeFacts]
+WorkloadIndex = kopf.Index[tuple[str, str], WorkloadFacts]
+ProblemIndex = kopf.Index[tuple[str, str], PodProblem]
+EndpointIndex = kopf.Index[tuple[str, str], int]
+Logger = logging.Logger | logging.LoggerAdapter
 
 
 def desired(
-    body: Mapping[str, Any], spec: Mapping[str, Any], nodes: Any, memo: kopf.Memo
-) -> tuple[list[EnginePlan], list[dict[str, Any]], str]:
-    """The plan, the children and their digest; cached until the spec or the fleet changes.
+    ctx: OperatorContext, state: ModelState, body: Mapping[str, Any], nodes: NodeIndex | None
+) -> Desired:
+    """The plan, the children and their digest; kept until the spec or the fleet changes.
 
-    The status timer asks every few seconds for every model: at a thousand
-    nodes, planning and building anew each time would cost most of a core.
-    Raises SpecError for a spec the operator must not act on (the cache then
+    Raises SpecError for a spec the operator must not act on (the state then
     keeps the last valid one's, which still describes what runs).
     """
     meta = body["metadata"]
     facts: list[NodeFacts] = list(nodes.get("nodes", [])) if nodes else []
-    key = (meta.get("generation"), FLEET.version, len(facts))
-    cached = memo.get("desired")
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2], cached[3]
-    model = parse_smallmodel_spec(dict(spec))
-    config: OperatorConfig = memo.config
-    plans = plan_engines(model, facts, config.gpu_node_label)
-    children = build.build_children(meta["name"], meta["namespace"], model, plans, config)
-    fingerprint = digest(children)
-    memo.desired = (key, plans, children, fingerprint)
-    return plans, children, fingerprint
+    key = (meta.get("generation"), ctx.states.fleet.version, len(facts))
+    if state.desired is not None and state.desired.key == key:
+        return state.desired
+    model = parse_smallmodel_spec(dict(body.get("spec") or {}))
+    plans = plan_engines(model, facts, ctx.config.gpu_node_label)
+    children = build.build_children(meta["name"], meta["namespace"], model, plans, ctx.config)
+    state.desired = Desired(key, plans, children, digest(children))
+    return state.desired
 
 
 def reconcile(
+    ctx: OperatorContext,
+    state: ModelState,
     *,
     body: Mapping[str, Any],
-    name: str,
-    namespace: str,
-    spec: Mapping[str, Any],
-    uid: str,
-    memo: kopf.Memo,
-    nodes: Any,
-    logger: logging.Logger | logging.LoggerAdapter,
-    model_deployments: Any = None,
-    model_daemonsets: Any = None,
+    nodes: NodeIndex | None,
+    model_deployments: WorkloadIndex | None,
+    model_daemonsets: WorkloadIndex | None,
+    logger: Logger,
 ) -> None:
-    kube: Kube = memo.kube
+    """Apply the children and delete retired ones (blocking: run in a thread, holding the lock)."""
+    meta = body["metadata"]
     started = time.monotonic()
     try:
-        plans, children, fingerprint = desired(body, spec, nodes, memo)
+        wanted_now = desired(ctx, state, body, nodes)
     except SpecError as exc:
         # Keep what runs: a bad edit must not take working model servers down.
-        # The status timer reports it (Ready False, InvalidSpec).
+        # The status round reports it (Ready False, InvalidSpec).
         kopf.warn(dict(body), reason="InvalidSpec", message=str(exc))
         raise kopf.PermanentError(str(exc)) from exc
-    # kopf.adopt writes into the manifests: apply copies, keep the cache pristine.
-    children = copy.deepcopy(children)
+    # kopf.adopt writes into the manifests: apply copies, keep the state's pristine.
+    children = copy.deepcopy(wanted_now.children)
     try:
-        apply_children(kube, body, children)
+        apply_children(ctx.kube, body, children)
     except ChildRefused as exc:
-        memo.apply_error = str(exc)
+        state.apply_error = str(exc)
         kopf.warn(dict(body), reason="ApplyFailed", message=str(exc))
         raise kopf.PermanentError(str(exc)) from exc
     wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
-    removed = _remove_stale(
-        kube, namespace, name, uid, wanted, memo, model_deployments, model_daemonsets
-    )
-    memo.apply_error = None
-    if memo.get("applied") != fingerprint:
+    removed = _remove_stale(ctx, state, meta, wanted, model_deployments, model_daemonsets)
+    state.apply_error = None
+    if state.applied != wanted_now.fingerprint:
         plan_text = ", ".join(
-            f"{p.engine}: {'one per node' if p.replicas is None else p.replicas}" for p in plans
+            f"{p.engine}: {'one per node' if p.replicas is None else p.replicas}"
+            for p in wanted_now.plans
         )
         message = f"applied {len(children)} objects ({plan_text})"
         if removed:
             message += f"; removed {', '.join(removed)}"
         kopf.event(dict(body), type="Normal", reason="Applied", message=message)
         logger.info(message)
-    memo.applied = fingerprint
+    state.applied = wanted_now.fingerprint
     # One line per reconcile, with its duration: what the scale benchmark reads.
-    log.info("smallmodel %s/%s reconciled in %.1f ms", namespace, name,
+    log.info("smallmodel %s/%s reconciled in %.1f ms", meta["namespace"], meta["name"],
              (time.monotonic() - started) * 1000)  # fmt: skip
 
 
 def _remove_stale(
-    kube: Kube,
-    namespace: str,
-    name: str,
-    uid: str,
+    ctx: OperatorContext,
+    state: ModelState,
+    meta: Mapping[str, Any],
     wanted: set[tuple[str, str]],
-    memo: kopf.Memo,
-    model_deployments: Any,
-    model_daemonsets: Any,
+    model_deployments: WorkloadIndex | None,
+    model_daemonsets: WorkloadIndex | None,
 ) -> list[str]:
     """Delete workloads (and their autoscalers) the spec no longer wants.
 
@@ -124,11 +128,11 @@ def _remove_stale(
     listed, which also catches what changed while no operator ran; after that
     the indexes say what exists, so a steady reconcile costs no LIST at all.
     """
-    if memo.get("listed") is None or model_deployments is None or model_daemonsets is None:
-        removed = delete_stale(
-            kube, namespace, f"{names.MODEL_LABEL}={name}", WORKLOAD_KINDS, wanted, uid
-        )
-        memo.listed = True
+    kube, namespace, name = ctx.kube, meta["namespace"], meta["name"]
+    if not state.listed or model_deployments is None or model_daemonsets is None:
+        selector = f"{names.MODEL_LABEL}={name}"
+        removed = delete_stale(kube, namespace, selector, WORKLOAD_KINDS, wanted, meta["uid"])
+        state.listed = True
         return removed
     key, removed = (namespace, name), []
     for workload in [*model_deployments.get(key, []), *model_daemonsets.get(key, [])]:
@@ -136,83 +140,131 @@ def _remove_stale(
             kube.delete(workload.kind, namespace, workload.name)
             kube.delete("HorizontalPodAutoscaler", namespace, workload.name)
             removed.append(f"{workload.kind}/{workload.name}")
-    if not any(kind == "HorizontalPodAutoscaler" for kind, _ in wanted) and memo.get("scaled"):
+    scaled = any(kind == "HorizontalPodAutoscaler" for kind, _ in wanted)
+    if state.scaled and not scaled:
         for kind, workload_name in wanted:
             if kind in ("Deployment", "DaemonSet"):
                 kube.delete("HorizontalPodAutoscaler", namespace, workload_name)
-    memo.scaled = any(kind == "HorizontalPodAutoscaler" for kind, _ in wanted)
+    state.scaled = scaled
     return removed
 
 
-def _workloads(index: Any, key: tuple[str, str]) -> list[WorkloadFacts]:
+async def apply(
+    ctx: OperatorContext,
+    state: ModelState,
+    *,
+    body: Mapping[str, Any],
+    nodes: NodeIndex | None,
+    model_deployments: WorkloadIndex | None,
+    model_daemonsets: WorkloadIndex | None,
+    logger: Logger,
+) -> None:
+    """Create, update or resume: reconcile holding the model's lock, then have status follow."""
+    try:
+        async with state.lock:
+            await asyncio.to_thread(
+                reconcile, ctx, state, body=body, nodes=nodes,
+                model_deployments=model_deployments, model_daemonsets=model_daemonsets,
+                logger=logger,
+            )  # fmt: skip
+    finally:
+        # Applied, refused or invalid: the status says which, soon.
+        state.trigger.poke()
+
+
+def _workloads(index: WorkloadIndex | None, key: tuple[str, str]) -> list[WorkloadFacts]:
     return list(index.get(key, [])) if index else []
 
 
-async def refresh(
+async def status_round(
+    ctx: OperatorContext,
+    state: ModelState,
     *,
     body: Mapping[str, Any],
-    name: str,
-    namespace: str,
-    spec: Mapping[str, Any],
-    uid: str,
-    status: Mapping[str, Any],
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    nodes: Any,
-    model_deployments: Any,
-    model_daemonsets: Any,
-    model_pod_problems: Any,
-    service_endpoints: Any,
-    logger: logging.Logger | logging.LoggerAdapter,
+    nodes: NodeIndex | None,
+    model_deployments: WorkloadIndex | None,
+    model_daemonsets: WorkloadIndex | None,
+    model_pod_problems: ProblemIndex | None,
+    service_endpoints: EndpointIndex | None,
+    logger: Logger,
 ) -> None:
     """Repair drift (changed nodes, a deleted child), then write status if it changed.
 
-    Async, on Kopf's loop: the common round only reads indexes and the cached
-    plan, so it needs no thread; a repair (API calls) goes to one.
+    Holds the model's lock throughout. The common round only reads indexes and
+    the cached plan on the event loop; a repair and the status write go to a thread.
     """
-    key = (namespace, name)
-    try:
-        plans, children, fingerprint = desired(body, spec, nodes, memo)
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    async with state.lock:
         invalid = None
-    except SpecError as exc:
-        invalid = str(exc)
-        # Status still describes the workloads of the last valid spec, if any.
-        _, plans, children, fingerprint = memo.get("desired") or (None, [], [], None)
-    workloads = _workloads(model_deployments, key) + _workloads(model_daemonsets, key)
-    present = {w.name for w in workloads}
-    wanted = {c["metadata"]["name"] for c in children if c["kind"] in ("Deployment", "DaemonSet")}
-    # A workload missing for two rounds in a row was deleted by someone (one
-    # round may just be the index catching up with a fresh apply).
-    missing = not wanted <= present
-    gone = missing and memo.get("missing_before", False)
-    memo.missing_before = missing
-    applied = memo.get("applied")
-    # Nothing applied yet and no refusal: the create/resume handler is on it.
-    repair = (applied is not None and (applied != fingerprint or gone)) or memo.get("apply_error")
-    if invalid is None and repair:
-        # A refusal is recorded in memo.apply_error and an Event; tried again next round.
-        with contextlib.suppress(kopf.PermanentError):
-            await asyncio.to_thread(
-                reconcile,
-                body=body, name=name, namespace=namespace, spec=spec, uid=uid,
-                memo=memo, nodes=nodes, logger=logger,
-                model_deployments=model_deployments, model_daemonsets=model_daemonsets,
-            )  # fmt: skip
-    problems: list[PodProblem] = list(model_pod_problems.get(key, [])) if model_pod_problems else []
-    endpoints = sum(service_endpoints.get(key, [])) if service_endpoints else 0
-    previous = list(status.get("conditions") or [])
-    fresh = smallmodel_status(
-        generation=int(body["metadata"].get("generation", 0)),
-        plans=plans,
-        workloads=[w for w in workloads if w.name in wanted],
-        problems=problems,
-        ready_endpoints=endpoints,
-        service=name,
-        previous=previous,
-        now=now(),
-        apply_error=memo.get("apply_error"),
-        invalid=invalid,
-    )
-    if status_changed(status, fresh):
-        patch.status.update(fresh)
-        ready_transition(body, previous, fresh["conditions"])
+        try:
+            wanted_now: Desired | None = desired(ctx, state, body, nodes)
+        except SpecError as exc:
+            invalid = str(exc)
+            # Status still describes the workloads of the last valid spec, if any.
+            wanted_now = state.desired
+        plans = wanted_now.plans if wanted_now else []
+        children = wanted_now.children if wanted_now else []
+        workloads = _workloads(model_deployments, key) + _workloads(model_daemonsets, key)
+        present = {w.name for w in workloads}
+        wanted = {c["metadata"]["name"] for c in children if c["kind"] in WORKLOADS}
+        # A workload missing for two rounds in a row was deleted by someone (one
+        # round may just be the index catching up with a fresh apply).
+        missing = not wanted <= present
+        gone = missing and state.missing_before
+        state.missing_before = missing
+        # Nothing applied yet and no refusal: the create/resume handler is on it.
+        stale = state.applied is not None and wanted_now is not None
+        stale = stale and (state.applied != wanted_now.fingerprint or gone)
+        if invalid is None and (stale or state.apply_error):
+            # A refusal is recorded in state.apply_error and an Event; tried again soon.
+            with contextlib.suppress(kopf.PermanentError):
+                await asyncio.to_thread(
+                    reconcile, ctx, state, body=body, nodes=nodes,
+                    model_deployments=model_deployments, model_daemonsets=model_daemonsets,
+                    logger=logger,
+                )  # fmt: skip
+        problems = list(model_pod_problems.get(key, [])) if model_pod_problems else []
+        endpoints = sum(service_endpoints.get(key, [])) if service_endpoints else 0
+        current = last_status(body, state)
+        previous = list(current.get("conditions") or [])
+        fresh = smallmodel_status(
+            generation=int(meta.get("generation", 0)),
+            plans=plans,
+            workloads=[w for w in workloads if w.name in wanted],
+            problems=problems,
+            ready_endpoints=endpoints,
+            service=meta["name"],
+            previous=previous,
+            now=now(),
+            apply_error=state.apply_error,
+            invalid=invalid,
+        )
+        if await report_status(ctx.kube, "SmallModel", body, state, current, fresh, logger):
+            ready_transition(body, previous, fresh["conditions"])
+
+
+async def keep_status(
+    ctx: OperatorContext,
+    state: ModelState,
+    *,
+    body: Mapping[str, Any],
+    nodes: NodeIndex | None,
+    model_deployments: WorkloadIndex | None,
+    model_daemonsets: WorkloadIndex | None,
+    model_pod_problems: ProblemIndex | None,
+    service_endpoints: EndpointIndex | None,
+    logger: Logger,
+) -> None:
+    """The model's daemon: a status round now, then after every settled burst of changes.
+
+    Runs until Kopf cancels it (the model is deleted, or the operator pauses or exits).
+    """
+    state.trigger.poke()
+    while True:
+        await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon()))
+        await status_round(
+            ctx, state, body=body, nodes=nodes, model_deployments=model_deployments,
+            model_daemonsets=model_daemonsets, model_pod_problems=model_pod_problems,
+            service_endpoints=service_endpoints, logger=logger,
+        )  # fmt: skip

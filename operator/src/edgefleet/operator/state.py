@@ -1,0 +1,139 @@
+"""What the operator remembers between handler calls: one typed state per resource, one owner.
+
+Kopf runs a resource's change handlers one at a time, but its daemons run
+beside them: each state's `lock` makes a reconcile (create, update, resume)
+and a status round (which may repair drift) of the same resource take turns,
+so two of them never interleave their API calls or their bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgefleet.operator.config import OperatorConfig
+from edgefleet.operator.kube import Kube
+from edgefleet.operator.placement import EnginePlan, FleetVersion
+from edgefleet.operator.triggers import SMALLMODEL, Debounce, Parent, StatusTrigger
+
+# Key of a resource: (namespace, name).
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Desired:
+    """A SmallModel's plan and children for one generation and fleet version."""
+
+    key: tuple[Any, ...]
+    plans: list[EnginePlan]
+    children: list[dict[str, Any]]
+    fingerprint: str
+
+
+@dataclass
+class ModelState:
+    trigger: StatusTrigger
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The last valid spec's plan and children (what runs, even under an invalid edit).
+    desired: Desired | None = None
+    # Fingerprint of the children last applied; None until the first apply.
+    applied: str | None = None
+    # The API server's refusal of a child, until an apply succeeds.
+    apply_error: str | None = None
+    # Stale workloads were found by one LIST in this operator's life; the indexes since.
+    listed: bool = False
+    # The last apply included autoscalers (so dropping autoscaling deletes them).
+    scaled: bool = False
+    # A wanted workload was missing in the last round (twice in a row: deleted by someone).
+    missing_before: bool = False
+    # The status last written, and the resourceVersion it was written over.
+    reported: dict[str, Any] | None = None
+    reported_over: str | None = None
+    # The last status write failed: try again soon rather than at the safety net.
+    report_failed: bool = False
+
+    def retry_soon(self) -> bool:
+        return bool(self.apply_error) or self.report_failed or self.missing_before
+
+
+@dataclass
+class PolicyState:
+    trigger: StatusTrigger
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    applied: str | None = None
+    apply_error: str | None = None
+    # Why the router's own parser refused the spec, or None.
+    invalid: str | None = None
+    # Sensitive namespaces that did not exist at the last sync (no event says when they do).
+    missing_namespaces: list[str] = field(default_factory=list)
+    reported: dict[str, Any] | None = None
+    reported_over: str | None = None
+    report_failed: bool = False
+
+    def retry_soon(self) -> bool:
+        return bool(self.apply_error) or self.report_failed or bool(self.missing_namespaces)
+
+
+class States:
+    """Every resource's state and the fleet's version: created on first use, dropped on deletion."""
+
+    def __init__(self, debounce: Debounce | None = None) -> None:
+        self.debounce = debounce or Debounce()
+        self.models: dict[Key, ModelState] = {}
+        self.policies: dict[Key, PolicyState] = {}
+        self.fleet = FleetVersion()
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def model(self, namespace: str, name: str) -> ModelState:
+        key = (namespace, name)
+        if key not in self.models:
+            self.models[key] = ModelState(StatusTrigger(self.debounce))
+        return self.models[key]
+
+    def policy(self, namespace: str, name: str) -> PolicyState:
+        key = (namespace, name)
+        if key not in self.policies:
+            self.policies[key] = PolicyState(StatusTrigger(self.debounce))
+        return self.policies[key]
+
+    def forget(self, parent: Parent) -> None:
+        table = self.models if parent.kind == SMALLMODEL else self.policies
+        table.pop((parent.namespace, parent.name), None)
+
+    def poke(self, parent: Parent) -> None:
+        """A parent's input changed; one the operator does not know (yet) is left alone.
+
+        A resource's first status round runs when its daemon starts, so a
+        change seen before that is not lost.
+        """
+        table: dict[Key, Any] = self.models if parent.kind == SMALLMODEL else self.policies
+        state = table.get((parent.namespace, parent.name))
+        if state is not None:
+            state.trigger.poke()
+
+    def fleet_changed(self) -> None:
+        """What planning reads of the nodes changed: every SmallModel replans, once per burst.
+
+        A thousand nodes registering are a thousand events: one sweep after
+        they settle pokes each model once, not once per node.
+        """
+        if self._sweep is None:
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(self.debounce.max_delay_s, self._poke_every_model)
+
+    def _poke_every_model(self) -> None:
+        self._sweep = None
+        for state in self.models.values():
+            state.trigger.poke()
+
+
+@dataclass(frozen=True)
+class OperatorContext:
+    """What every handler shares, put in Kopf's memo once at startup."""
+
+    config: OperatorConfig
+    kube: Kube
+    states: States
+    # Where the API server listens, for the router's NetworkPolicy.
+    api_endpoints: list[tuple[str, int]]

@@ -1,0 +1,156 @@
+"""When status is recomputed: whose input a change is, and when a burst has settled (pure)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from edgefleet.operator.placement import NodeFacts
+from edgefleet.operator.state import States
+from edgefleet.operator.triggers import (
+    ROUTINGPOLICY,
+    SMALLMODEL,
+    Debounce,
+    Parent,
+    StatusTrigger,
+    parents_of_child,
+)
+
+MANAGED = {"app.kubernetes.io/managed-by": "edgefleet-operator"}
+
+
+def no_policies(namespace: str, model: str) -> list[str]:
+    return []
+
+
+def test_a_lone_change_is_due_after_the_quiet_period() -> None:
+    assert Debounce(quiet_s=0.1, max_delay_s=0.5).due(first=10.0, latest=10.0) == pytest.approx(
+        10.1
+    )
+
+
+def test_each_change_in_a_burst_pushes_the_round_back() -> None:
+    assert Debounce(quiet_s=0.1, max_delay_s=0.5).due(first=10.0, latest=10.3) == pytest.approx(
+        10.4
+    )
+
+
+def test_a_burst_that_never_ends_still_gets_its_round_by_the_bound() -> None:
+    assert Debounce(quiet_s=0.1, max_delay_s=0.5).due(first=10.0, latest=10.45) == pytest.approx(
+        10.5
+    )
+    assert Debounce(quiet_s=0.1, max_delay_s=0.5).due(first=10.0, latest=99.0) == pytest.approx(
+        10.5
+    )
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet", "Pod"])
+def test_a_model_server_workload_or_pod_concerns_its_model(kind: str) -> None:
+    labels = {**MANAGED, "edgefleet.io/model": "m", "edgefleet.io/engine": "llamacpp"}
+    assert parents_of_child(kind, "shop", labels, no_policies) == [Parent(SMALLMODEL, "shop", "m")]
+
+
+def test_a_router_or_egress_deployment_concerns_its_policy() -> None:
+    labels = {
+        **MANAGED,
+        "edgefleet.io/routing-policy": "p",
+        "app.kubernetes.io/component": "router",
+    }
+    assert parents_of_child("Deployment", "shop", labels, no_policies) == [
+        Parent(ROUTINGPOLICY, "shop", "p")
+    ]
+
+
+def test_a_models_endpoints_concern_the_model_and_every_policy_that_targets_it() -> None:
+    labels = {**MANAGED, "kubernetes.io/service-name": "m"}
+
+    def targeting(namespace: str, model: str) -> list[str]:
+        return {("shop", "m"): ["b", "a", "b"]}.get((namespace, model), [])
+
+    assert parents_of_child("EndpointSlice", "shop", labels, targeting) == [
+        Parent(SMALLMODEL, "shop", "m"),
+        Parent(ROUTINGPOLICY, "shop", "a"),
+        Parent(ROUTINGPOLICY, "shop", "b"),
+    ]
+
+
+def test_a_router_binding_in_a_sensitive_namespace_concerns_the_policy_in_its_own() -> None:
+    labels = {
+        **MANAGED,
+        "edgefleet.io/routing-policy": "p",
+        "edgefleet.io/routing-policy-namespace": "shop",
+    }
+    assert parents_of_child("RoleBinding", "payroll", labels, no_policies) == [
+        Parent(ROUTINGPOLICY, "shop", "p")
+    ]
+
+
+def test_a_pod_of_no_model_concerns_nobody() -> None:
+    assert parents_of_child("Pod", "shop", MANAGED, no_policies) == []
+    assert parents_of_child("EndpointSlice", "shop", MANAGED, no_policies) == []
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_no_change_gives_a_safety_net_round_after_the_timeout() -> None:
+    trigger = StatusTrigger(Debounce(), Clock())
+
+    assert asyncio.run(trigger.next_round(timeout_s=0)) is False
+
+
+def test_a_settled_change_gives_a_round_and_a_change_during_the_round_gives_another() -> None:
+    clock = Clock()
+
+    async def rounds() -> list[bool]:
+        trigger = StatusTrigger(Debounce(quiet_s=0.1, max_delay_s=0.5), clock)
+        trigger.poke()
+        clock.now += 1  # the burst has long settled
+        first = await trigger.next_round(timeout_s=300)
+        trigger.poke()  # while that round ran
+        clock.now += 1
+        second = await trigger.next_round(timeout_s=300)
+        third = await trigger.next_round(timeout_s=0)
+        return [first, second, third]
+
+    assert asyncio.run(rounds()) == [True, True, False]
+
+
+def test_a_burst_of_node_changes_pokes_every_known_model_once_it_settles() -> None:
+    async def sweep() -> list[bool]:
+        states = States(Debounce(quiet_s=0, max_delay_s=0))
+        models = [states.model("shop", "a"), states.model("lab", "b")]
+        for node in ("n1", "n2", "n3"):
+            assert states.fleet.observe(NodeFacts(node))
+            states.fleet_changed()
+        return [await m.trigger.next_round(timeout_s=30) for m in models]
+
+    assert asyncio.run(sweep()) == [True, True]
+
+
+def test_a_change_for_a_resource_not_known_yet_is_left_to_its_first_round() -> None:
+    states = States()
+    states.poke(Parent(SMALLMODEL, "shop", "later"))
+    assert states.models == {}
+
+
+def test_a_forgotten_model_is_gone_and_a_new_one_of_that_name_starts_afresh() -> None:
+    states = States()
+    first = states.model("shop", "m")
+    first.applied = "abc"
+    states.forget(Parent(SMALLMODEL, "shop", "m"))
+    assert states.model("shop", "m").applied is None
+
+
+def test_the_fleet_moves_on_a_new_or_departed_node_but_not_on_a_repeat() -> None:
+    states = States()
+    assert states.fleet.observe(NodeFacts("n1"))
+    assert not states.fleet.observe(NodeFacts("n1"))
+    assert states.fleet.forget("n1")
+    assert not states.fleet.forget("n1")
