@@ -16,8 +16,8 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edgefleet.operator import names
 from edgefleet.kubeapi import api_client, endpoint_serving
+from edgefleet.operator import names
 from edgefleet.operator.kube import ApiError, Kube
 
 

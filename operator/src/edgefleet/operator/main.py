@@ -170,6 +170,7 @@ async def child_changed(
         return list(policy_targets.get((where, model), []))
 
     states = context(memo).states
+    states.activity[f"events.{param}"] += 1
     for parent in parents_of_child(param, namespace, labels, targeting):
         states.poke(parent)
 
@@ -179,6 +180,7 @@ async def node_changed(
 ) -> None:
     """A node came, went or changed what planning reads: every SmallModel replans."""
     ctx = context(memo)
+    ctx.states.activity["events.Node"] += 1
     if type == "DELETED":
         changed = ctx.states.fleet.forget(name)
     else:
@@ -197,6 +199,7 @@ async def smallmodel_changed(
 ) -> None:
     """A model that comes or goes changes the status of the policies that target it."""
     states = context(memo).states
+    states.activity["events.SmallModel"] += 1
     if type == "DELETED":
         states.forget(Parent(SMALLMODEL, namespace, name))
     if type in ("ADDED", "DELETED"):
@@ -207,8 +210,15 @@ async def smallmodel_changed(
 async def routingpolicy_changed(
     type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any
 ) -> None:
+    states = context(memo).states
+    states.activity["events.RoutingPolicy"] += 1
     if type == "DELETED":
-        context(memo).states.forget(Parent(ROUTINGPOLICY, namespace, name))
+        states.forget(Parent(ROUTINGPOLICY, namespace, name))
+
+
+async def activity(memo: kopf.Memo, **_: Any) -> dict[str, int]:
+    """Counters since start, on the liveness endpoint (Kopf re-reads probes every 10 s at most)."""
+    return dict(context(memo).states.activity)
 
 
 # --- SmallModel ------------------------------------------------------------------
@@ -299,6 +309,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     on: dict[str, Any] = {"registry": registry}
     kopf.on.startup(**on)(configure)
+    kopf.on.probe(id="activity", **on)(activity)
 
     kopf.index("", "v1", "nodes", **on)(nodes)
     kopf.index("apps", "v1", "deployments", labels=MODEL_CHILD, **on)(model_deployments)

@@ -9,6 +9,7 @@ so two of them never interleave their API calls or their bookkeeping.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,9 @@ class States:
         self.models: dict[Key, ModelState] = {}
         self.policies: dict[Key, PolicyState] = {}
         self.fleet = FleetVersion()
+        # Watch events handled, by kind, and status rounds run and written: what
+        # the operator did, for its liveness endpoint (and the scale benchmark).
+        self.activity: Counter[str] = Counter()
         self._sweep: asyncio.TimerHandle | None = None
 
     def model(self, namespace: str, name: str) -> ModelState:

@@ -315,7 +315,9 @@ async def status_round(
         fresh = with_missing_namespaces(
             fresh, state.missing_namespaces, generation, previous, now()
         )
+        ctx.states.activity["status.rounds"] += 1
         if await report_status(ctx.kube, "RoutingPolicy", body, state, current, fresh, logger):
+            ctx.states.activity["status.writes"] += 1
             ready_transition(body, previous, fresh["conditions"])
 
 

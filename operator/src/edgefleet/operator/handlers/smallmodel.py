@@ -240,7 +240,9 @@ async def status_round(
             apply_error=state.apply_error,
             invalid=invalid,
         )
+        ctx.states.activity["status.rounds"] += 1
         if await report_status(ctx.kube, "SmallModel", body, state, current, fresh, logger):
+            ctx.states.activity["status.writes"] += 1
             ready_transition(body, previous, fresh["conditions"])
 
 
