@@ -265,14 +265,22 @@ class RouterEngine(Engine):
         self._retired.extend(retired)
         log.info("endpoints: local %s, cloud %s", list(endpoints.local), endpoints.cloud)
 
-    def set_policy(self, policy: RoutingPolicy) -> None:
-        """Swap the policy; requests already routed finish under the old one."""
+    def set_policy(self, policy: RoutingPolicy, scorer: ComplexityScorer | None = None) -> None:
+        """Swap the policy (and the scorer, when given); requests already routed finish
+        under the old one."""
+        if scorer is not None:
+            self.scorer = scorer
         self.active = activate(policy, self.scorer)
         self.budget.policy = policy.budget
         for backend in self.backends.all():
             backend.breaker.failure_threshold = policy.failover.breaker_failures
             backend.breaker.cooldown_s = policy.failover.breaker_cooldown_seconds
-        log.info("routing policy %s active (threshold %.3f)", policy.name, self.active.threshold)
+        log.info(
+            "routing policy %s active (threshold %.3f, classifier %s)",
+            policy.name,
+            self.active.threshold,
+            self.scorer.version,
+        )
 
     async def poll(self) -> None:
         """Refresh backend load; close retired backends once nothing runs there."""
@@ -284,6 +292,7 @@ class RouterEngine(Engine):
         if self.pods is not None:
             self.metrics.observe_pods(self.pods)
         self.metrics.observe_budget(self.budget.snapshot())
+        self.metrics.observe_classifier(self.scorer.version)
 
     def ready(self) -> bool:
         return self._started

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgefleet.calibrate.artefacts import scorer_for
 from edgefleet.router.discovery import parse_local_services, pod_namespace, targets_as_services
 from edgefleet.router.engine import RouterEngine
 from edgefleet.router.metrics import RouterMetrics
@@ -85,6 +86,10 @@ class RouterConfig(FrontSettings):
 
     def load_policy(self) -> RoutingPolicy:
         return load_policy(Path(self.policy_file)) if self.policy_file else RoutingPolicy()
+
+    def scorer_for(self, policy: RoutingPolicy) -> ComplexityScorer:
+        """The policy's calibrated classifier, or the shipped one; PolicyError if unreadable."""
+        return scorer_for(policy, Path(self.policy_file).parent if self.policy_file else None)
 
     def load_endpoints(self) -> Endpoints:
         if self.endpoints_file:
@@ -203,7 +208,7 @@ class Reloader:
         if self.policy_watch is not None and self.policy_watch.changed():
             try:
                 policy = self.config.load_policy()
-                self.engine.set_policy(policy)
+                self.engine.set_policy(policy, self.config.scorer_for(policy))
                 self.metrics.policy_reloads.labels("applied").inc()
                 if self.on_policy is not None:
                     self.on_policy(policy)
@@ -227,7 +232,7 @@ async def serve(config: RouterConfig) -> None:
     engine = RouterEngine(
         policy,
         endpoints,
-        ComplexityScorer.load(),
+        config.scorer_for(policy),
         capacity=config.max_concurrency,
         instance_name=config.instance_name,
     )

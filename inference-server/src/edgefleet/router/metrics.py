@@ -35,6 +35,13 @@ class RouterMetrics:
         self.all_cloud_cost_totals: Tally[str] = Tally()
         self.recent_ttfts: dict[str, deque[float]] = {}
         r = self.registry
+        self.classifier = Gauge(
+            "edgefleet:router_complexity_classifier",
+            "1 for the version of the complexity classifier the router scores with.",
+            ["version"],
+            registry=r,
+        )
+        self._classifier_version = ""
         self.routes = Counter(
             "edgefleet:router_routes_total",
             "Requests by the target that served (or refused) them and the reason.",
@@ -147,6 +154,13 @@ class RouterMetrics:
     def observe_ttft(self, target: str, seconds: float) -> None:
         self.ttft.labels(target).observe(seconds)
         self.recent_ttfts.setdefault(target, deque(maxlen=RECENT_TTFTS)).append(seconds)
+
+    def observe_classifier(self, version: str) -> None:
+        """The complexity classifier in use: shipped, or a calibration's (`edgefleet calibrate`)."""
+        if self._classifier_version != version:
+            self.classifier.clear()
+            self.classifier.labels(version).set(1)
+            self._classifier_version = version
 
     def observe_budget(self, snapshot: BudgetSnapshot) -> None:
         self.budget_spent_cost.set(snapshot.spent_cost + snapshot.reserved_cost)

@@ -86,6 +86,9 @@ class ComplexityPolicy:
     # neither given, 30 % of that distribution goes to the cloud.
     threshold: float | None = None
     target_cloud_share: float | None = 0.3
+    # A calibrated classifier to score with instead of the shipped one (`edgefleet
+    # calibrate`): the artefact file, relative to the policy file's folder; None: shipped.
+    calibration: str | None = None
 
 
 @dataclass(frozen=True)
@@ -320,16 +323,23 @@ def _cloud_egress(reader: _Reader, cloud: Mapping[str, Any]) -> CloudEgress:
 
 
 def _complexity(reader: _Reader, spec: Mapping[str, Any]) -> ComplexityPolicy:
-    data = reader.section(spec, "complexity", "spec", {"threshold", "targetCloudShare"})
+    known = {"threshold", "targetCloudShare", "calibration"}
+    data = reader.section(spec, "complexity", "spec", known)
     path = "spec.complexity"
     if "threshold" in data and "targetCloudShare" in data:
         reader.problems.append(f"{path}: give threshold or targetCloudShare, not both")
     in_unit = (lambda v: 0.0 <= v <= 1.0), "within [0, 1]"
     share = reader.number(data, "targetCloudShare", path, None, *in_unit)
     threshold = reader.number(data, "threshold", path, None, *in_unit)
+    calibration = data.get("calibration")
+    if calibration is not None and (not isinstance(calibration, str) or not calibration.strip()):
+        reader.problems.append(
+            f"{path}.calibration: must be a calibrated artefact's path, got {calibration!r}"
+        )
+        calibration = None
     if share is None and threshold is None:
-        return ComplexityPolicy()
-    return ComplexityPolicy(threshold=threshold, target_cloud_share=share)
+        return ComplexityPolicy(calibration=calibration)
+    return ComplexityPolicy(threshold=threshold, target_cloud_share=share, calibration=calibration)
 
 
 def _capacity(reader: _Reader, spec: Mapping[str, Any]) -> CapacityPolicy:

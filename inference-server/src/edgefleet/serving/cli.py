@@ -4,6 +4,7 @@
     edgefleet models
     edgefleet health [--service NAME]
     edgefleet report --metrics-url http://ROUTER:9090/metrics [--window 5m]
+    edgefleet calibrate --policy FILE --prompts FILE --local HOST:PORT [...]
 
 The target comes from --target or EDGEFLEET_TARGET (default localhost:50051).
 """
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--window",
         help="read the counters twice, this far apart (90s, 5m, 1h); default: since start",
+    )
+    # Listed for --help only: main() hands `calibrate ...` to edgefleet.calibrate whole.
+    commands.add_parser(
+        "calibrate", help="retrain the router's complexity classifier on your own model"
     )
     return parser
 
@@ -168,6 +173,12 @@ def _health(channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["calibrate"]:  # its own flags; Ray and scikit-learn load only there
+        from edgefleet.calibrate.main import main as calibrate
+
+        calibrate(argv[1:])
+        return
     args = _parser().parse_args(argv)
     if args.command == "report":  # HTTP, not gRPC: no channel to the target
         sys.exit(_report(args))
