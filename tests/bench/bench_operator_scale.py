@@ -19,13 +19,24 @@ and the chart installed), without disturbing anyone else's tests on it:
    kubelet's container id) as it goes, and the CPU of the operator, of each control-plane
    process and of the whole machine; then measures the same for `--steady-seconds` with every
    model Ready.
-4. Reads the operator's log for the run: `reconciled in X ms` lines and refresh timer runs.
-5. Deletes the namespace (timed), waits for the operator to go quiet, reads its RSS, and
+   A second watch follows the models' pods: for every pod that turns Ready, the time until its
+   SmallModel's status counts it (`readyReplicas`) is the status latency (the issue's "a pod
+   turning Ready shows in status within 1 s").
+4. Counts the operator's API requests from the API server's own figures: for the run, a
+   FlowSchema (`bench-edgefleet-operator`, same priority level as before) gives the
+   operator's ServiceAccount a flow of its own, and `/metrics`'
+   `apiserver_flowcontrol_dispatched_requests_total` for it is read at each window's ends (a
+   watch counts once, when it starts); `apiserver_request_total` gives every client's.
+   Watch events the operator handled and its status rounds come from its liveness endpoint
+   (Kopf probe `activity`, counters at most 10 s old).
+5. Reads the operator's log for the run: `reconciled in X ms` lines.
+6. Deletes the namespace (timed), waits for the operator to go quiet, reads its RSS, and
    deletes the bench nodes (unless `--keep-nodes`), also when something failed.
 
 Prints markdown tables on stdout (paste them into docs/benchmarks.md), progress on stderr.
 
     .venv/bin/python -m tests.bench.bench_operator_scale [--models 200] [--nodes 1000]
+    .venv/bin/python -m tests.bench.bench_operator_scale --models 2000 --nodes 5000 --timeout 1800
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import secrets
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,8 +70,9 @@ BENCH_TOLERATION = {"key": "edgefleet.io/bench", "operator": "Equal", "value": "
                     "effect": "NoSchedule"}  # fmt: skip
 OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
 RECONCILED = re.compile(r"reconciled in ([0-9.]+) ms")
-TIMER_RUN = "Timer 'refresh_smallmodel' succeeded"
+FLOW_SCHEMA = "bench-edgefleet-operator"
 TARGET_READY_S = 60.0
+TARGET_STATUS_LATENCY_S = 1.0
 TARGET_RSS_MB = 250.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -140,6 +153,8 @@ class OperatorProcess:
     pid: int
     log: Path
     env: dict[str, str]
+    pod_ip: str
+    service_account: tuple[str, str]
 
     @classmethod
     def find(cls, core: client.CoreV1Api, namespace: str) -> OperatorProcess:
@@ -163,7 +178,16 @@ class OperatorProcess:
             for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
             if item.startswith("EDGEFLEET_") and "=" in item
         )
-        return cls(pid=pid, log=log_file, env=env)
+        return cls(
+            pid=pid, log=log_file, env=env, pod_ip=pod.status.pod_ip,
+            service_account=(namespace, pod.spec.service_account_name),
+        )  # fmt: skip
+
+    def activity(self) -> dict[str, int]:
+        """The operator's counters (Kopf probe `activity`): events handled, status rounds."""
+        url = f"http://{self.pod_ip}:8080/healthz"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return dict(json.load(response).get("activity") or {})
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -238,85 +262,202 @@ def ready_reason(obj: dict[str, Any]) -> str:
     return "no status yet"
 
 
-class ReadyWatch:
-    """Watches the namespace's SmallModels in a thread, from before the apply.
+def follow(
+    lister: Any, args: tuple[Any, ...], see: Any, stop: threading.Event, deadline: float
+) -> None:
+    """List, then watch, handing every object seen to `see`, until `stop` or the deadline.
 
-    Records, in seconds from `started`, when each model was first seen (its ADDED event) and
-    first seen Ready; `done` is set once every expected model is Ready.
+    Objects stay raw JSON: `lister` is wrapped so that the client's watch finds no model
+    class to build (thousands of pods would cost the shared cores seconds). A watch that
+    falls too far behind (410 Gone) lists again and goes on from there.
+    """
+
+    def raw(*a: Any, **kw: Any) -> Any:
+        return lister(*a, **kw)
+
+    listing = json.loads(lister(*args, _preload_content=False).data)
+    rv = listing["metadata"]["resourceVersion"]
+    for obj in listing["items"]:
+        see(obj)
+    while not stop.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        stream = watch.Watch()
+        try:
+            for event in stream.stream(
+                raw, *args, resource_version=rv,
+                timeout_seconds=max(1, min(int(remaining), 60)),
+            ):  # fmt: skip
+                obj = event["raw_object"]
+                rv = obj["metadata"]["resourceVersion"]
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    see(obj)
+                if stop.is_set():
+                    stream.stop()
+        except ApiException as exc:
+            if exc.status != 410:
+                raise
+            follow(lister, args, see, stop, deadline)
+            return
+
+
+class Watcher:
+    """Runs `follow` in a thread from `start()`; times are seconds from `started`."""
+
+    def __init__(self, lister: Any, args: tuple[Any, ...], timeout: float) -> None:
+        self.lister, self.args, self.timeout = lister, args, timeout
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
+
+    def start(self, started: float | None = None) -> None:
+        """Start the clock (or share another watcher's) and the watch."""
+        self.started = time.monotonic() if started is None else started
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.error is not None:
+            raise self.error
+
+    def see(self, obj: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        try:
+            follow(self.lister, self.args, self.see, self._stop, self.started + self.timeout)
+        except BaseException as exc:  # handed to the main thread by stop()
+            self.error = exc
+            self.done.set()
+
+
+class ReadyWatch(Watcher):
+    """The namespace's SmallModels, from before the apply.
+
+    Records when each model was first seen (its ADDED event), first seen Ready, and each
+    change of its `readyReplicas`; `done` is set once every expected model is Ready.
     """
 
     def __init__(
         self, custom: client.CustomObjectsApi, namespace: str, names: set[str], timeout: float
     ) -> None:
-        self.custom, self.namespace, self.names, self.timeout = custom, namespace, names, timeout
-        listing = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-        self.resource_version: str = listing["metadata"]["resourceVersion"]
-        self.started = time.monotonic()
+        lister = custom.list_namespaced_custom_object
+        super().__init__(lister, (GROUP, VERSION, namespace, PLURAL), timeout)
+        self.names = names
         self.seen_at: dict[str, float] = {}
         self.ready_at: dict[str, float] = {}
+        self.ready_replicas: dict[str, list[tuple[float, int]]] = {}
         self.last: dict[str, dict[str, Any]] = {}
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ready-watch", daemon=True)
-
-    def start(self) -> None:
-        """Start the clock and the watch."""
-        self.started = time.monotonic()
-        self._thread.start()
 
     def wait(self) -> bool:
         """True when every model became Ready within the timeout."""
-        finished = self.done.wait(self.timeout)
-        self._stop.set()
-        if self.error is not None:
-            raise self.error
+        finished = self.done.wait(self.timeout) and self.error is None
+        self.stop()
         return finished
 
-    def _see(self, obj: dict[str, Any]) -> None:
+    def see(self, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
         now = time.monotonic() - self.started
         self.last[name] = obj
         self.seen_at.setdefault(name, now)
+        replicas = int((obj.get("status") or {}).get("readyReplicas") or 0)
+        timeline = self.ready_replicas.setdefault(name, [])
+        if not timeline or timeline[-1][1] != replicas:
+            timeline.append((now, replicas))
         if name not in self.ready_at and is_ready(obj):
             self.ready_at[name] = now
             if self.names <= self.ready_at.keys():
                 self.done.set()
 
-    def _run(self) -> None:
-        deadline = self.started + self.timeout
-        rv = self.resource_version
-        try:
-            while not self.done.is_set() and not self._stop.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                stream = watch.Watch()
-                try:
-                    for event in stream.stream(
-                        self.custom.list_namespaced_custom_object, GROUP, VERSION,
-                        self.namespace, PLURAL, resource_version=rv,
-                        timeout_seconds=max(1, min(int(remaining), 60)),
-                    ):  # fmt: skip
-                        obj = event["object"]
-                        rv = obj["metadata"]["resourceVersion"]
-                        if event["type"] in ("ADDED", "MODIFIED"):
-                            self._see(obj)
-                        if self.done.is_set() or self._stop.is_set():
-                            stream.stop()
-                except ApiException as exc:
-                    if exc.status != 410:
-                        raise
-                    # The watch fell too far behind: list again and go on from there.
-                    listing = self.custom.list_namespaced_custom_object(
-                        GROUP, VERSION, self.namespace, PLURAL
-                    )
-                    rv = listing["metadata"]["resourceVersion"]
-                    for obj in listing["items"]:
-                        self._see(obj)
-        except BaseException as exc:  # handed to the main thread by wait()
-            self.error = exc
-            self.done.set()
+
+class PodReadyWatch(Watcher):
+    """The models' pods: when each was first seen Ready, by model."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str, timeout: float) -> None:
+        super().__init__(core.list_namespaced_pod, (namespace,), timeout)
+        self.ready_at: dict[str, dict[str, float]] = {}
+
+    def see(self, obj: dict[str, Any]) -> None:
+        model = (obj["metadata"].get("labels") or {}).get("edgefleet.io/model")
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        if model and ready:
+            pods = self.ready_at.setdefault(model, {})
+            pods.setdefault(obj["metadata"]["name"], time.monotonic() - self.started)
+
+
+def status_latencies(
+    pods_ready: dict[str, dict[str, float]], ready_replicas: dict[str, list[tuple[float, int]]]
+) -> tuple[list[float], int]:
+    """Per pod that turned Ready: seconds until its model's status counted it; and how many never.
+
+    The k-th pod of a model to be seen Ready is counted once `readyReplicas` reaches k. The
+    two watches see their events a few milliseconds apart, so a status seen first counts as 0.
+    """
+    latencies, never = [], 0
+    for model, pods in pods_ready.items():
+        timeline = ready_replicas.get(model, [])
+        for k, ready_at in enumerate(sorted(pods.values()), start=1):
+            shown = next((at for at, count in timeline if count >= k), None)
+            if shown is None:
+                never += 1
+            else:
+                latencies.append(max(0.0, shown - ready_at))
+    return latencies, never
+
+
+# --- API requests, from the API server's own figures -------------------------------------
+def flow_schema(service_account: tuple[str, str]) -> dict[str, Any]:
+    """The operator's requests in a flow of their own, at the priority level they had."""
+    namespace, name = service_account
+    return {
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+        "kind": "FlowSchema",
+        "metadata": {"name": FLOW_SCHEMA},
+        "spec": {
+            # Before the built-in `service-accounts` schema (9000), same level (workload-low).
+            "matchingPrecedence": 8000,
+            "priorityLevelConfiguration": {"name": "workload-low"},
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [{
+                "subjects": [{"kind": "ServiceAccount",
+                              "serviceAccount": {"namespace": namespace, "name": name}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                                   "clusterScope": True, "namespaces": ["*"]}],
+                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+            }],
+        },
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RequestCount:
+    at: float
+    operator: float
+    everyone: float
+
+    @classmethod
+    def take(cls, kubeconfig: Path) -> RequestCount:
+        metrics = kube.kubectl("get", "--raw", "/metrics", kubeconfig=kubeconfig).stdout
+        operator = everyone = 0.0
+        for line in metrics.splitlines():
+            if line.startswith("apiserver_flowcontrol_dispatched_requests_total{") and (
+                f'flow_schema="{FLOW_SCHEMA}"' in line
+            ):
+                operator += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("apiserver_request_total{"):
+                everyone += float(line.rsplit(" ", 1)[1])
+        return cls(time.monotonic(), operator, everyone)
+
+    def rates_since(self, earlier: RequestCount) -> tuple[float, float]:
+        """Requests per second (the operator's, everyone's) between the two counts."""
+        seconds = max(self.at - earlier.at, 1e-9)
+        return (self.operator - earlier.operator) / seconds, (
+            self.everyone - earlier.everyone
+        ) / seconds
 
 
 # --- CPU by process ----------------------------------------------------------------------
@@ -386,7 +527,6 @@ class CpuSnapshot:
 @dataclass(frozen=True)
 class LogFigures:
     reconcile_ms: list[float]
-    timer_runs: int
     errors: list[str]
 
 
@@ -394,16 +534,14 @@ def read_log(path: Path, offset: int) -> LogFigures:
     with path.open("rb") as handle:
         handle.seek(offset)
         text = handle.read().decode(errors="replace")
-    reconcile_ms, timer_runs, errors = [], 0, []
+    reconcile_ms, errors = [], []
     for line in text.splitlines():
         match = RECONCILED.search(line)
         if match:
             reconcile_ms.append(float(match.group(1)))
-        elif TIMER_RUN in line:
-            timer_runs += 1
         elif " ERROR " in line or " WARNING " in line or line.startswith("Traceback"):
             errors.append(line)
-    return LogFigures(reconcile_ms, timer_runs, errors)
+    return LogFigures(reconcile_ms, errors)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -449,6 +587,13 @@ class Result:
     settle_s: float | None = None
     operator_env: dict[str, str] = field(default_factory=dict)
     operator_restarted: bool = False
+    # Per pod turned Ready: seconds until its model's status counted it; pods never counted.
+    status_latency_s: list[float] = field(default_factory=list)
+    status_never: int = 0
+    # Requests per second (the operator's, every client's) by window: idle, run, steady.
+    requests: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # The operator's counters (events handled by kind, status rounds and writes) by window.
+    activity: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def create_to_ready(self) -> list[float]:
         """Per model: seconds from its creation being seen to its Ready being seen."""
@@ -508,6 +653,22 @@ def delete_namespace(core: client.CoreV1Api, namespace: str, timeout: float) -> 
     return time.monotonic() - started
 
 
+@contextmanager
+def operator_flow(kubeconfig: Path, service_account: tuple[str, str]) -> Iterator[None]:
+    """The bench FlowSchema for the operator's requests, for the duration of the run."""
+    schema = json.dumps(flow_schema(service_account))
+    kube.kubectl("apply", "-f", "-", kubeconfig=kubeconfig, stdin=schema)
+    try:
+        yield
+    finally:
+        kube.kubectl("delete", "flowschema", FLOW_SCHEMA, "--ignore-not-found",
+                     kubeconfig=kubeconfig)  # fmt: skip
+
+
+def counters_since(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in sorted(now.items()) if v != before.get(k, 0)}
+
+
 def settle(process: OperatorProcess, timeout: float, quiet_share: float = 0.1) -> float | None:
     """Seconds until the operator uses under `quiet_share` of a core over a 5 s window.
 
@@ -548,44 +709,8 @@ def run(args: argparse.Namespace) -> Result:
         core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
         log(f"namespace {namespace}; {len(items)} SmallModels ({result.per_node_models} perNode), "
             f"~{result.expected_pods} pods expected")  # fmt: skip
-        result.cpu_idle_share = cpu_share(operator, args.idle_seconds)
-        result.rss_before_mb = operator.rss_mb()
-        result.others = (other_smallmodels(custom, namespace), 0)
-        names = {m["metadata"]["name"] for m in items}
-        ready = ReadyWatch(custom, namespace, names, args.timeout)
-        log_offset = operator.log.stat().st_size
-        manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-        sampler = Sampler(operator)
-        with sampler.running():
-            before = CpuSnapshot.take(pids)
-            ready.start()
-            kube.kubectl(
-                "apply", "--server-side", "--field-manager=bench-operator-scale", "-n", namespace,
-                "-f", "-", kubeconfig=args.kubeconfig, stdin=manifest, timeout=args.timeout,
-            )  # fmt: skip
-            result.apply_s = time.monotonic() - ready.started
-            log(f"applied {len(items)} SmallModels in {result.apply_s:.1f} s; watching for Ready")
-            all_ready = ready.wait()
-            result.cpu_run = CpuSnapshot.take(pids).since(before)
-            result.seen_at, result.ready_at = dict(ready.seen_at), dict(ready.ready_at)
-            result.not_ready = {
-                n: ready_reason(ready.last.get(n, {})) for n in names - ready.ready_at.keys()
-            }
-            if all_ready:
-                result.all_ready_s = max(result.ready_at.values())
-                log(f"all {len(names)} Ready after {result.all_ready_s:.1f} s")
-                result.rss_ready_mb = operator.rss_mb()
-                result.steady_seconds = args.steady_seconds
-                steady = CpuSnapshot.take(pids)
-                time.sleep(args.steady_seconds)  # the measurement window, not a wait
-                result.cpu_steady = CpuSnapshot.take(pids).since(steady)
-            else:
-                log(f"{len(result.not_ready)} not Ready after {args.timeout:.0f} s")
-        result.rss_max_mb = sampler.max_rss_mb
-        result.log = read_log(operator.log, log_offset)
-        result.pods = len(core.list_namespaced_pod(namespace).items)
-        result.others = (result.others[0], other_smallmodels(custom, namespace))
-        result.operator_restarted = sampler.lost or not operator.alive()
+        with operator_flow(args.kubeconfig, operator.service_account):
+            measure(args, result, operator, pids, core, custom, namespace, items)
     finally:
         log(f"deleting namespace {namespace}")
         result.delete_s = delete_namespace(core, namespace, 600)
@@ -596,6 +721,74 @@ def run(args: argparse.Namespace) -> Result:
         if not args.keep_nodes:
             delete_nodes(core)
     return result
+
+
+def measure(
+    args: argparse.Namespace,
+    result: Result,
+    operator: OperatorProcess,
+    pids: dict[str, int],
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    items: list[dict[str, Any]],
+) -> None:
+    """Idle window, apply → all Ready, steady window: the figures of one run."""
+    requests = RequestCount.take(args.kubeconfig)
+    result.cpu_idle_share = cpu_share(operator, args.idle_seconds)
+    counted = RequestCount.take(args.kubeconfig)
+    result.requests["idle"] = counted.rates_since(requests)
+    activity = operator.activity()
+    result.rss_before_mb = operator.rss_mb()
+    result.others = (other_smallmodels(custom, namespace), 0)
+    names = {m["metadata"]["name"] for m in items}
+    ready = ReadyWatch(custom, namespace, names, args.timeout)
+    pods = PodReadyWatch(core, namespace, args.timeout)
+    log_offset = operator.log.stat().st_size
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    sampler = Sampler(operator)
+    with sampler.running():
+        before, requests = CpuSnapshot.take(pids), RequestCount.take(args.kubeconfig)
+        ready.start()
+        pods.start(ready.started)
+        kube.kubectl(
+            "apply", "--server-side", "--field-manager=bench-operator-scale", "-n", namespace,
+            "-f", "-", kubeconfig=args.kubeconfig, stdin=manifest, timeout=args.timeout,
+        )  # fmt: skip
+        result.apply_s = time.monotonic() - ready.started
+        log(f"applied {len(items)} SmallModels in {result.apply_s:.1f} s; watching for Ready")
+        all_ready = ready.wait()
+        result.cpu_run = CpuSnapshot.take(pids).since(before)
+        counted = RequestCount.take(args.kubeconfig)
+        result.requests["run"], requests = counted.rates_since(requests), counted
+        now_activity = operator.activity()
+        result.activity["run"] = counters_since(now_activity, activity)
+        activity = now_activity
+        result.seen_at, result.ready_at = dict(ready.seen_at), dict(ready.ready_at)
+        result.not_ready = {
+            n: ready_reason(ready.last.get(n, {})) for n in names - ready.ready_at.keys()
+        }
+        if all_ready:
+            result.all_ready_s = max(result.ready_at.values())
+            log(f"all {len(names)} Ready after {result.all_ready_s:.1f} s")
+            result.rss_ready_mb = operator.rss_mb()
+            result.steady_seconds = args.steady_seconds
+            steady, requests = CpuSnapshot.take(pids), RequestCount.take(args.kubeconfig)
+            time.sleep(args.steady_seconds)  # the measurement window, not a wait
+            result.cpu_steady = CpuSnapshot.take(pids).since(steady)
+            result.requests["steady"] = RequestCount.take(args.kubeconfig).rates_since(requests)
+            result.activity["steady"] = counters_since(operator.activity(), activity)
+        else:
+            log(f"{len(result.not_ready)} not Ready after {args.timeout:.0f} s")
+        pods.stop()
+        result.status_latency_s, result.status_never = status_latencies(
+            pods.ready_at, ready.ready_replicas
+        )
+    result.rss_max_mb = sampler.max_rss_mb
+    result.log = read_log(operator.log, log_offset)
+    result.pods = len(core.list_namespaced_pod(namespace).items)
+    result.others = (result.others[0], other_smallmodels(custom, namespace))
+    result.operator_restarted = sampler.lost or not operator.alive()
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -616,7 +809,8 @@ def ms_triple(values: list[float]) -> str:
 def table(r: Result) -> str:
     times = list(r.ready_at.values())
     own = r.create_to_ready()
-    lg = r.log or LogFigures([], 0, [])
+    lg = r.log or LogFigures([], [])
+    latency = r.status_latency_s
     run_s = r.all_ready_s or 0.0
     op_run = r.cpu_run.get("operator", 0.0)
     rows = [
@@ -644,12 +838,36 @@ def table(r: Result) -> str:
          if r.steady_seconds else "—", ""),
         ("reconcile latency p50 / p99 / max (count)",
          f"{ms_triple(lg.reconcile_ms)} ms ({len(lg.reconcile_ms)})", ""),
-        ("status refresh timer runs, apply → end of steady window",
-         f"{lg.timer_runs}", ""),
+        ("**status latency**, a pod turns Ready → its SmallModel's status counts it, "
+         "p50 / p99 / max (pods)",
+         f"{ms_triple([v * 1000 for v in latency])} ms ({len(latency)}"
+         + (f"; {r.status_never} never counted" if r.status_never else "") + ")",
+         f"p99 < {TARGET_STATUS_LATENCY_S:.0f} s: " + verdict(
+             bool(latency) and not r.status_never
+             and percentile(latency, 99) < TARGET_STATUS_LATENCY_S)),
+        ("operator API requests/s: idle before / apply → all Ready / steady",
+         " / ".join(f"{r.requests[w][0]:.1f}" if w in r.requests else "—"
+                    for w in ("idle", "run", "steady")), ""),
+        ("API server requests/s, every client: idle before / apply → all Ready / steady",
+         " / ".join(f"{r.requests[w][1]:.1f}" if w in r.requests else "—"
+                    for w in ("idle", "run", "steady")), ""),
+        ("watch events the operator handled, apply → all Ready / steady",
+         " / ".join(str(sum(v for k, v in r.activity.get(w, {}).items()
+                            if k.startswith("events."))) for w in ("run", "steady")), ""),
+        ("status rounds / writes, apply → all Ready; steady",
+         "; ".join(f"{r.activity.get(w, {}).get('status.rounds', 0)} / "
+                   f"{r.activity.get(w, {}).get('status.writes', 0)}" for w in ("run", "steady")),
+         ""),
         ("namespace delete → gone (GC of all children)", fmt_s(r.delete_s), ""),
     ]  # fmt: skip
     lines = ["| figure | value | target |", "|---|---:|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    by_kind = ", ".join(
+        f"{k.removeprefix('events.')} {v}"
+        for k, v in r.activity.get("run", {}).items()
+        if k.startswith("events.")
+    )
+    lines += ["", f"Watch events handled, apply → all Ready, by kind: {by_kind or '—'}."]
     lines += ["", "CPU by process (share of one core; the machine has "
               f"{os.cpu_count()} cores):", "",
               "| process | apply → all Ready | steady, all Ready |", "|---|---:|---:|"]  # fmt: skip
