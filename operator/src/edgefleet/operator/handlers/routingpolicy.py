@@ -336,8 +336,14 @@ async def keep_status(
     state.trigger.poke()
     while True:
         await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon()))
-        await status_round(
-            ctx, state, body=body, policy_deployments=policy_deployments,
-            smallmodel_names=smallmodel_names, service_endpoints=service_endpoints,
-            router_pod_bindings=router_pod_bindings, logger=logger,
-        )  # fmt: skip
+        try:
+            await status_round(
+                ctx, state, body=body, policy_deployments=policy_deployments,
+                smallmodel_names=smallmodel_names, service_endpoints=service_endpoints,
+                router_pod_bindings=router_pod_bindings, logger=logger,
+            )  # fmt: skip
+        except (kopf.TemporaryError, ApiError) as exc:
+            # The API is busy or refused a repair: the next round is soon, not after
+            # Kopf's restart backoff for a failed daemon.
+            logger.warning("status round failed (tried again soon): %s", exc)
+            state.report_failed = True

@@ -30,6 +30,7 @@ from edgefleet.operator.handlers.common import (
     report_status,
     round_timeout,
 )
+from edgefleet.operator.kube import ApiError
 from edgefleet.operator.placement import NodeFacts, plan_engines
 from edgefleet.operator.spec import SpecError, parse_smallmodel_spec
 from edgefleet.operator.state import Desired, ModelState, OperatorContext
@@ -265,8 +266,14 @@ async def keep_status(
     state.trigger.poke()
     while True:
         await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon()))
-        await status_round(
-            ctx, state, body=body, nodes=nodes, model_deployments=model_deployments,
-            model_daemonsets=model_daemonsets, model_pod_problems=model_pod_problems,
-            service_endpoints=service_endpoints, logger=logger,
-        )  # fmt: skip
+        try:
+            await status_round(
+                ctx, state, body=body, nodes=nodes, model_deployments=model_deployments,
+                model_daemonsets=model_daemonsets, model_pod_problems=model_pod_problems,
+                service_endpoints=service_endpoints, logger=logger,
+            )  # fmt: skip
+        except (kopf.TemporaryError, ApiError) as exc:
+            # The API is busy or refused a repair: the next round is soon, not after
+            # Kopf's restart backoff for a failed daemon.
+            logger.warning("status round failed (tried again soon): %s", exc)
+            state.report_failed = True
