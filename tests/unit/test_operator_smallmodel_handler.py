@@ -126,8 +126,8 @@ def test_reconcile_refuses_the_spec_warns_and_touches_nothing() -> None:
     async def reconcile() -> kopf.PermanentError:
         with pytest.raises(kopf.PermanentError) as refused:
             smallmodel.reconcile(
-                ctx, ctx.states.model(NS, "m"), body=body(REFUSED, 1), nodes=None,
-                model_deployments=None, model_daemonsets=None, logger=LOG,
+                ctx, ctx.states.model(NS, "m"), body=body(REFUSED, 1), nodes=[],
+                workloads=None, logger=LOG,
             )  # fmt: skip
         return refused.value
 
@@ -143,7 +143,7 @@ def test_status_says_invalid_spec_and_keeps_counting_the_last_valid_plan() -> No
     api = RecordingApi()
     ctx = operator(api)
     # Generation 1 was valid and planned (what its workloads still run).
-    first = smallmodel.desired(ctx, ctx.states.model(NS, "m"), body(VALID, 1), None)
+    first = smallmodel.desired(ctx, ctx.states.model(NS, "m"), body(VALID, 1), [])
     assert first.plans == [EnginePlan("llamacpp", 1, 0)]
 
     _, events = with_events(lambda: status_round(ctx, REFUSED, 2))
@@ -214,4 +214,4 @@ def test_a_status_round_waits_for_the_reconcile_of_the_same_model_and_repairs_no
     assert api.calls[-1] == ("status", "SmallModel/m")
     assert api.statuses[-1]["observedGeneration"] == 2
     assert api.statuses[-1]["desiredReplicas"] == 2
-    assert state.applied == smallmodel.desired(ctx, state, body(two_replicas, 2), None).fingerprint
+    assert state.applied == smallmodel.desired(ctx, state, body(two_replicas, 2), []).fingerprint

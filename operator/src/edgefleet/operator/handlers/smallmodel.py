@@ -48,8 +48,24 @@ EndpointIndex = kopf.Index[tuple[str, str], int]
 Logger = logging.Logger | logging.LoggerAdapter
 
 
+def node_facts(nodes: NodeIndex | None) -> list[NodeFacts]:
+    """The fleet as the index holds it now (a copy: the index changes on the event loop)."""
+    return list(nodes.get("nodes", [])) if nodes else []
+
+
+def existing_workloads(
+    key: tuple[str, str],
+    model_deployments: WorkloadIndex | None,
+    model_daemonsets: WorkloadIndex | None,
+) -> list[WorkloadFacts] | None:
+    """The model's workloads as the indexes hold them now; None without indexes."""
+    if model_deployments is None or model_daemonsets is None:
+        return None
+    return [*model_deployments.get(key, []), *model_daemonsets.get(key, [])]
+
+
 def desired(
-    ctx: OperatorContext, state: ModelState, body: Mapping[str, Any], nodes: NodeIndex | None
+    ctx: OperatorContext, state: ModelState, body: Mapping[str, Any], nodes: list[NodeFacts]
 ) -> Desired:
     """The plan, the children and their digest; kept until the spec or the fleet changes.
 
@@ -57,12 +73,11 @@ def desired(
     keeps the last valid one's, which still describes what runs).
     """
     meta = body["metadata"]
-    facts: list[NodeFacts] = list(nodes.get("nodes", [])) if nodes else []
-    key = (meta.get("generation"), ctx.states.fleet.version, len(facts))
+    key = (meta.get("generation"), ctx.states.fleet.version, len(nodes))
     if state.desired is not None and state.desired.key == key:
         return state.desired
     model = parse_smallmodel_spec(dict(body.get("spec") or {}))
-    plans = plan_engines(model, facts, ctx.config.gpu_node_label)
+    plans = plan_engines(model, nodes, ctx.config.gpu_node_label)
     children = build.build_children(meta["name"], meta["namespace"], model, plans, ctx.config)
     state.desired = Desired(key, plans, children, digest(children))
     return state.desired
@@ -73,12 +88,14 @@ def reconcile(
     state: ModelState,
     *,
     body: Mapping[str, Any],
-    nodes: NodeIndex | None,
-    model_deployments: WorkloadIndex | None,
-    model_daemonsets: WorkloadIndex | None,
+    nodes: list[NodeFacts],
+    workloads: list[WorkloadFacts] | None,
     logger: Logger,
 ) -> None:
-    """Apply the children and delete retired ones (blocking: run in a thread, holding the lock)."""
+    """Apply the children and delete retired ones (blocking: run in a thread, holding the lock).
+
+    `workloads`: the model's workloads as the indexes show them; None lists them from the API.
+    """
     meta = body["metadata"]
     started = time.monotonic()
     try:
@@ -97,7 +114,7 @@ def reconcile(
         kopf.warn(dict(body), reason="ApplyFailed", message=str(exc))
         raise kopf.PermanentError(str(exc)) from exc
     wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
-    removed = _remove_stale(ctx, state, meta, wanted, model_deployments, model_daemonsets)
+    removed = _remove_stale(ctx, state, meta, wanted, workloads)
     state.apply_error = None
     if state.applied != wanted_now.fingerprint:
         plan_text = ", ".join(
@@ -120,8 +137,7 @@ def _remove_stale(
     state: ModelState,
     meta: Mapping[str, Any],
     wanted: set[tuple[str, str]],
-    model_deployments: WorkloadIndex | None,
-    model_daemonsets: WorkloadIndex | None,
+    workloads: list[WorkloadFacts] | None,
 ) -> list[str]:
     """Delete workloads (and their autoscalers) the spec no longer wants.
 
@@ -130,13 +146,13 @@ def _remove_stale(
     the indexes say what exists, so a steady reconcile costs no LIST at all.
     """
     kube, namespace, name = ctx.kube, meta["namespace"], meta["name"]
-    if not state.listed or model_deployments is None or model_daemonsets is None:
+    if not state.listed or workloads is None:
         selector = f"{names.MODEL_LABEL}={name}"
         removed = delete_stale(kube, namespace, selector, WORKLOAD_KINDS, wanted, meta["uid"])
         state.listed = True
         return removed
-    key, removed = (namespace, name), []
-    for workload in [*model_deployments.get(key, []), *model_daemonsets.get(key, [])]:
+    removed = []
+    for workload in workloads:
         if (workload.kind, workload.name) not in wanted:
             kube.delete(workload.kind, namespace, workload.name)
             kube.delete("HorizontalPodAutoscaler", namespace, workload.name)
@@ -161,20 +177,17 @@ async def apply(
     logger: Logger,
 ) -> None:
     """Create, update or resume: reconcile holding the model's lock, then have status follow."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
         async with state.lock:
+            workloads = existing_workloads(key, model_deployments, model_daemonsets)
             await asyncio.to_thread(
-                reconcile, ctx, state, body=body, nodes=nodes,
-                model_deployments=model_deployments, model_daemonsets=model_daemonsets,
-                logger=logger,
+                reconcile, ctx, state, body=body, nodes=node_facts(nodes),
+                workloads=workloads, logger=logger,
             )  # fmt: skip
     finally:
         # Applied, refused or invalid: the status says which, soon.
         state.trigger.poke()
-
-
-def _workloads(index: WorkloadIndex | None, key: tuple[str, str]) -> list[WorkloadFacts]:
-    return list(index.get(key, [])) if index else []
 
 
 async def status_round(
@@ -198,15 +211,17 @@ async def status_round(
     key = (meta["namespace"], meta["name"])
     async with state.lock:
         invalid = None
+        fleet = node_facts(nodes)
         try:
-            wanted_now: Desired | None = desired(ctx, state, body, nodes)
+            wanted_now: Desired | None = desired(ctx, state, body, fleet)
         except SpecError as exc:
             invalid = str(exc)
             # Status still describes the workloads of the last valid spec, if any.
             wanted_now = state.desired
         plans = wanted_now.plans if wanted_now else []
         children = wanted_now.children if wanted_now else []
-        workloads = _workloads(model_deployments, key) + _workloads(model_daemonsets, key)
+        known = existing_workloads(key, model_deployments, model_daemonsets)
+        workloads = known or []
         present = {w.name for w in workloads}
         wanted = {c["metadata"]["name"] for c in children if c["kind"] in WORKLOADS}
         # A workload missing for two rounds in a row was deleted by someone (one
@@ -221,10 +236,8 @@ async def status_round(
             # A refusal is recorded in state.apply_error and an Event; tried again soon.
             with contextlib.suppress(kopf.PermanentError):
                 await asyncio.to_thread(
-                    reconcile, ctx, state, body=body, nodes=nodes,
-                    model_deployments=model_deployments, model_daemonsets=model_daemonsets,
-                    logger=logger,
-                )  # fmt: skip
+                    reconcile, ctx, state, body=body, nodes=fleet, workloads=known, logger=logger
+                )
         problems = list(model_pod_problems.get(key, [])) if model_pod_problems else []
         endpoints = sum(service_endpoints.get(key, [])) if service_endpoints else 0
         current = last_status(body, state)
