@@ -234,22 +234,15 @@ def _one(index: PolicyWorkloadIndex | None, key: tuple[str, str, str]) -> Worklo
     return found[0] if found else None
 
 
-def _sync_bindings_from_index(
+def _sync_bindings(
     ctx: OperatorContext,
     state: PolicyState,
     body: Mapping[str, Any],
-    router_pod_bindings: BindingIndex | None,
     logger: Logger,
 ) -> None:
-    """Put right bindings missing (a namespace created since, one deleted by hand) or left over.
-
-    The index says what exists, so a round where all is well costs no API call.
-    """
+    """Put right bindings missing (a namespace created since, one deleted by hand) or left over."""
     meta, spec = body["metadata"], body.get("spec") or {}
     name, namespace = meta["name"], meta["namespace"]
-    bound = set(router_pod_bindings.get((namespace, name), [])) if router_pod_bindings else set()
-    if bound == set(build.sensitive_namespaces(spec)):
-        return
     try:
         missing, removed = sync_pod_bindings(ctx.kube, name, namespace, spec, ctx.config)
     except (ChildRefused, kopf.TemporaryError) as exc:
@@ -288,9 +281,11 @@ async def status_round(
             with contextlib.suppress(kopf.PermanentError):
                 await asyncio.to_thread(reconcile, ctx, state, body=body, logger=logger)
         elif valid:
-            await asyncio.to_thread(
-                _sync_bindings_from_index, ctx, state, body, router_pod_bindings, logger
-            )
+            # The index says what exists, so a round where all is well costs no API call.
+            key = (namespace, name)
+            bound = set(router_pod_bindings.get(key, [])) if router_pod_bindings else set()
+            if bound != set(build.sensitive_namespaces(spec)):
+                await asyncio.to_thread(_sync_bindings, ctx, state, body, logger)
         targets = list((spec.get("local") or {}).get("targets") or [])
         endpoints: dict[str, int | None] = {}
         for target in targets:
