@@ -215,3 +215,17 @@ def test_a_status_round_waits_for_the_reconcile_of_the_same_model_and_repairs_no
     assert api.statuses[-1]["observedGeneration"] == 2
     assert api.statuses[-1]["desiredReplicas"] == 2
     assert state.applied == smallmodel.desired(ctx, state, body(two_replicas, 2), []).fingerprint
+
+
+def test_a_round_with_nothing_changed_makes_no_api_call() -> None:
+    """What keeps an idle fleet free: the safety-net round finds the status it wrote."""
+    api = RecordingApi()
+    ctx = operator(api)
+
+    async def two_rounds() -> None:
+        await status_round(ctx, VALID, 1)
+        await status_round(ctx, VALID, 1)
+
+    with_events(two_rounds)
+
+    assert api.calls == [("status", "SmallModel/m")]
