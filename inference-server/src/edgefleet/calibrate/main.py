@@ -130,6 +130,30 @@ def start_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Labelling:
+    """What the labelling pipeline returned: a row per prompt, and the ledger's books."""
+
+    run_id: str
+    started: datetime.datetime
+    rows: list[Any]
+    spend: Any
+    seconds: float
+
+
+def label_prompts(settings: CalibrationSettings, prepared: Prepared, ledger: Any) -> Labelling:
+    """Run the Ray Data pipeline over the prepared prompts; `ledger` is pipeline.new_ledger's."""
+    from edgefleet.calibrate.pipeline import label, ledger_summary
+
+    policy, rows, _ = prepared
+    started = datetime.datetime.now(datetime.UTC)
+    run_id = f"cal-{started:%Y%m%dT%H%M%S}-{os.getpid()}"
+    clock = time.monotonic()
+    labelled = label(rows, _plan(settings, policy, run_id), settings.workers, ledger)
+    seconds = time.monotonic() - clock
+    return Labelling(run_id, started, labelled, ledger_summary(ledger), seconds)
+
+
 def calibrate(
     settings: CalibrationSettings, prepared: Prepared, ledger: Any = None
 ) -> tuple[Path, dict]:
@@ -138,17 +162,14 @@ def calibrate(
     `prepared` is what prepare(settings) returned. `ledger` lets a caller watch the job's
     cloud ledger (pipeline.new_ledger); by default the job makes its own.
     """
-    from edgefleet.calibrate.pipeline import label, ledger_summary, new_ledger
+    from edgefleet.calibrate.pipeline import new_ledger
     from edgefleet.calibrate.train import Example, train
 
     policy, rows, sensitive = prepared
-    started = datetime.datetime.now(datetime.UTC)
-    run_id = f"cal-{started:%Y%m%dT%H%M%S}-{os.getpid()}"
     ledger = ledger if ledger is not None else new_ledger(policy.budget)
-    clock = time.monotonic()
-    labelled = label(rows, _plan(settings, policy, run_id), settings.workers, ledger)
-    seconds = time.monotonic() - clock
-    spend = ledger_summary(ledger)
+    labelling = label_prompts(settings, prepared, ledger)
+    labelled, spend, seconds = labelling.rows, labelling.spend, labelling.seconds
+    started = labelling.started
     budget = policy.budget
     if spend.budget_exhausted:
         caps = ", ".join(
