@@ -39,7 +39,8 @@ then `sensitive(..., patterns=False)` once the cloud is chosen.
 Not covered: dates of birth, other countries' national ids without a
 keyword, phone numbers as bare digits without a keyword or trunk 0, SSNs without separators or
 keyword, digits other than ASCII and full-width, an unquoted all-letters password after a colon
-(`password: correcthorse` reads like prose), and placeholders such as "YOUR_API_KEY".
+(`password: correcthorse` reads like prose), and placeholders such as "YOUR_API_KEY" or the
+redactor's "[SECRET_1]".
 """
 
 from __future__ import annotations
@@ -516,9 +517,12 @@ _ASSIGNMENT = re.compile(
     r"(\s{0,3}(?::=|=>|[:=])\s{0,3}|\s+(?:is|was)\s*:?\s*)"
     r"(?:\"([^\"\n]{8,200})\"|'([^'\n]{8,200})'|`([^`\n]{8,200})`|([^\s\"'`,;]{8,200}))"
 )
-# Templates and the "YOUR_API_KEY" of documentation, not credentials.
+# Templates, the "YOUR_API_KEY" of documentation and redaction's "[SECRET_1]" (lowercased
+# here; routing/redaction.py), not credentials.
 _PLACEHOLDER = re.compile(
-    r"<[^>]*>|\$\{.*\}|\{\{.*\}\}|%\(.*\)s|(.)\1*|(?:.*[^a-z])?your[_\-\s].*", re.DOTALL
+    r"<[^>]*>|\$\{.*\}|\{\{.*\}\}|%\(.*\)s|(.)\1*|(?:.*[^a-z])?your[_\-\s].*"
+    r"|\[[a-z][a-z0-9_]*_[0-9]+\]",
+    re.DOTALL,
 )
 _CODE_VALUE = re.compile(r"[()\[\]{}<>]|^[$%]")
 _IDENTIFIER = re.compile(r"[a-z_][a-z_.]*")
