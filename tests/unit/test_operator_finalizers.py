@@ -1,4 +1,4 @@
-"""Which handlers make Kopf put a finalizer on our resources (pure: the registry only)."""
+"""The operator's Kopf registry: finalizers, daemons, login (pure: the registry only)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,13 @@ def test_building_the_registry_registers_nothing_anywhere_else() -> None:
     before = len(kopf.get_default_registry()._changing._handlers)
     build_registry(OperatorConfig())
     assert len(kopf.get_default_registry()._changing._handlers) == before
+
+
+def test_the_operator_logs_in_with_the_kubernetes_clients_credentials() -> None:
+    # A registry of one's own has no login handler unless one is registered:
+    # without it Kopf runs out of credentials before it lists anything.
+    registry = build_registry(OperatorConfig())
+    logins = [
+        h.fn for h in registry._activities._handlers if h.activity == kopf.Activity.AUTHENTICATION
+    ]
+    assert logins == [kopf.login_via_client]

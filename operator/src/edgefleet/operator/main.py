@@ -308,6 +308,9 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """Every handler the operator runs, registered in one place."""
     registry = kopf.OperatorRegistry()
     on: dict[str, Any] = {"registry": registry}
+    # A registry of our own starts without Kopf's default login: the kubernetes
+    # client's credentials, as everything else here uses (edgefleet.kubeapi).
+    kopf.on.login(**on)(kopf.login_via_client)
     kopf.on.startup(**on)(configure)
     kopf.on.probe(id="activity", **on)(activity)
 
