@@ -43,7 +43,5 @@ def test_the_operator_logs_in_with_the_kubernetes_clients_credentials() -> None:
     # A registry of one's own has no login handler unless one is registered:
     # without it Kopf runs out of credentials before it lists anything.
     registry = build_registry(OperatorConfig())
-    logins = [
-        h.fn for h in registry._activities._handlers if h.activity == kopf.Activity.AUTHENTICATION
-    ]
+    logins = [h.fn for h in registry._activities._handlers if h.activity == "authentication"]
     assert logins == [kopf.login_via_client]
