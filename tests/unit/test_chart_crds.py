@@ -132,6 +132,9 @@ def test_routing_policy_defaults_are_the_parsers(routing_policy_spec: dict[str, 
             # The parser's None means "no limit": the CRD gives no default then.
             assert schema.get("default") == expected, f"spec.{section}.{name}"
     assert spec["modelName"]["default"] == policy.RoutingPolicy().model_name
+    on_sensitive = spec["privacy"]["properties"]["onSensitive"]
+    assert on_sensitive["default"] == policy.PrivacyPolicy().on_sensitive
+    assert on_sensitive["enum"] == list(policy.ON_SENSITIVE)
     weight = spec["local"]["properties"]["targets"]["items"]["properties"]["weight"]
     assert weight["default"] == policy.LocalTarget("x").weight
 

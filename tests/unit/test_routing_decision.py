@@ -7,10 +7,20 @@ import itertools
 
 import pytest
 
-from edgefleet.routing.decision import FleetFacts, RequestFacts, RoutingDecision, Target, decide
-from edgefleet.routing.policy import BudgetPolicy, CapacityPolicy, RoutingPolicy
+from edgefleet.routing.decision import (
+    ClientNamespace,
+    FleetFacts,
+    RequestFacts,
+    RoutingDecision,
+    Target,
+    decide,
+    privacy_step,
+)
+from edgefleet.routing.policy import BudgetPolicy, CapacityPolicy, PrivacyPolicy, RoutingPolicy
 
 POLICY = RoutingPolicy()
+REDACTING = RoutingPolicy(privacy=PrivacyPolicy(on_sensitive="redact"))
+REJECTING = RoutingPolicy(privacy=PrivacyPolicy(on_sensitive="reject"))
 THRESHOLD = 0.5
 SIMPLE = RequestFacts(complexity=0.1)
 COMPLEX = RequestFacts(complexity=0.9)
@@ -123,3 +133,74 @@ def test_nothing_anywhere_rejects() -> None:
     assert decide(POLICY, THRESHOLD, SIMPLE, fleet) == RoutingDecision(
         Target.REJECT, "cloud.unavailable"
     )
+
+
+def test_redacting_policy_routes_a_detected_prompt_on_its_merits() -> None:
+    complex_email = RequestFacts(privacy_detector="email", complexity=0.9)
+    simple_email = RequestFacts(privacy_detector="email", complexity=0.1)
+    assert decide(REDACTING, THRESHOLD, complex_email, HEALTHY) == RoutingDecision(
+        Target.CLOUD, "privacy.redacted", Target.LOCAL
+    )
+    # Served locally as it is; a failover to the cloud redacts it then.
+    assert decide(REDACTING, THRESHOLD, simple_email, HEALTHY) == RoutingDecision(
+        Target.LOCAL, "complexity.low", Target.CLOUD
+    )
+    overflow = decide(REDACTING, THRESHOLD, simple_email, FleetFacts(overflowing=True))
+    assert overflow == RoutingDecision(Target.CLOUD, "privacy.redacted", Target.LOCAL)
+
+
+def test_redacting_policy_keeps_what_it_cannot_hide_local() -> None:
+    """The client's mark and a sensitive namespace cover the whole prompt; a prompt still
+    found sensitive after redaction is not redactable."""
+    for facts, reason in [
+        (RequestFacts(client_sensitive=True, complexity=0.9), "privacy.client_marked"),
+        (
+            RequestFacts(privacy_detector="email", client_sensitive=True, complexity=0.9),
+            "privacy.detector.email",
+        ),
+        (RequestFacts(client_namespace=ClientNamespace.SENSITIVE), "privacy.namespace"),
+        (
+            RequestFacts(privacy_detector="person", redactable=False, complexity=0.9),
+            "privacy.detector.person",
+        ),
+    ]:
+        assert decide(REDACTING, THRESHOLD, facts, HEALTHY) == RoutingDecision(Target.LOCAL, reason)
+
+
+def test_rejecting_policy_refuses_a_detected_prompt_even_with_local_ready() -> None:
+    facts = RequestFacts(privacy_detector="iban", complexity=0.1)
+    assert decide(REJECTING, THRESHOLD, facts, HEALTHY) == RoutingDecision(
+        Target.REJECT, "privacy.detector.iban"
+    )
+    marked = RequestFacts(client_sensitive=True)
+    assert decide(REJECTING, THRESHOLD, marked, HEALTHY) == RoutingDecision(
+        Target.LOCAL, "privacy.client_marked"
+    )
+
+
+def test_privacy_step_on_failover_refuses_what_must_stay_local() -> None:
+    """Local has failed: what privacy confines is refused, a redactable prompt may go out."""
+    person = RequestFacts(privacy_detector="person")
+    assert privacy_step(POLICY, person, local_available=False) == RoutingDecision(
+        Target.REJECT, "privacy.detector.person"
+    )
+    assert privacy_step(REJECTING, person, local_available=False) == RoutingDecision(
+        Target.REJECT, "privacy.detector.person"
+    )
+    assert privacy_step(REDACTING, person, local_available=False) is None
+    assert privacy_step(POLICY, RequestFacts(), local_available=False) is None
+
+
+def test_only_a_redacting_policy_ever_lets_a_detected_prompt_out_and_then_redacted() -> None:
+    """Every fleet state and mode: the cloud gets a detected prompt only as privacy.redacted."""
+    for policy, flags in itertools.product(
+        [POLICY, REDACTING, REJECTING], itertools.product([True, False], repeat=4)
+    ):
+        fleet = FleetFacts(*flags)
+        for complexity in (0.0, 1.0):
+            facts = RequestFacts(privacy_detector="email", complexity=complexity)
+            decision = decide(policy, THRESHOLD, facts, fleet)
+            if policy is not REDACTING:
+                assert Target.CLOUD not in (decision.target, decision.fallback)
+            if decision.target is Target.CLOUD:
+                assert decision.reason == "privacy.redacted"

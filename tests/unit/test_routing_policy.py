@@ -88,6 +88,18 @@ def test_unknown_detector_and_bad_regex_are_refused() -> None:
         parse_policy({"privacy": {"customPatterns": [{"name": "broken", "regex": "(unclosed"}]}})
 
 
+def test_on_sensitive_is_read_defaults_to_local_and_refuses_other_values() -> None:
+    assert RoutingPolicy().privacy.on_sensitive == "local"
+    for choice in ("local", "redact", "reject"):
+        parsed = parse_policy({"privacy": {"onSensitive": choice}})
+        assert parsed.privacy.on_sensitive == choice
+    with pytest.raises(PolicyError) as caught:
+        parse_policy({"privacy": {"onSensitive": "mask"}})
+    assert caught.value.problems == [
+        "spec.privacy.onSensitive: must be one of local, redact, reject, got 'mask'"
+    ]
+
+
 def test_wrong_kind_is_refused() -> None:
     with pytest.raises(PolicyError, match="kind: must be RoutingPolicy"):
         parse_policy({"kind": "SmallModel", "spec": {}})

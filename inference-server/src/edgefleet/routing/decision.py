@@ -3,7 +3,9 @@
 The steps run in a fixed order, each able to override the one before:
 privacy (fail-closed: a sensitive request is local or refused, never cloud;
 sensitive means marked by the client, matched by a detector, or sent from a
-namespace the policy names, or from a client the router cannot place yet),
+namespace the policy names, or from a client the router cannot place yet;
+a policy may refuse what a detector matched, or redact it: then the request
+goes on its merits and the cloud gets it with the values replaced),
 complexity (the classifier's score against the policy's threshold), capacity
 (overflow, or no local replica), cloud eligibility (enabled, breaker, budget).
 The router gathers the facts, calls `decide`, and carries the decision out,
@@ -50,6 +52,8 @@ class RequestFacts:
     # The sensitiveNamespaces verdict on the client; None: not from one of
     # them (or the policy names none).
     client_namespace: ClientNamespace | None = None
+    # False once a redacted prompt still trips a detector: its values cannot be hidden.
+    redactable: bool = True
 
     @property
     def sensitive(self) -> bool:
@@ -92,14 +96,37 @@ def privacy_reason(facts: RequestFacts) -> str:
     return f"privacy.{facts.client_namespace.value}"
 
 
+def confined(policy: RoutingPolicy, request: RequestFacts) -> bool:
+    """Does privacy alone settle this request: local only, or refused?
+
+    The client's mark and its namespace always do: they say the whole prompt is
+    private, and redaction hides only what a detector finds. A detector's finding
+    does unless the policy redacts (and the redacted prompt came out clean).
+    """
+    if request.client_sensitive or request.client_namespace is not None:
+        return True
+    if request.privacy_detector is None:
+        return False
+    return policy.privacy.on_sensitive != "redact" or not request.redactable
+
+
+def privacy_step(
+    policy: RoutingPolicy, request: RequestFacts, local_available: bool
+) -> RoutingDecision | None:
+    """The privacy step's decision, or None when the request goes on its merits."""
+    if not confined(policy, request):
+        return None
+    refused = request.privacy_detector is not None and policy.privacy.on_sensitive == "reject"
+    target = Target.LOCAL if local_available and not refused else Target.REJECT
+    return RoutingDecision(target, privacy_reason(request))
+
+
 def decide(
     policy: RoutingPolicy, threshold: float, request: RequestFacts, fleet: FleetFacts
 ) -> RoutingDecision:
-    if request.sensitive:
-        reason = privacy_reason(request)
-        if fleet.local_available:
-            return RoutingDecision(Target.LOCAL, reason)
-        return RoutingDecision(Target.REJECT, reason)
+    settled = privacy_step(policy, request, fleet.local_available)
+    if settled is not None:
+        return settled
 
     if request.complexity >= threshold:
         target, reason = Target.CLOUD, "complexity.high"
@@ -122,10 +149,16 @@ def decide(
                 return RoutingDecision(Target.LOCAL, blocked)
             return RoutingDecision(Target.REJECT, blocked)
         fallback = Target.LOCAL if fleet.local_available else None
-        return RoutingDecision(Target.CLOUD, reason, fallback)
+        return RoutingDecision(Target.CLOUD, cloud_reason(request, reason), fallback)
 
     may_fail_over = policy.failover.local_to_cloud and _cloud_blocked(policy, fleet) is None
     return RoutingDecision(Target.LOCAL, reason, Target.CLOUD if may_fail_over else None)
+
+
+def cloud_reason(request: RequestFacts, reason: str) -> str:
+    """The reason for sending a request to the cloud: what it holds goes redacted, which the
+    client should hear of before why it went out."""
+    return "privacy.redacted" if request.privacy_detector is not None else reason
 
 
 def _cloud_blocked(policy: RoutingPolicy, fleet: FleetFacts) -> str | None:

@@ -43,12 +43,20 @@ class PolicyError(ValueError):
         self.problems = problems
 
 
+# What a detector's finding does to a request: keep it on local models, let the cloud have
+# it with the values replaced by placeholders, or refuse it.
+ON_SENSITIVE = ("local", "redact", "reject")
+
+
 @dataclass(frozen=True)
 class PrivacyPolicy:
     detectors: tuple[str, ...] = BUILTIN_DETECTORS
     custom_patterns: tuple[CustomPattern, ...] = ()
     # Requests from clients in these namespaces are sensitive whatever they say.
     sensitive_namespaces: tuple[str, ...] = ()
+    # One of ON_SENSITIVE. Only detectors' findings are redacted or refused: a request the
+    # client marks sensitive, or from a sensitive namespace, always stays local.
+    on_sensitive: str = "local"
 
 
 @dataclass(frozen=True)
@@ -206,7 +214,7 @@ class _Reader:
 
 
 def _privacy(reader: _Reader, spec: Mapping[str, Any]) -> PrivacyPolicy:
-    known = {"detectors", "customPatterns", "sensitiveNamespaces"}
+    known = {"detectors", "customPatterns", "sensitiveNamespaces", "onSensitive"}
     data = reader.section(spec, "privacy", "spec", known)
     detectors = data.get("detectors", list(BUILTIN_DETECTORS))
     if not isinstance(detectors, list) or not all(isinstance(d, str) for d in detectors):
@@ -225,7 +233,8 @@ def _privacy(reader: _Reader, spec: Mapping[str, Any]) -> PrivacyPolicy:
         reader.unknown(item, path, {"name", "regex"})
         patterns.append(CustomPattern(str(item["name"]), str(item["regex"])))
     namespaces = _names(reader, data, "sensitiveNamespaces", "spec.privacy", "namespace names")
-    policy = PrivacyPolicy(tuple(detectors), tuple(patterns), namespaces)
+    on_sensitive = reader.choice(data, "onSensitive", "spec.privacy", "local", ON_SENSITIVE)
+    policy = PrivacyPolicy(tuple(detectors), tuple(patterns), namespaces, on_sensitive)
     try:
         PrivacyScanner(policy.detectors, policy.custom_patterns)
     except ValueError as exc:
