@@ -19,6 +19,8 @@ from edgefleet.v1 import inference_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 ANSWER = ("Hello", " there")
+# Small enough that a placeholder ("[PERSON_1]") arrives split over several pieces.
+ECHO_PIECE = 3
 # Field 2 (delta, a string) holding bytes that are not UTF-8: no parser accepts it.
 NOT_A_MESSAGE = b"\x12\x02\xff\xfe"
 
@@ -33,6 +35,7 @@ class Behaviour(enum.Enum):
     ABORT_AFTER_TEXT = "abort_after_text"  # one delta, then UNAVAILABLE: a reset mid-stream
     GARBAGE = "garbage"  # bytes that do not parse as a GenerateStreamResponse
     TURN_DOWN = "turn_down"  # RESOURCE_EXHAUSTED before any text: healthy, but full
+    ECHO = "echo"  # the last message's text in pieces of ECHO_PIECE characters, then the final
 
 
 class ScriptedBackend:
@@ -92,7 +95,7 @@ class ScriptedBackend:
     ) -> AsyncIterator[bytes]:
         await self._note(lambda: self.requests.append(request))
         try:
-            async for message in self._script(self.behaviour, context):
+            async for message in self._script(self.behaviour, request, context):
                 yield message
         except asyncio.CancelledError:
             self.cancelled += 1
@@ -104,7 +107,7 @@ class ScriptedBackend:
         self.ended += 1
 
     async def _script(
-        self, behaviour: Behaviour, context: grpc.aio.ServicerContext
+        self, behaviour: Behaviour, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         if behaviour is Behaviour.GARBAGE:
             yield NOT_A_MESSAGE
@@ -116,6 +119,13 @@ class ScriptedBackend:
         if behaviour in (Behaviour.END_EARLY, Behaviour.HANG):
             if behaviour is Behaviour.HANG:
                 await asyncio.Event().wait()
+            return
+        if behaviour is Behaviour.ECHO:
+            echoed = request.messages[-1].content
+            for start in range(0, len(echoed), ECHO_PIECE):
+                piece = echoed[start : start + ECHO_PIECE]
+                yield pb.GenerateStreamResponse(delta=piece).SerializeToString()
+            yield final_message(self.kind).SerializeToString()
             return
         texts = ANSWER if behaviour is Behaviour.ANSWER else ANSWER[:1]
         for text in texts:

@@ -1,9 +1,10 @@
 """The egress audit log: one JSON line per cloud call, never the prompt itself.
 
 Each line says when, for which policy and tenant, which cloud model, how many
-tokens, what it cost, how it ended and after how many attempts, and a SHA-256
-of the messages so a call can be matched to a prompt someone holds without
-the log holding it.
+tokens, what it cost, how it ended and after how many attempts, how many values
+the router redacted, and a SHA-256 of the messages (as sent, placeholders and
+all) so a call can be matched to a prompt someone holds without the log
+holding it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class AuditRecord:
     attempts: int
     latency_ms: float
     usage_reported: bool
+    # Values the router replaced with placeholders before sending (0: none); never the values.
+    redacted_values: int
 
 
 class AuditLog:

@@ -2,7 +2,8 @@
 
 Served by the same servicers as a model, so the router talks to the egress
 exactly as to a local model. Before anything leaves, the privacy scan runs
-again (defence in depth: a router bug must not leak). Retryable failures
+again (defence in depth: a router bug must not leak); a prompt the router
+redacted passes it, its placeholders hold nothing a detector finds. Retryable failures
 (connection, timeout, 429, 5xx) are retried with exponential backoff, but
 only before the first token: a half-sent answer is never silently restarted.
 Every call ends in one audit line.
@@ -258,5 +259,6 @@ class CloudEngine(Engine):
                 attempts=call.attempts,
                 latency_ms=round(seconds * 1000, 1),
                 usage_reported=call.usage_reported,
+                redacted_values=request.routing.redacted_values,
             )
         )

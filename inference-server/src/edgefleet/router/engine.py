@@ -5,7 +5,10 @@ model server uses (edgefleet.v1, OIP v2, health, admission, metrics, drain),
 so a client cannot tell a router from a model. For each request it gathers
 facts (privacy scan, complexity score, local load, breaker and budget state),
 asks the pure `decide`, then streams from the chosen backend, falling back
-once when that target fails before its first token. Each attempt at a backend
+once when that target fails before its first token. Nothing goes to the cloud
+without the full privacy pass (`_cloud_prompt`), on a failover too; under
+`privacy.onSensitive: redact` the cloud gets placeholders and the caller gets
+the answer with the values put back. Each attempt at a backend
 claims its breaker and, for the cloud, a budget reservation; `_settle` alone
 gives them back, however the attempt ends (answered, failed, turned down,
 abandoned by the client).
@@ -15,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -31,10 +35,20 @@ from edgefleet.router.sources import Endpoints
 from edgefleet.routing.breaker import CircuitBreaker
 from edgefleet.routing.budget import CloudBudget, Reservation, prompt_token_bound
 from edgefleet.routing.complexity import ComplexityScorer
-from edgefleet.routing.decision import FleetFacts, RequestFacts, RoutingDecision, Target, decide
+from edgefleet.routing.decision import (
+    FleetFacts,
+    RequestFacts,
+    RoutingDecision,
+    Target,
+    cloud_reason,
+    confined,
+    decide,
+    privacy_step,
+)
 from edgefleet.routing.overflow import OverflowGate, least_loaded
 from edgefleet.routing.policy import RoutingPolicy
 from edgefleet.routing.privacy import PrivacyScanner
+from edgefleet.routing.redaction import Restorer, redact
 from edgefleet.serving.engines.base import Engine, StreamItem
 from edgefleet.serving.errors import EdgefleetError
 from edgefleet.serving.grpc_inference import route_metadata
@@ -43,6 +57,7 @@ from edgefleet.serving.types import (
     EngineStats,
     FinishReason,
     GenerationRequest,
+    Message,
     Route,
     ServedBy,
     TextDelta,
@@ -74,25 +89,36 @@ _SENSITIVITY = {True: pb.SENSITIVITY_SENSITIVE, False: pb.SENSITIVITY_UNSPECIFIE
 class RouteRefused(EdgefleetError):
     """No target may serve this request; it was sent nowhere."""
 
-    def __init__(self, decision: RoutingDecision, policy: str) -> None:
+    def __init__(
+        self, decision: RoutingDecision, policy: RoutingPolicy, detectors: tuple[str, ...] = ()
+    ) -> None:
         reason = decision.reason
-        if reason.startswith("privacy."):
+        # The policy refuses what the detectors found (never the values, only their names).
+        refused = reason.startswith("privacy.detector.") and policy.privacy.on_sensitive == "reject"
+        if refused:
+            found = ", ".join(detectors or (reason.removeprefix("privacy.detector."),))
+            message = (
+                f"request holds data the privacy detectors flag ({found}) and routing policy "
+                f"{policy.name!r} refuses such requests (privacy.onSensitive: reject)"
+            )
+        elif reason.startswith("privacy."):
             message = (
                 f"request is sensitive ({reason}) and no local model replica can serve it; "
                 "it was not sent to the cloud"
             )
         elif reason == "budget.exceeded":
-            message = f"the cloud budget of routing policy {policy!r} would be exceeded"
+            message = f"the cloud budget of routing policy {policy.name!r} would be exceeded"
         elif reason == "capacity.no_local":
             message = "no local model replica is ready and the policy does not allow the cloud"
         else:
             message = f"no target can serve this request now ({reason})"
         super().__init__(f"{message} [route: reject, reason: {reason}]")
-        self.code = (
-            grpc.StatusCode.RESOURCE_EXHAUSTED
-            if reason == "budget.exceeded"
-            else grpc.StatusCode.UNAVAILABLE
-        )
+        if refused:
+            self.code = grpc.StatusCode.PERMISSION_DENIED
+        elif reason == "budget.exceeded":
+            self.code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        else:
+            self.code = grpc.StatusCode.UNAVAILABLE
         self.trailers = route_metadata(Route(Target.REJECT.value, reason))
 
 
@@ -178,15 +204,31 @@ class _Attempt:
 
 
 @dataclass(frozen=True)
+class CloudPrompt:
+    """What the cloud may be sent for one request, after the full privacy pass."""
+
+    messages: tuple[Message, ...]
+    # placeholder -> the value it replaced, put back into the answer; empty: nothing redacted.
+    values: Mapping[str, str]
+    # Worst-case (prompt, answer) tokens of these messages, reserved before sending.
+    bound: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class Routing:
     """What route() found for one request, carried to where it is carried out."""
 
     decision: RoutingDecision
-    # A detector matched, the client marked it or it came from a sensitive
-    # namespace: never to the cloud, and local servers are told so.
-    sensitive: bool
-    # Worst-case (prompt, answer) tokens, reserved against the budget before sending.
-    cloud_bound: tuple[int, int]
+    facts: RequestFacts
+    # Set once the full privacy pass cleared the request for the cloud: when the
+    # decision is `cloud`, or on a failover to it. None: the cloud may not have it.
+    outbound: CloudPrompt | None
+
+    @property
+    def sensitive(self) -> bool:
+        """A detector matched, the client marked it or it came from a sensitive
+        namespace: local servers are told so."""
+        return self.facts.sensitive
 
 
 @dataclass(frozen=True)
@@ -311,11 +353,13 @@ class RouterEngine(Engine):
 
     def route(self, request: GenerationRequest, active: ActivePolicy) -> Routing:
         started = time.perf_counter()
+        policy = active.policy
         texts = [message.content for message in request.messages]
-        cloud_bound = (prompt_token_bound(texts), request.sampling.max_tokens)
-        # The entity detectors cost more: they run below, only if the cloud is chosen.
-        finding = active.scanner.sensitive(texts, entities=False)
-        namespaces = active.policy.privacy.sensitive_namespaces
+        # The entity detectors cost more: they run once the cloud is chosen (below, or on
+        # a failover), unless the policy refuses whatever a detector finds.
+        rejecting = policy.privacy.on_sensitive == "reject"
+        finding = active.scanner.sensitive(texts, entities=rejecting)
+        namespaces = policy.privacy.sensitive_namespaces
         facts = RequestFacts(
             client_sensitive=request.routing.sensitive,
             privacy_detector=finding.detector if finding else None,
@@ -325,25 +369,101 @@ class RouterEngine(Engine):
                 else None
             ),
         )
-        if not facts.sensitive:
+        if not confined(policy, facts):
             user_texts = [m.content for m in request.messages if m.role == "user"] or texts
-            facts = RequestFacts(complexity=self.scorer.score(user_texts[-1]))
+            facts = dataclasses.replace(facts, complexity=self.scorer.score(user_texts[-1]))
         best = least_loaded([backend.load() for backend in self.backends.local.values()])
         cloud = self.backends.cloud
         fleet = FleetFacts(
             local_available=best is not None,
-            overflowing=self.gate.update(active.policy.capacity, best),
+            overflowing=self.gate.update(policy.capacity, best),
             cloud_available=cloud is not None and cloud.ready,
-            budget_allows=self.budget.would_allow(*cloud_bound),
+            budget_allows=self.budget.would_allow(
+                prompt_token_bound(texts), request.sampling.max_tokens
+            ),
         )
-        decision = decide(active.policy, active.threshold, facts, fleet)
+        decision = decide(policy, active.threshold, facts, fleet)
+        outbound = None
         if decision.target is Target.CLOUD:
-            entity = active.scanner.sensitive(texts, patterns=False)
-            if entity is not None:
-                facts = RequestFacts(privacy_detector=entity.detector)
-                decision = decide(active.policy, active.threshold, facts, fleet)
+            screened, outbound = self._cloud_prompt(request, active, facts)
+            if screened != facts:
+                facts = screened
+                decision = decide(policy, active.threshold, facts, fleet)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
-        return Routing(decision, facts.sensitive, cloud_bound)
+        return Routing(decision, facts, outbound if decision.target is Target.CLOUD else None)
+
+    def _cloud_prompt(
+        self, request: GenerationRequest, active: ActivePolicy, facts: RequestFacts
+    ) -> tuple[RequestFacts, CloudPrompt | None]:
+        """The privacy pass the cloud path needs, in full: `facts` with what it found, and
+        the prompt the cloud may be sent (None: privacy confines the request).
+
+        Under `redact` every detector runs and each value found is replaced; a redacted
+        prompt that still trips a detector is not redactable. Under `local` the entity
+        detectors run now (route() ran the pattern ones); under `reject` route() ran all.
+        """
+        policy, scanner = active.policy, active.scanner
+        texts = [message.content for message in request.messages]
+        values: Mapping[str, str] = {}
+        if policy.privacy.on_sensitive == "redact":
+            spans = [scanner.spans(text) for text in texts]
+            first = next((span.kind for found in spans for span in found), None)
+            if first is not None:
+                redaction = redact(texts, spans)
+                residue = scanner.sensitive(redaction.texts)
+                if residue is not None:
+                    log.warning(
+                        "request %s: its redacted prompt still trips %s; it is not sent out",
+                        request.request_id,
+                        residue.redacted(),
+                    )
+                facts = dataclasses.replace(
+                    facts,
+                    privacy_detector=facts.privacy_detector or first,
+                    redactable=residue is None,
+                )
+                texts, values = list(redaction.texts), redaction.values
+        elif policy.privacy.on_sensitive == "local":
+            entity = scanner.sensitive(texts, patterns=False)
+            if entity is not None:
+                facts = dataclasses.replace(facts, privacy_detector=entity.detector)
+        if confined(policy, facts):
+            return facts, None
+        messages = tuple(
+            Message(message.role, text)
+            for message, text in zip(request.messages, texts, strict=True)
+        )
+        bound = (prompt_token_bound(texts), request.sampling.max_tokens)
+        return facts, CloudPrompt(messages, values, bound)
+
+    def _failover_to_cloud(
+        self, request: GenerationRequest, active: ActivePolicy, routing: Routing, route: Route
+    ) -> tuple[Routing, Route]:
+        """A request that failed locally, cleared for the cloud by the full privacy pass.
+
+        Raises _TargetFailed with the refusal the privacy step gives once local has failed
+        (the policy's reason; refused by policy, or as sensitive with no local replica).
+        """
+        facts, outbound = self._cloud_prompt(request, active, routing.facts)
+        refusal = privacy_step(active.policy, facts, local_available=False)
+        if refusal is not None:
+            refused = Route(refusal.target.value, refusal.reason)
+            error = self._refusal(refusal, request, active)
+            raise _TargetFailed(error, refused, retry_elsewhere=False)
+        cleared = dataclasses.replace(routing, facts=facts, outbound=outbound)
+        return cleared, Route(route.target, cloud_reason(facts, route.reason))
+
+    @staticmethod
+    def _refusal(
+        decision: RoutingDecision, request: GenerationRequest, active: ActivePolicy
+    ) -> RouteRefused:
+        """The error a refused request gets; a refusal by policy names every detector that
+        matched (never what they matched)."""
+        detectors: tuple[str, ...] = ()
+        if active.policy.privacy.on_sensitive == "reject":
+            found = (f.detector for m in request.messages for f in active.scanner.scan(m.content))
+            detectors = tuple(dict.fromkeys(found))
+        return RouteRefused(decision, active.policy, detectors)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         active = self.active
@@ -354,7 +474,7 @@ class RouterEngine(Engine):
         self._running += 1
         try:
             if decision.target is Target.REJECT:
-                raise RouteRefused(decision, active.policy.name)
+                raise self._refusal(decision, request, active)
             plan = [counted]
             if decision.fallback is not None:
                 plan.append(
@@ -363,6 +483,9 @@ class RouterEngine(Engine):
             for attempt, route in enumerate(plan):
                 counted = route
                 try:
+                    if route.target == Target.CLOUD.value and routing.outbound is None:
+                        routing, route = self._failover_to_cloud(request, active, routing, route)
+                        counted = route
                     # Closed here, not whenever the garbage collector gets to it:
                     # the attempt is settled before this request ends.
                     async with contextlib.aclosing(
@@ -389,9 +512,15 @@ class RouterEngine(Engine):
         chosen = pick_replica(loads, self.endpoints.weight)
         return self.backends.local.get(chosen.name) if chosen is not None else None
 
+    @staticmethod
     def _forwarded(
-        self, request: GenerationRequest, sensitive: bool, policy: str
+        request: GenerationRequest, route: Route, routing: Routing, policy: str
     ) -> pb.GenerateRequest:
+        """The request as this route's backend gets it: the cloud its cleared prompt,
+        a local server the prompt as it came, told whether it is sensitive."""
+        outbound = routing.outbound if route.target == Target.CLOUD.value else None
+        messages = outbound.messages if outbound is not None else request.messages
+        sensitive = routing.sensitive and outbound is None
         sampling = request.sampling
         params = pb.SamplingParams(
             max_tokens=sampling.max_tokens,
@@ -403,11 +532,14 @@ class RouterEngine(Engine):
         if sampling.seed is not None:
             params.seed = sampling.seed
         return pb.GenerateRequest(
-            messages=[pb.ChatMessage(role=m.role, content=m.content) for m in request.messages],
+            messages=[pb.ChatMessage(role=m.role, content=m.content) for m in messages],
             sampling=params,
             request_id=request.request_id,
             routing=pb.RoutingHints(
-                sensitivity=_SENSITIVITY[sensitive], tenant=request.routing.tenant, policy=policy
+                sensitivity=_SENSITIVITY[sensitive],
+                tenant=request.routing.tenant,
+                policy=policy,
+                redacted_values=len(outbound.values) if outbound is not None else 0,
             ),
         )
 
@@ -426,10 +558,13 @@ class RouterEngine(Engine):
             if route.target == Target.CLOUD.value
             else failover.local_timeout_seconds
         )
-        forwarded = self._forwarded(request, routing.sensitive, policy.name)
         asked = time.perf_counter()
-        attempt = self._claim(route, routing, policy.name)
+        attempt = self._claim(route, routing, policy)
         try:
+            forwarded = self._forwarded(request, route, routing, policy.name)
+            # The cloud's placeholders back to values (none: the text passes unchanged).
+            outbound = routing.outbound if route.target == Target.CLOUD.value else None
+            restorer = Restorer(outbound.values if outbound is not None else {})
             # Closed with this attempt, so a caller that leaves stops the backend's call.
             async with contextlib.aclosing(self._relay(attempt, forwarded, timeout)) as deltas:
                 async for delta in deltas:
@@ -437,17 +572,22 @@ class RouterEngine(Engine):
                         attempt.started = True
                         self._routes[request.request_id] = route
                         self.metrics.observe_ttft(route.target, time.perf_counter() - asked)
-                    yield delta
+                    text = restorer.feed(delta.text)
+                    if text:
+                        yield TextDelta(text)
             # Settled before the caller sees the end: a client holding its answer
             # never finds the breaker or the budget lagging behind.
             self._settle(attempt)
             assert attempt.final is not None  # _relay returns only after the final message
+            tail = restorer.flush()
+            if tail:
+                yield TextDelta(tail)
             yield _completion(attempt.final, route)
         finally:
             self._routes.pop(request.request_id, None)
             self._settle(attempt)
 
-    def _claim(self, route: Route, routing: Routing, policy: str) -> _Attempt:
+    def _claim(self, route: Route, routing: Routing, policy: RoutingPolicy) -> _Attempt:
         """Pick a backend, claim its breaker and, for the cloud, the budget; never awaits."""
         target = Target(route.target)
         backend = self._pick(target)
@@ -458,12 +598,12 @@ class RouterEngine(Engine):
             raise _TargetFailed(error, route, retry_elsewhere=True)
         reservation: Reservation | None = None
         if target is Target.CLOUD:
-            # decide() never sends a sensitive request out; should that ever break,
-            # stop here rather than forward it (the egress checks once more).
-            if routing.sensitive:
+            # Only the full privacy pass clears a request for the cloud; should that ever
+            # be skipped, stop here rather than forward it (the egress checks once more).
+            if routing.outbound is None:
                 backend.breaker.release()
-                raise AssertionError("a sensitive request reached the cloud path")
-            reservation = self.budget.reserve(*routing.cloud_bound)
+                raise AssertionError("a request reached the cloud path without its privacy pass")
+            reservation = self.budget.reserve(*routing.outbound.bound)
             if reservation is None:
                 backend.breaker.release()
                 refusal = RoutingDecision(Target.REJECT, "budget.exceeded")

@@ -46,6 +46,8 @@ class RoutingHints:
     tenant: str = ""
     # The RoutingPolicy that sent it here (set by the router, for the audit).
     policy: str = ""
+    # Distinct values the router replaced with placeholders (set by the router, for the audit).
+    redacted_values: int = 0
     # The caller's IP address as the front end saw it (canonical text, see
     # `canonical_ip`); None when unknown (a Unix socket, a front end that does
     # not say). The router maps it to a namespace (privacy.sensitiveNamespaces).

@@ -124,5 +124,6 @@ def generation_request(
             public=request.routing.sensitivity == pb.SENSITIVITY_PUBLIC,
             tenant=request.routing.tenant,
             policy=request.routing.policy,
+            redacted_values=max(0, request.routing.redacted_values),
         ),
     )

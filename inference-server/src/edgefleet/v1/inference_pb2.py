@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gefleet/v1/inference.proto\x12\x0c\x65\x64gefleet.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xbe\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"^\n\x0cRoutingHints\x12.\n\x0bsensitivity\x18\x01 \x01(\x0e\x32\x19.edgefleet.v1.Sensitivity\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\"\xce\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.edgefleet.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.edgefleet.v1.SamplingParams\x12+\n\x07routing\x18\x05 \x01(\x0b\x32\x1a.edgefleet.v1.RoutingHints\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"o\n\x07Timings\x12\x1e\n\x16time_to_first_token_ms\x18\x01 \x01(\x01\x12\x10\n\x08total_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x04 \x01(\x01\"L\n\x08ServedBy\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08instance\x18\x04 \x01(\t\"+\n\tRouteInfo\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xfe\x01\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.edgefleet.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.edgefleet.v1.Usage\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.edgefleet.v1.Timings\x12)\n\tserved_by\x18\x06 \x01(\x0b\x32\x16.edgefleet.v1.ServedBy\x12&\n\x05route\x18\x07 \x01(\x0b\x32\x17.edgefleet.v1.RouteInfo\"\x97\x02\n\x16GenerateStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.edgefleet.v1.FinishReason\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.edgefleet.v1.Usage\x12&\n\x07timings\x18\x06 \x01(\x0b\x32\x15.edgefleet.v1.Timings\x12)\n\tserved_by\x18\x07 \x01(\x0b\x32\x16.edgefleet.v1.ServedBy\x12&\n\x05route\x18\x08 \x01(\x0b\x32\x17.edgefleet.v1.RouteInfo\"\x13\n\x11ListModelsRequest\"\x8b\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x11\n\tinstances\x18\x05 \x01(\x05\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x16\n\x0emax_concurrent\x18\x07 \x01(\x05\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.edgefleet.v1.ModelInfo\"\x11\n\x0fGetStatsRequest\"\xc3\x01\n\x10GetStatsResponse\x12\x18\n\x10requests_running\x18\x01 \x01(\x05\x12\x18\n\x10requests_waiting\x18\x02 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x05\x12\x11\n\tmax_queue\x18\x04 \x01(\x05\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x16\n\x0erecent_ttft_ms\x18\x06 \x01(\x01\x12\r\n\x05ready\x18\x07 \x01(\x08\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08*]\n\x0bSensitivity\x12\x1b\n\x17SENSITIVITY_UNSPECIFIED\x10\x00\x12\x16\n\x12SENSITIVITY_PUBLIC\x10\x01\x12\x19\n\x15SENSITIVITY_SENSITIVE\x10\x02*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xcb\x02\n\tInference\x12I\n\x08Generate\x12\x1d.edgefleet.v1.GenerateRequest\x1a\x1e.edgefleet.v1.GenerateResponse\x12W\n\x0eGenerateStream\x12\x1d.edgefleet.v1.GenerateRequest\x1a$.edgefleet.v1.GenerateStreamResponse0\x01\x12O\n\nListModels\x12\x1f.edgefleet.v1.ListModelsRequest\x1a .edgefleet.v1.ListModelsResponse\x12I\n\x08GetStats\x12\x1d.edgefleet.v1.GetStatsRequest\x1a\x1e.edgefleet.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gefleet/v1/inference.proto\x12\x0c\x65\x64gefleet.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xbe\x01\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"w\n\x0cRoutingHints\x12.\n\x0bsensitivity\x18\x01 \x01(\x0e\x32\x19.edgefleet.v1.Sensitivity\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x17\n\x0fredacted_values\x18\x04 \x01(\x05\"\xce\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.edgefleet.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.edgefleet.v1.SamplingParams\x12+\n\x07routing\x18\x05 \x01(\x0b\x32\x1a.edgefleet.v1.RoutingHints\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"o\n\x07Timings\x12\x1e\n\x16time_to_first_token_ms\x18\x01 \x01(\x01\x12\x10\n\x08total_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12 \n\x18\x64\x65\x63ode_tokens_per_second\x18\x04 \x01(\x01\"L\n\x08ServedBy\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08instance\x18\x04 \x01(\t\"+\n\tRouteInfo\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xfe\x01\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.edgefleet.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.edgefleet.v1.Usage\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.edgefleet.v1.Timings\x12)\n\tserved_by\x18\x06 \x01(\x0b\x32\x16.edgefleet.v1.ServedBy\x12&\n\x05route\x18\x07 \x01(\x0b\x32\x17.edgefleet.v1.RouteInfo\"\x97\x02\n\x16GenerateStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.edgefleet.v1.FinishReason\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.edgefleet.v1.Usage\x12&\n\x07timings\x18\x06 \x01(\x0b\x32\x15.edgefleet.v1.Timings\x12)\n\tserved_by\x18\x07 \x01(\x0b\x32\x16.edgefleet.v1.ServedBy\x12&\n\x05route\x18\x08 \x01(\x0b\x32\x17.edgefleet.v1.RouteInfo\"\x13\n\x11ListModelsRequest\"\x8b\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x11\n\tinstances\x18\x05 \x01(\x05\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x16\n\x0emax_concurrent\x18\x07 \x01(\x05\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.edgefleet.v1.ModelInfo\"\x11\n\x0fGetStatsRequest\"\xc3\x01\n\x10GetStatsResponse\x12\x18\n\x10requests_running\x18\x01 \x01(\x05\x12\x18\n\x10requests_waiting\x18\x02 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x05\x12\x11\n\tmax_queue\x18\x04 \x01(\x05\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x16\n\x0erecent_ttft_ms\x18\x06 \x01(\x01\x12\r\n\x05ready\x18\x07 \x01(\x08\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08*]\n\x0bSensitivity\x12\x1b\n\x17SENSITIVITY_UNSPECIFIED\x10\x00\x12\x16\n\x12SENSITIVITY_PUBLIC\x10\x01\x12\x19\n\x15SENSITIVITY_SENSITIVE\x10\x02*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xcb\x02\n\tInference\x12I\n\x08Generate\x12\x1d.edgefleet.v1.GenerateRequest\x1a\x1e.edgefleet.v1.GenerateResponse\x12W\n\x0eGenerateStream\x12\x1d.edgefleet.v1.GenerateRequest\x1a$.edgefleet.v1.GenerateStreamResponse0\x01\x12O\n\nListModels\x12\x1f.edgefleet.v1.ListModelsRequest\x1a .edgefleet.v1.ListModelsResponse\x12I\n\x08GetStats\x12\x1d.edgefleet.v1.GetStatsRequest\x1a\x1e.edgefleet.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SENSITIVITY']._serialized_start=1889
-  _globals['_SENSITIVITY']._serialized_end=1982
-  _globals['_FINISHREASON']._serialized_start=1984
-  _globals['_FINISHREASON']._serialized_end=2108
+  _globals['_SENSITIVITY']._serialized_start=1914
+  _globals['_SENSITIVITY']._serialized_end=2007
+  _globals['_FINISHREASON']._serialized_start=2009
+  _globals['_FINISHREASON']._serialized_end=2133
   _globals['_CHATMESSAGE']._serialized_start=46
   _globals['_CHATMESSAGE']._serialized_end=90
   _globals['_SAMPLINGPARAMS']._serialized_start=93
   _globals['_SAMPLINGPARAMS']._serialized_end=283
   _globals['_ROUTINGHINTS']._serialized_start=285
-  _globals['_ROUTINGHINTS']._serialized_end=379
-  _globals['_GENERATEREQUEST']._serialized_start=382
-  _globals['_GENERATEREQUEST']._serialized_end=588
-  _globals['_USAGE']._serialized_start=590
-  _globals['_USAGE']._serialized_end=669
-  _globals['_TIMINGS']._serialized_start=671
-  _globals['_TIMINGS']._serialized_end=782
-  _globals['_SERVEDBY']._serialized_start=784
-  _globals['_SERVEDBY']._serialized_end=860
-  _globals['_ROUTEINFO']._serialized_start=862
-  _globals['_ROUTEINFO']._serialized_end=905
-  _globals['_GENERATERESPONSE']._serialized_start=908
-  _globals['_GENERATERESPONSE']._serialized_end=1162
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1165
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1444
-  _globals['_LISTMODELSREQUEST']._serialized_start=1446
-  _globals['_LISTMODELSREQUEST']._serialized_end=1465
-  _globals['_MODELINFO']._serialized_start=1468
-  _globals['_MODELINFO']._serialized_end=1607
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1609
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1670
-  _globals['_GETSTATSREQUEST']._serialized_start=1672
-  _globals['_GETSTATSREQUEST']._serialized_end=1689
-  _globals['_GETSTATSRESPONSE']._serialized_start=1692
-  _globals['_GETSTATSRESPONSE']._serialized_end=1887
-  _globals['_INFERENCE']._serialized_start=2111
-  _globals['_INFERENCE']._serialized_end=2442
+  _globals['_ROUTINGHINTS']._serialized_end=404
+  _globals['_GENERATEREQUEST']._serialized_start=407
+  _globals['_GENERATEREQUEST']._serialized_end=613
+  _globals['_USAGE']._serialized_start=615
+  _globals['_USAGE']._serialized_end=694
+  _globals['_TIMINGS']._serialized_start=696
+  _globals['_TIMINGS']._serialized_end=807
+  _globals['_SERVEDBY']._serialized_start=809
+  _globals['_SERVEDBY']._serialized_end=885
+  _globals['_ROUTEINFO']._serialized_start=887
+  _globals['_ROUTEINFO']._serialized_end=930
+  _globals['_GENERATERESPONSE']._serialized_start=933
+  _globals['_GENERATERESPONSE']._serialized_end=1187
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1190
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1469
+  _globals['_LISTMODELSREQUEST']._serialized_start=1471
+  _globals['_LISTMODELSREQUEST']._serialized_end=1490
+  _globals['_MODELINFO']._serialized_start=1493
+  _globals['_MODELINFO']._serialized_end=1632
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1634
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1695
+  _globals['_GETSTATSREQUEST']._serialized_start=1697
+  _globals['_GETSTATSREQUEST']._serialized_end=1714
+  _globals['_GETSTATSRESPONSE']._serialized_start=1717
+  _globals['_GETSTATSRESPONSE']._serialized_end=1912
+  _globals['_INFERENCE']._serialized_start=2136
+  _globals['_INFERENCE']._serialized_end=2467
 # @@protoc_insertion_point(module_scope)

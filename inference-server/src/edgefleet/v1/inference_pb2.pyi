@@ -52,14 +52,16 @@ class SamplingParams(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: bool = ...) -> None: ...
 
 class RoutingHints(_message.Message):
-    __slots__ = ("sensitivity", "tenant", "policy")
+    __slots__ = ("sensitivity", "tenant", "policy", "redacted_values")
     SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    REDACTED_VALUES_FIELD_NUMBER: _ClassVar[int]
     sensitivity: Sensitivity
     tenant: str
     policy: str
-    def __init__(self, sensitivity: _Optional[_Union[Sensitivity, str]] = ..., tenant: _Optional[str] = ..., policy: _Optional[str] = ...) -> None: ...
+    redacted_values: int
+    def __init__(self, sensitivity: _Optional[_Union[Sensitivity, str]] = ..., tenant: _Optional[str] = ..., policy: _Optional[str] = ..., redacted_values: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("model", "messages", "prompt", "sampling", "routing", "request_id")
