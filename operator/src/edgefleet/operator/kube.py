@@ -78,7 +78,9 @@ class Kube:
             header_params={"Accept": "application/json", "Content-Type": content_type},
             auth_settings=["BearerToken"],
         )
-        payload = json.dumps(body) if body is not None else None
+        # The client encodes a body itself for JSON content types only (it would
+        # encode text twice); an apply (YAML, of which JSON is a subset) goes as text.
+        payload = body if body is None or "json" in content_type else json.dumps(body)
         try:
             response = self.api.call_api(method, full_url, header_params=headers, body=payload)
             data = response.read()
