@@ -2,8 +2,9 @@
 
 `CloudStandIn` runs `python -m llama_cpp.server` (OpenAI-compatible) on the
 packaged SmolLM2 on loopback. `RecordingProxy` sits in front of it and keeps
-every request body it forwards, which is how the tests prove what left the
-site: the egress points at the proxy, never at the stand-in directly.
+every request body it forwards, and what came back, which is how the tests
+prove what left the site and what the cloud said: the egress points at the
+proxy, never at the stand-in directly.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class RecordingProxy:
         self.port = free_local_port()
         self._lock = threading.Lock()
         self._received: list[dict[str, Any]] = []
+        # The answer's bytes by the index of its request in _received, kept as they pass.
+        self._answers: dict[int, bytearray] = {}
         self._failures: list[int] = []
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -120,6 +123,19 @@ class RecordingProxy:
             for message in body.get("messages", [])
         )
 
+    def answer_text(self, index: int) -> str:
+        """The text the cloud answered the `index`th request with, streamed or not."""
+        with self._lock:
+            raw = bytes(self._answers.get(index, b"")).decode()
+        if not raw.lstrip().startswith("data:"):
+            return json.loads(raw)["choices"][0]["message"]["content"]
+        parts = []
+        for line in raw.splitlines():
+            data = line.removeprefix("data:").strip()
+            if line.startswith("data:") and data != "[DONE]":
+                parts += [c["delta"].get("content") or "" for c in json.loads(data)["choices"]]
+        return "".join(parts)
+
     def fail_next(self, *statuses: int) -> None:
         """Answer the next requests with these HTTP statuses instead of forwarding them."""
         with self._lock:
@@ -128,14 +144,17 @@ class RecordingProxy:
     def clear(self) -> None:
         with self._lock:
             self._received.clear()
+            self._answers.clear()
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        answer = bytearray()
         with self._lock:
             failure = self._failures.pop(0) if self._failures else None
             if request.method == "POST":
                 with contextlib.suppress(ValueError):
                     self._received.append(json.loads(raw))
+                    self._answers[len(self._received) - 1] = answer
         if failure is not None:
             body = {"error": {"message": f"injected failure {failure}", "type": "test"}}
             return web.json_response(body, status=failure)
@@ -155,6 +174,9 @@ class RecordingProxy:
                 # stand-in): pass on what came, as a real network would.
                 with contextlib.suppress(ClientPayloadError, ConnectionResetError):
                     async for data in upstream.content.iter_any():
+                        # Kept before it is passed on: whoever reads it finds it recorded.
+                        with self._lock:
+                            answer.extend(data)
                         await response.write(data)
                     await response.write_eof()
                 return response
