@@ -8,9 +8,10 @@ traffic to exactly the endpoints the operator counts as ready in status.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kubernetes import client, config
+if TYPE_CHECKING:
+    from kubernetes import client
 
 # A watch's resourceVersion is too old: list again (no backoff needed).
 HTTP_GONE = 410
@@ -23,6 +24,10 @@ def api_client(connections: int | None = None) -> client.ApiClient:
     API at once, or busy threads open a fresh TLS connection per call and the
     pool discards it afterwards. None keeps the client's default.
     """
+    # Imported here: a router run from files (and the vLLM image) has no
+    # Kubernetes client, and needs only this module's pure functions.
+    from kubernetes import client, config
+
     try:
         config.load_incluster_config()
     except config.ConfigException:
