@@ -109,9 +109,13 @@ protos-check: install
 			rm -rf .protos-check; exit 1; }; \
 	done; rm -rf .protos-check; echo "generated protobuf code is fresh"
 
-# Data-plane benchmark; prints a markdown table (see docs/benchmarks.md).
+# Data-plane benchmark; prints markdown tables (see docs/benchmarks.md). Builds llama.cpp's
+# llama-server and llama-batched-bench and a native wheel first (once, cached; minutes each).
 bench: install
+	$(PY) $(LLAMA_BUILD) tools
+	$(PY) $(LLAMA_BUILD) wheel --native
 	$(PY) tests/bench/bench_dataplane.py
+	$(PY) tests/bench/bench_prefix_cache.py
 
 # Routing quality of the complexity classifier on the dev data (docs/routing-quality.md).
 bench-routing: install

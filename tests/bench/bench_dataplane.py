@@ -86,6 +86,7 @@ class System:
     stop: Callable[[], None]
     pid: int | None = None  # the serving process, to read which CPU backend it loaded
     single_stream_only: bool = False
+    port: int | None = None  # HTTP servers
 
 
 @dataclass
@@ -111,7 +112,14 @@ def built(*args: str) -> Path:
     out = subprocess.run(
         [sys.executable, str(BUILD), *args], check=True, capture_output=True, text=True
     ).stdout
-    return Path(out.strip().splitlines()[-1])
+    folder = Path(out.strip().splitlines()[-1])
+    if args[0] == "tools" and not (folder / "llama-server").exists():
+        raise SystemExit(
+            f"{folder} has no llama-server: the build put its binaries elsewhere "
+            "(llama.cpp sets CMAKE_RUNTIME_OUTPUT_DIRECTORY to <build>/bin itself); "
+            "delete the folder and fix llama_cpp_build.py's build_tools"
+        )
+    return folder
 
 
 def native_lib_folder() -> Path:
@@ -222,37 +230,45 @@ def _stop_process(process: subprocess.Popen) -> Callable[[], None]:
     return stop
 
 
-def sse_chat_client(port: int, body: dict[str, object]) -> Generate:
-    """Streams an OpenAI chat completion with http.client, a fresh connection per request
+def stream_chat(
+    port: int,
+    body: dict[str, object],
+    chat: list[dict[str, str]],
+    on_first_text: Callable[[], None] | None = None,
+) -> Sample:
+    """One streamed OpenAI chat completion over http.client, on a fresh connection
     (llama_cpp.server closes the connection after a stream)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
+    payload = json.dumps({**body, "messages": chat, "stream": True})
+    start = time.perf_counter()
+    try:
+        connection.request(
+            "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {response.read()[:500]!r}")
+        first, chunks, usage = None, 0, None
+        while line := response.readline():
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                continue
+            event = json.loads(line[6:])
+            choices = event.get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                if first is None:
+                    first = time.perf_counter()
+                    if on_first_text is not None:
+                        on_first_text()
+                chunks += 1
+            if event.get("usage"):
+                usage = event["usage"].get("completion_tokens")
+    finally:
+        connection.close()
+    return Sample((first or time.perf_counter()) - start, usage or chunks)
 
-    def generate(prompt: str) -> Sample:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
-        payload = json.dumps({**body, "messages": messages(prompt), "stream": True})
-        start = time.perf_counter()
-        try:
-            connection.request(
-                "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}
-            )
-            response = connection.getresponse()
-            if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}: {response.read()[:500]!r}")
-            first, chunks, usage = None, 0, None
-            while line := response.readline():
-                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-                    continue
-                event = json.loads(line[6:])
-                choices = event.get("choices") or []
-                if choices and (choices[0].get("delta") or {}).get("content"):
-                    first = first or time.perf_counter()
-                    chunks += 1
-                if event.get("usage"):
-                    usage = event["usage"].get("completion_tokens")
-        finally:
-            connection.close()
-        return Sample((first or time.perf_counter()) - start, usage or chunks)
 
-    return generate
+def sse_chat_client(port: int, body: dict[str, object]) -> Generate:
+    return lambda prompt: stream_chat(port, body, messages(prompt))
 
 
 def llama_cpp_server(max_tokens: int, threads: int, no_eos: dict[str, float]) -> System:
@@ -280,7 +296,7 @@ def llama_server(tools: Path, max_tokens: int, threads: int) -> System:
     body = {"max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
             "stream_options": {"include_usage": True}}
     return System(f"llama-server (C++, -np {SEQUENCES} -t {threads})",
-                  sse_chat_client(port, body), _stop_process(process), process.pid)
+                  sse_chat_client(port, body), _stop_process(process), process.pid, port=port)
 
 
 def batched_bench(tools: Path, max_tokens: int, threads: int) -> dict[int, float]:
