@@ -232,7 +232,7 @@ def test_rendered_settings_parse_with_from_env(default: list[dict[str, Any]]) ->
     assert config.vllm_image == "ghcr.io/edgefleet/edgefleet-vllm:0.1.0"
     assert config.router_cluster_role == "edgefleet-router"
     assert config.peering_name == "edgefleet"
-    assert config.status_interval_s == 5.0
+    assert config.status_interval_s == 300.0
     assert config.workers == 16
     assert config.fetch_cidrs() == []
     assert config.pod_settings("router") == {
