@@ -460,7 +460,8 @@ class RouterEngine(Engine):
         """The error a refused request gets; a refusal by policy names every detector that
         matched (never what they matched)."""
         detectors: tuple[str, ...] = ()
-        if active.policy.privacy.on_sensitive == "reject":
+        by_policy = active.policy.privacy.on_sensitive == "reject"
+        if by_policy and decision.reason.startswith("privacy.detector."):
             found = (f.detector for m in request.messages for f in active.scanner.scan(m.content))
             detectors = tuple(dict.fromkeys(found))
         return RouteRefused(decision, active.policy, detectors)

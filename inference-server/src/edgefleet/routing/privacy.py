@@ -34,7 +34,7 @@ Full-width forms, unicode dashes and no-break spaces are read as their ASCII equ
 The entity detectors (`person`, `address`, `health`, `obfuscated_contact`, see
 routing/entities.py) read words in context and cost more; callers that can (the router) run
 them only on requests otherwise headed for the cloud: `sensitive(..., entities=False)` first,
-then `sensitive(..., patterns=False)` once the cloud is chosen.
+then `sensitive(..., patterns=False)` once the cloud is chosen (or `spans` for redaction).
 
 Not covered: dates of birth, other countries' national ids without a
 keyword, phone numbers as bare digits without a keyword or trunk 0, SSNs without separators or
