@@ -130,6 +130,8 @@ def main() -> None:
                         help="concurrent streams per level, comma-separated")
     parser.add_argument("--skip", action="append", default=[],
                         help="leave out servers whose name contains this (repeatable)")
+    parser.add_argument("--start-timeout", type=float, default=VLLM_START_TIMEOUT_S,
+                        help="seconds each server may take to report SERVING")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     levels = tuple(int(n) for n in args.levels.split(","))
@@ -150,7 +152,7 @@ def main() -> None:
             print(f"-- {name}: starting", file=sys.stderr, flush=True)
             started = time.monotonic()
             servers[name] = spawn_server(*COMMON, *flags)
-            servers[name].wait_serving(VLLM_START_TIMEOUT_S)
+            servers[name].wait_serving(args.start_timeout)
             print(f"   serving after {time.monotonic() - started:.1f}s", file=sys.stderr)
         generators = {name: client(server, args.max_tokens) for name, server in servers.items()}
         for generate in generators.values():

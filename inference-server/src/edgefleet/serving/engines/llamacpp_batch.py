@@ -10,7 +10,15 @@ llama.cpp's OpenMP team is never duplicated (see llamacpp.py's module doc).
 
 Each slot keeps the tokens its KV cache holds; a new request reuses the part
 of its prompt that matches (usually the system prompt), as llama-cpp-python's
-own prefix cache does.
+own prefix cache does. A request that matches no slot meaningfully takes the
+least recently used free slot, so it does not evict another prompt's cache
+(llama-server's --slot-prompt-similarity does the same).
+
+Per token, the scheduler's own Python work is kept small (profiled with
+tests/bench/profile_decode.py): greedy requests take the argmax of the logits
+instead of llama.cpp's sampler chain (which copies the whole vocabulary into a
+candidate array every token), and token pieces are detokenised once per token
+id, then looked up.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 from llama_cpp import llama_cpp as lib
 
 from edgefleet.serving.engines.base import Engine, StreamItem
@@ -44,6 +53,10 @@ from edgefleet.serving.types import (
 _BATCH_TOKENS = 512
 _TOP_K = 40  # llama-cpp-python's create_chat_completion defaults
 _MIN_P = 0.05
+# A free slot is chosen for its cached prefix only when that prefix is at least
+# this share of the new prompt (llama-server's --slot-prompt-similarity default);
+# a shorter match (the chat template's first tokens) is not worth evicting for.
+_PREFIX_SHARE = 0.1
 
 
 @dataclass
@@ -63,6 +76,9 @@ class _Slot:
     # Tokens whose keys and values sit in this sequence's KV cache.
     cached: list[int] = field(default_factory=list)
     job: _Job | None = None
+    # When the slot last finished a request (a counter): the least recently used goes first.
+    released: int = 0
+    # None: greedy (argmax of the logits).
     sampler: int | None = None
     prefilled: int = 0
     pending_token: int | None = None
@@ -102,6 +118,8 @@ class LlamaCppBatchEngine(Engine):
         self._slots = [_Slot(seq) for seq in range(sequences)]
         self._running = RunningRequests()
         self._tokenizer: llama_cpp.Llama | None = None
+        self._pieces: dict[int, bytes] = {}  # token id -> its text bytes
+        self._releases = 0
         self._scheduler: concurrent.futures.Future[None] | None = None
         self._ready = False
 
@@ -126,6 +144,7 @@ class LlamaCppBatchEngine(Engine):
         if not self._model:
             raise ValueError(f"Failed to load model from file: {self.model_path}")
         self._vocab = lib.llama_model_get_vocab(self._model)
+        self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         params = lib.llama_context_default_params()
         params.n_ctx = self.context_length * self.capacity
         params.n_batch = params.n_ubatch = _BATCH_TOKENS
@@ -219,11 +238,15 @@ class LlamaCppBatchEngine(Engine):
         return True
 
     def _seat(self, job: _Job) -> None:
-        # Prefer the free slot whose cache shares the longest prefix.
+        # Prefer the free slot whose cache shares the longest prefix, if that
+        # prefix is worth keeping; else the least recently used free slot.
         free = [slot for slot in self._slots if slot.job is None]
-        slot = max(free, key=lambda s: _common_prefix(s.cached, job.tokens))
+        shared = {slot.seq: _common_prefix(slot.cached, job.tokens) for slot in free}
+        slot = max(free, key=lambda s: shared[s.seq])
+        if shared[slot.seq] < _PREFIX_SHARE * len(job.tokens):
+            slot = min(free, key=lambda s: s.released)
         # Keep at least one prompt token to decode: its logits start the answer.
-        keep = min(_common_prefix(slot.cached, job.tokens), len(job.tokens) - 1)
+        keep = min(shared[slot.seq], len(job.tokens) - 1)
         if not lib.llama_memory_seq_rm(self._memory, slot.seq, keep, -1):
             # This cache type cannot cut a sequence in the middle: start afresh.
             lib.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
@@ -268,14 +291,21 @@ class LlamaCppBatchEngine(Engine):
     def _sample(self, slot: _Slot) -> None:
         job = slot.job
         assert job is not None and slot.decoder and slot.stops and slot.deltas
-        token = lib.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_at)
+        if slot.sampler is None:
+            logits = lib.llama_get_logits_ith(self._ctx, slot.logits_at)
+            # The first maximum, as llama.cpp's greedy sampler picks it.
+            token = int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
+        else:
+            token = lib.llama_sampler_sample(slot.sampler, self._ctx, slot.logits_at)
         if not job.request.sampling.ignore_eos and lib.llama_vocab_is_eog(self._vocab, token):
             self._finish(slot, FinishReason.STOP)
             return
         slot.generated += 1
-        assert self._tokenizer is not None
-        piece = slot.decoder.decode(self._tokenizer.detokenize([token]))
-        text, stopped = slot.stops.feed(piece)
+        piece = self._pieces.get(token)
+        if piece is None:
+            assert self._tokenizer is not None
+            piece = self._pieces[token] = self._tokenizer.detokenize([token])
+        text, stopped = slot.stops.feed(slot.decoder.decode(piece))
         if text:
             slot.deltas.add(text, time.monotonic())
         if stopped:
@@ -316,6 +346,8 @@ class LlamaCppBatchEngine(Engine):
         if slot.sampler is not None:
             lib.llama_sampler_free(slot.sampler)
         slot.job, slot.sampler, slot.pending_token, slot.logits_at = None, None, None, -1
+        self._releases += 1
+        slot.released = self._releases
 
 
 def _common_prefix(cached: list[int], tokens: list[int]) -> int:
@@ -327,12 +359,14 @@ def _common_prefix(cached: list[int], tokens: list[int]) -> int:
     return length
 
 
-def _sampler(temperature: float, top_p: float, seed: int | None) -> int:
-    """A sampler chain in llama-cpp-python's order: top-k, top-p, min-p, temperature, draw."""
-    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+def _sampler(temperature: float, top_p: float, seed: int | None) -> int | None:
+    """A sampler chain in llama-cpp-python's order: top-k, top-p, min-p, temperature, draw.
+
+    None for temperature 0: the engine takes the argmax itself.
+    """
     if temperature == 0:
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-        return chain
+        return None
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
     draw_seed = seed if seed is not None else random.getrandbits(32)
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(_TOP_K))
     lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
