@@ -128,6 +128,7 @@ def native_lib_folder() -> Path:
     target = wheel_dir / "lib-extracted"
     if not (target / ".complete").exists():
         wheel = next(wheel_dir.glob("*.whl"))
+        target.mkdir(exist_ok=True)
         with zipfile.ZipFile(wheel) as archive:
             for member in archive.namelist():
                 if member.startswith("llama_cpp/lib/") and not member.endswith("/"):
