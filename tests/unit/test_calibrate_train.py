@@ -69,5 +69,10 @@ def test_labels_that_are_all_alike_teach_nothing_and_say_so() -> None:
     same = [Example(f"p{i}", f"What is {i} plus 1?", "a", 1.0, 1.0) for i in range(40)]
     with pytest.raises(CalibrationError, match="same label"):
         train(same, "v", {})
-    with pytest.raises(CalibrationError, match="at least 20 are needed"):
+    with pytest.raises(CalibrationError, match="too few labels to train on: 5, at least 20"):
         train(same[:5], "v", {})
+
+
+def test_small_categories_do_not_all_land_in_the_held_out_split() -> None:
+    examples = [Example(f"{c}-{i}", "x", c, 0.0, 1.0) for c in "abcdefg" for i in range(4)]
+    assert held_out_mask(examples).sum() == 9  # 30 % of 28, not 3 of every 4

@@ -6,9 +6,10 @@ complexity classifier on them, on this machine (Ray started locally).
 
 Everything is checked before anything is asked (the policy, every prompt line, references,
 that every endpoint serves); prompts the policy's privacy gate flags are left out and never
-reach the cloud. The result is `OUT/<version>/complexity.json.gz` and `report.json`, written
-together or not at all; exit 0 when written, 2 with one line saying why when not. Serve it
-with `spec.complexity.calibration: OUT/<version>/complexity.json.gz` in the RoutingPolicy.
+reach the cloud. The result is `OUT/<version>/` (`complexity.json.gz`, `report.json`,
+`labels.jsonl`), written together or not at all; exit 0 when written, 2 with one line saying
+why when not. Serve it with `spec.complexity.calibration: OUT/<version>/complexity.json.gz`
+in the RoutingPolicy.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.calibrate.artefacts import write_version
 from edgefleet.calibrate.endpoints import check_serving
@@ -38,6 +39,11 @@ from edgefleet.calibrate.prompts import (
 from edgefleet.routing.complexity import ComplexityScorer, default_scorer
 from edgefleet.routing.policy import PolicyError, RoutingPolicy, load_policy
 from edgefleet.serving.config import DEFAULT_SYSTEM_PROMPT
+
+if TYPE_CHECKING:  # Ray and scikit-learn load only when a job runs
+    from edgefleet.calibrate.ledger import LedgerSummary
+    from edgefleet.calibrate.pipeline import Labelled
+    from edgefleet.calibrate.train import Trained
 
 FORMAT_VERSION = "calibrated-1"
 # The policy, the prompts the cloud may see, the ids of those the privacy gate keeps local.
@@ -136,8 +142,8 @@ class Labelling:
 
     run_id: str
     started: datetime.datetime
-    rows: list[Any]
-    spend: Any
+    rows: list[Labelled]
+    spend: LedgerSummary
     seconds: float
 
 
@@ -165,12 +171,10 @@ def calibrate(
     from edgefleet.calibrate.pipeline import new_ledger
     from edgefleet.calibrate.train import Example, train
 
-    policy, rows, sensitive = prepared
+    policy = prepared[0]
     ledger = ledger if ledger is not None else new_ledger(policy.budget)
     labelling = label_prompts(settings, prepared, ledger)
-    labelled, spend, seconds = labelling.rows, labelling.spend, labelling.seconds
-    started = labelling.started
-    budget = policy.budget
+    labelled, spend, budget = labelling.rows, labelling.spend, policy.budget
     if spend.budget_exhausted:
         caps = ", ".join(
             f"{name} {value}"
@@ -196,14 +200,40 @@ def calibrate(
     digest = hashlib.sha256(
         json.dumps(sorted((e.id, e.prompt, e.weak, e.strong) for e in examples)).encode()
     ).hexdigest()
-    version = f"{FORMAT_VERSION}+{started:%Y%m%d%H%M%S}-{digest[:10]}"
+    version = f"{FORMAT_VERSION}+{labelling.started:%Y%m%d%H%M%S}-{digest[:10]}"
     shipped = default_scorer()
     meta = {"base": shipped.version, "grading": settings.grading, "labels_sha256": digest}
     trained = train(examples, version, meta)
+    report = report_of(settings, prepared, labelling, trained, shipped.version)
+    labels = [
+        {
+            "id": r.id,
+            "category": r.category,
+            "status": r.status,
+            "weak": _or_none(r.weak),
+            "strong": _or_none(r.strong),
+        }
+        for r in labelled
+    ]
+    path = write_version(settings.out, version, trained.artefact, report, labels)
+    return path, report
+
+
+def report_of(
+    settings: CalibrationSettings,
+    prepared: Prepared,
+    labelling: Labelling,
+    trained: Trained,
+    shipped_version: str,
+) -> dict:
+    """The report.json of a finished job, as plain data."""
+    policy, rows, sensitive = prepared
+    labelled, spend, seconds = labelling.rows, labelling.spend, labelling.seconds
+    version = trained.artefact["version"]
     share = policy.complexity.target_cloud_share
-    report = {
+    return {
         "version": version,
-        "created": started.isoformat(timespec="seconds"),
+        "created": labelling.started.isoformat(timespec="seconds"),
         "policy": policy.name,
         "prompts_file": str(settings.prompts),
         "grading": settings.grading,
@@ -213,7 +243,7 @@ def calibrate(
             "kept_local_by_privacy_gate": len(sensitive),
             "by_status": dict(Counter(row.status for row in labelled)),
         },
-        "labels": len(examples),
+        "labels": trained.train_count + trained.held_out_count,
         "train": trained.train_count,
         "held_out": trained.held_out_count,
         "cloud": {
@@ -222,7 +252,7 @@ def calibrate(
             "cost": round(spend.spent_cost, 8),
             "lost_to_worker_failures": spend.lost,
         },
-        "shipped": {"version": shipped.version, **asdict(trained.shipped)},
+        "shipped": {"version": shipped_version, **asdict(trained.shipped)},
         "calibrated": {"version": version, **asdict(trained.calibrated)},
         "threshold_for_target_share": (
             {
@@ -243,18 +273,6 @@ def calibrate(
             },
         },
     }
-    labels = [
-        {
-            "id": r.id,
-            "category": r.category,
-            "status": r.status,
-            "weak": _or_none(r.weak),
-            "strong": _or_none(r.strong),
-        }
-        for r in labelled
-    ]
-    path = write_version(settings.out, version, trained.artefact, report, labels)
-    return path, report
 
 
 def _or_none(value: float) -> float | None:

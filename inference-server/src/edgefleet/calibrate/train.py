@@ -67,20 +67,23 @@ class Trained:
 
 
 def held_out_mask(examples: list[Example], share: float = HELD_OUT_SHARE) -> np.ndarray:
-    """True for the held-out examples: within each category, ordered by a hash of the id,
-    every example whose position falls in the first `share` of each run of ten."""
+    """True for the held-out examples, `share` of them, stratified by category.
+
+    Examples are ordered by category, then by a hash of the id, and every position whose
+    last digit is below share x 10 is held out; the count runs on across categories, so
+    small categories do not all land in the held-out split.
+    """
+    order = sorted(
+        range(len(examples)),
+        key=lambda i: (
+            examples[i].category,
+            hashlib.sha256(f"{SPLIT_SEED}:{examples[i].id}".encode()).digest(),
+        ),
+    )
     mask = np.zeros(len(examples), dtype=bool)
-    by_category: dict[str, list[int]] = {}
-    for i, example in enumerate(examples):
-        by_category.setdefault(example.category, []).append(i)
     cut = round(share * 10)
-    for members in by_category.values():
-        ordered = sorted(
-            members,
-            key=lambda i: hashlib.sha256(f"{SPLIT_SEED}:{examples[i].id}".encode()).digest(),
-        )
-        for position, i in enumerate(ordered):
-            mask[i] = position % 10 < cut
+    for position, i in enumerate(order):
+        mask[i] = position % 10 < cut
     return mask
 
 
@@ -127,7 +130,7 @@ def train(examples: list[Example], version: str, meta: dict) -> Trained:
     """Fit on the training split, evaluate shipped and calibrated on the held-out split."""
     if len(examples) < MIN_LABELS:
         raise CalibrationError(
-            f"only {len(examples)} labelled prompts; at least {MIN_LABELS} are needed"
+            f"too few labels to train on: {len(examples)}, at least {MIN_LABELS} are needed"
         )
     mask = held_out_mask(examples)
     train_set = [e for e, held in zip(examples, mask, strict=True) if not held]
@@ -136,8 +139,8 @@ def train(examples: list[Example], version: str, meta: dict) -> Trained:
     gains = gain_target(rows)
     if not (gains > 0).any() or (gains > 0).all():
         raise CalibrationError(
-            "every training prompt has the same label (the local model was right on all or "
-            "wrong on all of them where the cloud was right): nothing to learn"
+            "every training prompt has the same label: the cloud did better than the local "
+            "model on none of them, or on all; nothing to learn"
         )
     folds = assign_folds(rows, k=FOLDS, seed=SPLIT_SEED)
     grid = [Params(alpha, weight) for alpha in ALPHAS for weight in HAND_WEIGHTS]
