@@ -215,8 +215,6 @@ def build_tools() -> Path:
                 "-DLLAMA_CURL=OFF",
                 "-DLLAMA_OPENSSL=OFF",
                 "-DBUILD_SHARED_LIBS=ON",
-                f"-DCMAKE_RUNTIME_OUTPUT_DIRECTORY={staging}",
-                f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={staging}",
                 "-DCMAKE_BUILD_RPATH=$ORIGIN",
                 *flags,
             ]
@@ -233,6 +231,10 @@ def build_tools() -> Path:
                 "llama-batched-bench",
             ]
         )
+        # llama.cpp sends its programs and backend modules to <build>/bin
+        # whatever the command line says; keep them before the build goes.
+        for built in (build / "bin").iterdir():
+            shutil.copy2(built, staging / built.name, follow_symlinks=True)
     return _publish(staging, target, started)
 
 

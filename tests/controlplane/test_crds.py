@@ -84,7 +84,7 @@ def test_examples_are_accepted_and_read_back_with_defaults(crds: Cluster, namesp
         "engine": "auto",
         "perNode": False,
         "replicas": 2,
-        "serving": {"contextLength": 2048, "maxQueue": 16, "instances": 1},
+        "serving": {"contextLength": 2048, "maxConcurrency": 4, "maxQueue": 16, "instances": 1},
     }
 
 
@@ -126,7 +126,12 @@ def test_minimal_resources_get_every_default(crds: Cluster, namespace: str) -> N
                 "us_ssn",
                 "national_id",
                 "secret",
-            ]
+                "person",
+                "address",
+                "health",
+                "obfuscated_contact",
+            ],
+            "onSensitive": "local",
         },
         "capacity": {
             "maxQueueDepth": 2,
