@@ -49,6 +49,8 @@ FORMAT_VERSION = "calibrated-1"
 # The policy, the prompts the cloud may see, the ids of those the privacy gate keeps local.
 Prepared = tuple[RoutingPolicy, list[PromptRow], list[str]]
 
+log = logging.getLogger("edgefleet.calibrate")
+
 
 @dataclass(frozen=True)
 class CalibrationSettings:
@@ -126,13 +128,24 @@ def start_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
         return False
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
+        return True
+    local = {
+        "num_cpus": num_cpus or os.cpu_count() or 1,
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+    }
+    # A local start waits a fixed 30 s for its raylet to register; on a busy
+    # 2-core node that sometimes runs out (seen in CI), and a second start
+    # from a clean slate succeeds. Only that failure is tried again, once.
+    try:
+        ray.init(**local)
+    except Exception as error:
+        if "timed out during startup" not in str(error):
+            raise
+        log.warning("local Ray did not start in time (%s); starting it once more", error)
+        ray.shutdown()
+        ray.init(**local)
     return True
 
 
