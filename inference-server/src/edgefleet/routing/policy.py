@@ -9,7 +9,6 @@ because a misspelt limit silently ignored is a budget overrun.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from edgefleet.kubeapi.specreader import SpecReader
 from edgefleet.routing.privacy import BUILTIN_DETECTORS, CustomPattern, PrivacyScanner
 
 API_VERSION = "edgefleet.io/v1alpha1"
@@ -152,68 +152,7 @@ class RoutingPolicy:
         return PrivacyScanner(self.privacy.detectors, self.privacy.custom_patterns)
 
 
-class _Reader:
-    """Walks a nested mapping, collecting problems instead of stopping at the first."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def section(self, data: Mapping[str, Any], key: str, path: str, known: set[str]) -> dict:
-        value = data.get(key, {})
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.problems.append(f"{path}.{key}: must be a mapping, got {type(value).__name__}")
-            return {}
-        self.unknown(value, f"{path}.{key}", known)
-        return dict(value)
-
-    def unknown(self, data: Mapping[str, Any], path: str, known: set[str]) -> None:
-        for key in data:
-            if key not in known:
-                self.problems.append(
-                    f"{path}.{key}: unknown field; known fields: {', '.join(sorted(known))}"
-                )
-
-    def number(
-        self,
-        data: Mapping[str, Any],
-        key: str,
-        path: str,
-        default: float | None,
-        check: Callable[[float], bool],
-        rule: str,
-        integer: bool = False,
-    ) -> Any:
-        if key not in data or data[key] is None:
-            return default
-        value = data[key]
-        kind_ok = isinstance(value, int) if integer else isinstance(value, int | float)
-        if isinstance(value, bool) or not kind_ok or not math.isfinite(value) or not check(value):
-            kind = "an integer" if integer else "a number"
-            self.problems.append(f"{path}.{key}: must be {kind} {rule}, got {value!r}")
-            return default
-        return int(value) if integer else float(value)
-
-    def flag(self, data: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-        value = data.get(key, default)
-        if not isinstance(value, bool):
-            self.problems.append(f"{path}.{key}: must be true or false, got {value!r}")
-            return default
-        return value
-
-    def choice(
-        self, data: Mapping[str, Any], key: str, path: str, default: str, options: tuple[str, ...]
-    ) -> str:
-        value = data.get(key, default)
-        if value not in options:
-            allowed = ", ".join(options)
-            self.problems.append(f"{path}.{key}: must be one of {allowed}, got {value!r}")
-            return default
-        return value
-
-
-def _privacy(reader: _Reader, spec: Mapping[str, Any]) -> PrivacyPolicy:
+def _privacy(reader: SpecReader, spec: Mapping[str, Any]) -> PrivacyPolicy:
     known = {"detectors", "customPatterns", "sensitiveNamespaces", "onSensitive"}
     data = reader.section(spec, "privacy", "spec", known)
     detectors = data.get("detectors", list(BUILTIN_DETECTORS))
@@ -243,7 +182,7 @@ def _privacy(reader: _Reader, spec: Mapping[str, Any]) -> PrivacyPolicy:
 
 
 def _names(
-    reader: _Reader, data: Mapping[str, Any], key: str, path: str, what: str
+    reader: SpecReader, data: Mapping[str, Any], key: str, path: str, what: str
 ) -> tuple[str, ...]:
     """A list of unique DNS-1123 labels (namespaces, object names)."""
     value = data.get(key) or []
@@ -264,7 +203,7 @@ def _names(
     return tuple(names)
 
 
-def _local(reader: _Reader, spec: Mapping[str, Any]) -> tuple[LocalTarget, ...]:
+def _local(reader: SpecReader, spec: Mapping[str, Any]) -> tuple[LocalTarget, ...]:
     data = reader.section(spec, "local", "spec", {"targets"})
     path = "spec.local.targets"
     if "targets" not in data:
@@ -296,7 +235,7 @@ def _local(reader: _Reader, spec: Mapping[str, Any]) -> tuple[LocalTarget, ...]:
     return tuple(targets)
 
 
-def _cloud_egress(reader: _Reader, cloud: Mapping[str, Any]) -> CloudEgress:
+def _cloud_egress(reader: SpecReader, cloud: Mapping[str, Any]) -> CloudEgress:
     path = "spec.cloud"
     base_url = cloud.get("baseURL")
     if base_url is not None and (
@@ -331,7 +270,7 @@ def _cloud_egress(reader: _Reader, cloud: Mapping[str, Any]) -> CloudEgress:
     return CloudEgress(base_url, model, secret)
 
 
-def _complexity(reader: _Reader, spec: Mapping[str, Any]) -> ComplexityPolicy:
+def _complexity(reader: SpecReader, spec: Mapping[str, Any]) -> ComplexityPolicy:
     known = {"threshold", "targetCloudShare", "calibration"}
     data = reader.section(spec, "complexity", "spec", known)
     path = "spec.complexity"
@@ -351,7 +290,7 @@ def _complexity(reader: _Reader, spec: Mapping[str, Any]) -> ComplexityPolicy:
     return ComplexityPolicy(threshold=threshold, target_cloud_share=share, calibration=calibration)
 
 
-def _capacity(reader: _Reader, spec: Mapping[str, Any]) -> CapacityPolicy:
+def _capacity(reader: SpecReader, spec: Mapping[str, Any]) -> CapacityPolicy:
     known = {"maxQueueDepth", "maxPredictedTtftMs", "recoverFraction", "cloudWhenNoLocal"}
     data = reader.section(spec, "capacity", "spec", known)
     path, base = "spec.capacity", CapacityPolicy()
@@ -370,7 +309,7 @@ def _capacity(reader: _Reader, spec: Mapping[str, Any]) -> CapacityPolicy:
     )
 
 
-def _budget(reader: _Reader, spec: Mapping[str, Any]) -> BudgetPolicy:
+def _budget(reader: SpecReader, spec: Mapping[str, Any]) -> BudgetPolicy:
     known = {
         "windowSeconds",
         "maxCloudTokens",
@@ -400,7 +339,7 @@ def _budget(reader: _Reader, spec: Mapping[str, Any]) -> BudgetPolicy:
     )
 
 
-def _failover(reader: _Reader, spec: Mapping[str, Any]) -> FailoverPolicy:
+def _failover(reader: SpecReader, spec: Mapping[str, Any]) -> FailoverPolicy:
     known = {
         "localToCloud",
         "cloudTimeoutSeconds",
@@ -447,7 +386,7 @@ def parse_policy(document: Any, source: str = "policy") -> RoutingPolicy:
     """
     if not isinstance(document, Mapping):
         raise PolicyError([f"must be a mapping, got {type(document).__name__}"], source)
-    reader = _Reader()
+    reader = SpecReader()
     name = "default"
     if "spec" in document or "kind" in document:
         if document.get("kind", KIND) != KIND:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.kubeapi.specreader import SpecReader
 from edgefleet.serving.config import DEFAULT_BATCH_SEQUENCES
 
 ENGINE_CHOICES = ("auto", "llamacpp", "vllm")
@@ -107,60 +108,7 @@ class SmallModelSpec:
         return 1 if self.replicas is None else self.replicas
 
 
-class _Reader:
-    """Reads one mapping after another, collecting problems instead of stopping at the first."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def mapping(self, value: Any, path: str, known: tuple[str, ...] = ()) -> Mapping[str, Any]:
-        """`value` as a mapping ({} when absent); with `known`, other keys are problems."""
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.problems.append(f"{path}: must be a mapping, got {type(value).__name__}")
-            return {}
-        for key in value:
-            if known and key not in known:
-                self.problems.append(
-                    f"{path}.{key}: unknown field; known fields: {', '.join(known)}"
-                )
-        return value
-
-    def integer(
-        self, data: Mapping[str, Any], key: str, path: str, default: int | None, minimum: int
-    ) -> Any:
-        value = data.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.problems.append(f"{path}.{key}: must be an integer >= {minimum}, got {value!r}")
-            return default
-        return value
-
-    def flag(self, data: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-        value = data.get(key, default)
-        if not isinstance(value, bool):
-            self.problems.append(f"{path}.{key}: must be true or false, got {value!r}")
-            return default
-        return value
-
-    def text(self, data: Mapping[str, Any], key: str, path: str, default: str) -> str:
-        value = data.get(key, default)
-        if not isinstance(value, str):
-            self.problems.append(f"{path}.{key}: must be a string, got {value!r}")
-            return default
-        return value
-
-    def items(self, data: Mapping[str, Any], key: str, path: str, kind: type) -> tuple[Any, ...]:
-        value = data.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(item, kind) for item in value):
-            self.problems.append(f"{path}.{key}: must be a list of {kind.__name__}, got {value!r}")
-            return ()
-        return tuple(copy.deepcopy(value))
-
-
-def _model_file(reader: _Reader, source: Mapping[str, Any], form: str) -> ModelFile | None:
+def _model_file(reader: SpecReader, source: Mapping[str, Any], form: str) -> ModelFile | None:
     path = f"spec.source.{form}"
     if source.get(form) is None:
         return None
@@ -171,7 +119,7 @@ def _model_file(reader: _Reader, source: Mapping[str, Any], form: str) -> ModelF
     return ModelFile(uri=uri, sha256=reader.text(data, "sha256", path, ""))
 
 
-def _source(reader: _Reader, spec: Mapping[str, Any]) -> ModelSource:
+def _source(reader: SpecReader, spec: Mapping[str, Any]) -> ModelSource:
     data = reader.mapping(spec.get("source"), "spec.source", ("gguf", "hf"))
     source = ModelSource(gguf=_model_file(reader, data, "gguf"), hf=_model_file(reader, data, "hf"))
     if source.gguf is None and source.hf is None:
@@ -179,7 +127,7 @@ def _source(reader: _Reader, spec: Mapping[str, Any]) -> ModelSource:
     return source
 
 
-def _placement(reader: _Reader, spec: Mapping[str, Any]) -> Placement:
+def _placement(reader: SpecReader, spec: Mapping[str, Any]) -> Placement:
     path = "spec.placement"
     known = ("nodeSelector", "tolerations", "affinity", "sites")
     data = reader.mapping(spec.get("placement"), path, known)
@@ -194,7 +142,7 @@ def _placement(reader: _Reader, spec: Mapping[str, Any]) -> Placement:
     )
 
 
-def _serving(reader: _Reader, spec: Mapping[str, Any], engine: str) -> Serving:
+def _serving(reader: SpecReader, spec: Mapping[str, Any], engine: str) -> Serving:
     path, base = "spec.serving", Serving()
     known = ("contextLength", "maxConcurrency", "maxQueue", "instances")
     data = reader.mapping(spec.get("serving"), path, known)
@@ -223,7 +171,7 @@ def _serving(reader: _Reader, spec: Mapping[str, Any], engine: str) -> Serving:
     return serving
 
 
-def _autoscaling(reader: _Reader, spec: Mapping[str, Any]) -> Autoscaling | None:
+def _autoscaling(reader: SpecReader, spec: Mapping[str, Any]) -> Autoscaling | None:
     if spec.get("autoscaling") is None:
         return None
     path, base = "spec.autoscaling", Autoscaling()
@@ -258,7 +206,7 @@ def parse_smallmodel_spec(spec: Mapping[str, Any]) -> SmallModelSpec:
 
     Raises SpecError listing every problem, each with its field path.
     """
-    reader = _Reader()
+    reader = SpecReader()
     data = reader.mapping(spec, "spec", SPEC_FIELDS)
     engine = reader.text(data, "engine", "spec", "auto")
     if engine not in ENGINE_CHOICES:
