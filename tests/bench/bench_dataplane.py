@@ -337,6 +337,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def failure_line(exc: BaseException) -> str:
+    """The telling line of a start failure (a fatal signal, an exit code), for one table cell."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "Fatal Python error" in line or "Illegal instruction" in line or "SIG" in line:
+            return line.replace("|", "/")[:160]
+    return (lines[0] if lines else type(exc).__name__).replace("|", "/")[:160]
+
+
 def cpu_flags() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("flags"):
@@ -376,14 +385,23 @@ def main() -> None:
     ]
     with_batched_bench = not any(skip in "llama-batched-bench" for skip in args.skip)
     systems: list[System] = []
+    # A system that cannot run on this CPU (the native build on a CPU whose
+    # AMX the kernel does not grant, say) is a row of the table, not an abort.
+    failed: dict[str, str] = {}
     decode_only: list[dict[int, float]] = []
     try:
         for name, start in starters:
             if any(skip in name for skip in args.skip):
                 continue
             print(f"-- {name}: starting", file=sys.stderr, flush=True)
-            systems.append(start())
-            systems[-1].generate(PROMPTS[0])  # warm-up: first decode, prefix cache
+            try:
+                system = start()
+            except Exception as exc:  # reported in the table
+                failed[name] = failure_line(exc)
+                print(f"   {name} did not start: {exc}", file=sys.stderr, flush=True)
+                continue
+            systems.append(system)
+            system.generate(PROMPTS[0])  # warm-up: first decode, prefix cache
         backends = {s.name: loaded_cpu_backend(Path(f"/proc/{s.pid}/maps")) for s in systems}
         results = {s.name: {n: Level() for n in LEVELS} for s in systems}
         for round_ in range(args.rounds):
@@ -425,6 +443,8 @@ def main() -> None:
         ttft = [f"{percentile(levels[n].ttfts, 0.5) * 1000:.0f}" if levels[n].ttfts else "—"
                 for n in LEVELS]
         print(f"| {system.name} | " + " | ".join(tps + ttft) + " |")
+    for name, reason in failed.items():
+        print(f"| {name} | did not start: {reason} |" + " |" * (len(header) - 1))
     if decode_only:
         speeds = [f"{statistics.mean(run[n] for run in decode_only):.1f}" for n in LEVELS]
         print("| llama-batched-bench (decode only, no server, no sampling) | "
