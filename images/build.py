@@ -70,8 +70,15 @@ class BaseRecipe:
     suite: str = "bookworm"
     variant: str = "minbase"
     # python3 is 3.11 in bookworm; python3-venv brings ensurepip for the
-    # images' virtual environment; libgomp1 is llama.cpp's OpenMP runtime.
-    packages: tuple[str, ...] = ("python3", "python3-venv", "libgomp1", "ca-certificates")
+    # images' virtual environment; libgomp1 is llama.cpp's OpenMP runtime,
+    # libnuma1 a library vLLM's CPU kernels link.
+    packages: tuple[str, ...] = (
+        "python3",
+        "python3-venv",
+        "libgomp1",
+        "libnuma1",
+        "ca-certificates",
+    )
     mirrors: tuple[str, ...] = (
         "deb http://deb.debian.org/debian bookworm main",
         "deb http://deb.debian.org/debian bookworm-updates main",
