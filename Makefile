@@ -80,6 +80,15 @@ test-dataplane: install testbed
 testbed:
 	$(PYTHON) -m tests.cluster build
 
+# Container images with podman, without a daemon or a registry (images/build.py): the CPU
+# image and the vLLM (CPU build) image from a Debian base made locally, each built only when
+# the hash of its inputs changed and saved under ~/.cache/edgefleet/images/<name>-<hash>.tar.
+# IMAGES=edgefleet builds one; REGISTRY=registry.example.com/team PUSH=1 pushes them there.
+.PHONY: images
+images: host-deps
+	$(PYTHON) -m images.build $(foreach image,$(IMAGES),--only $(image)) \
+		$(if $(REGISTRY),--registry $(REGISTRY)) $(if $(filter 1,$(PUSH)),--push)
+
 test-controlplane: install testbed vllm-env vllm-model
 	$(PY) -m pytest -m controlplane tests/controlplane
 
