@@ -275,7 +275,27 @@ def ensure_base(recipe: BaseRecipe = BaseRecipe()) -> str:
             partial.rename(rootfs)
     with step(f"podman import {recipe.tag}"):
         _run(podman("import", "--change", 'CMD ["/bin/bash"]', str(rootfs), recipe.tag))
+    for old in ARCHIVES.glob("edgefleet-base-*.rootfs.tar"):
+        if old != rootfs:
+            old.unlink()
+    forget_older("localhost/edgefleet-base", recipe.tag)
     return image_id(recipe.tag) or ""
+
+
+def forget_older(repository: str, keep: str) -> None:
+    """Removes the other tags of `repository`, so only current builds hold disk.
+
+    An image still in use (a container, an image built on it) stays.
+    """
+    listed = subprocess.run(
+        podman("images", "--format={{.Repository}}:{{.Tag}}", repository),
+        capture_output=True,
+        text=True,
+    )
+    # The listing names every tag of a matching image, other repositories' too.
+    for ref in set(listed.stdout.split()) - {keep}:
+        if ref.startswith(f"{repository}:"):
+            subprocess.run(podman("rmi", ref), capture_output=True)
 
 
 def llama_cpp_wheels() -> Path:
@@ -404,6 +424,7 @@ def ensure_image(name: str) -> BuiltImage:
         with step(f"build {name} {key} ({spec.dockerfile})"):
             _build(spec, recipe.tag, wheels, [local_ref, public_ref])
         built = True
+        forget_older(f"localhost/{name}", local_ref)
     if not archive.exists():
         with step(f"save {archive}"):
             ARCHIVES.mkdir(parents=True, exist_ok=True)
