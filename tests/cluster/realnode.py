@@ -1,0 +1,680 @@
+"""A real Kubernetes node on this machine: containerd v2 + runc + CNI, and a kubelet.
+
+The node lives in its own network namespace (`efrn-<node>`), which has no link
+to the host or anything else: the CNI bridge, the pods' addresses
+(NODE_POD_CIDR), the kubelet's ports and any hostPort rules exist only inside
+it, so no packet can leave the machine and nothing clashes with the shared test
+bed (ports 443, 2379, ... on the host, pod range 10.244.0.0/16 on `efbr0`).
+Only the network is separate: containerd and the kubelet share the host's
+mount namespace and cgroup hierarchies, as on any node, which is why
+`nsenter --net` (not `ip netns exec`, which remounts /sys and so hides
+/sys/fs/cgroup) starts them.
+
+State lives under /tmp/edgefleet-realnode/<node> (EDGEFLEET_REALNODE_DIR moves
+it); pod cgroups under /<cgroup controller>/edgefleet-realnode/<node>.
+
+    python -m tests.cluster.realnode build   # binaries and images, cached
+    python -m tests.cluster.realnode up      # containerd + standalone kubelet + a static pod
+    python -m tests.cluster.realnode status  # the kubelet's view of its pods
+    python -m tests.cluster.realnode down    # stop everything; fails on any leftover
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.cluster import realnode_build
+
+NODE_NAME = "realnode-0"
+# Private, and only ever routed inside the node's own network namespace.
+NODE_POD_CIDR = ipaddress.ip_network("10.250.0.0/24")
+# The node's own address, on lo in its namespace: the kubelet needs
+# one, and without a default route it cannot pick one itself.
+NODE_ADDRESS = ipaddress.ip_interface("10.251.0.1/32")
+NETNS_PREFIX = "efrn-"
+CGROUP_V1 = Path("/sys/fs/cgroup")
+KUBELET_READ_ONLY_PORT = 10255
+# What kubelet sets on start (container_manager_linux.go setupKernelTunables);
+# these are global, so `down` puts back the values found before `up`.
+KERNEL_TUNABLES = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
+
+
+class NodeFailed(RuntimeError):
+    """A node component did not come up; the message carries its log's tail."""
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("EDGEFLEET_REALNODE_DIR", "/tmp/edgefleet-realnode"))
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    base: Path
+
+    @property
+    def containerd_root(self) -> Path:
+        return self.base / "containerd" / "root"
+
+    @property
+    def containerd_state(self) -> Path:
+        return self.base / "containerd" / "state"
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.base / "containerd" / "containerd.sock"
+
+    @property
+    def containerd_config(self) -> Path:
+        return self.base / "containerd" / "config.toml"
+
+    @property
+    def cni_conf(self) -> Path:
+        return self.base / "cni" / "net.d"
+
+    @property
+    def cni_ipam(self) -> Path:
+        return self.base / "cni" / "ipam"
+
+    @property
+    def kubelet_root(self) -> Path:
+        return self.base / "kubelet" / "root"
+
+    @property
+    def manifests(self) -> Path:
+        return self.base / "kubelet" / "manifests"
+
+    @property
+    def pod_logs(self) -> Path:
+        return self.base / "kubelet" / "pod-logs"
+
+    @property
+    def kubelet_config(self) -> Path:
+        return self.base / "kubelet" / "config.yaml"
+
+    @property
+    def crictl_config(self) -> Path:
+        return self.base / "crictl.yaml"
+
+    @property
+    def sysctl_backup(self) -> Path:
+        return self.base / "sysctl-before-up.json"
+
+    @property
+    def pids(self) -> Path:
+        return self.base / "pids.json"
+
+    def log(self, component: str) -> Path:
+        return self.base / "logs" / f"{component}.log"
+
+
+@dataclass
+class RealNode:
+    """One real node: call `up()`, then `down()` (which also works after a crash)."""
+
+    name: str = NODE_NAME
+    pod_cidr: ipaddress.IPv4Network = NODE_POD_CIDR
+    bin: Path = field(default_factory=realnode_build.bin_dir)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> NodePaths:
+        return NodePaths(state_root() / self.name)
+
+    @property
+    def netns(self) -> str:
+        return NETNS_PREFIX + self.name
+
+    @property
+    def cgroup_parent(self) -> str:
+        return f"/edgefleet-realnode/{self.name}"
+
+    # --- helpers ------------------------------------------------------------------
+
+    def in_netns(self, *cmd: str) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *cmd]
+
+    def crictl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        endpoint = f"unix://{self.paths.containerd_socket}"
+        cmd = [
+            str(self.bin / "crictl"),
+            # Its own (empty) config: otherwise it looks for /etc/crictl.yaml.
+            "--config",
+            str(self.paths.crictl_config),
+            "--runtime-endpoint",
+            endpoint,
+            "--image-endpoint",
+            endpoint,
+            "--timeout",
+            "20s",
+            *args,
+        ]
+        return subprocess.run(cmd, check=check, capture_output=True, text=True)
+
+    def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            str(self.bin / "ctr"),
+            "--address",
+            str(self.paths.containerd_socket),
+            "--namespace",
+            "k8s.io",
+            *args,
+        ]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+    def _env(self) -> dict[str, str]:
+        # containerd finds its shim, and the shim finds nothing else, on PATH.
+        return {**os.environ, "PATH": f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+    def _spawn(self, component: str, cmd: list[str]) -> int:
+        log = self.paths.log(component)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                self.in_netns(*cmd),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env(),
+                start_new_session=True,
+            )
+        pids = self._pids()
+        pids[component] = proc.pid
+        self.paths.pids.write_text(json.dumps(pids))
+        return proc.pid
+
+    def _pids(self) -> dict[str, int]:
+        if not self.paths.pids.exists():
+            return {}
+        return json.loads(self.paths.pids.read_text())
+
+    def _fail(self, component: str, why: str) -> NodeFailed:
+        log = self.paths.log(component)
+        tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
+        return NodeFailed(f"{component}: {why}\n" + "\n".join(tail))
+
+    def _wait(self, component: str, ready: callable, timeout: float) -> None:
+        started = time.monotonic()
+        pid = self._pids()[component]
+        while time.monotonic() - started < timeout:
+            if ready():
+                self.timings[component] = time.monotonic() - started
+                return
+            if not _alive(pid):
+                raise self._fail(component, "exited")
+            time.sleep(0.2)
+        raise self._fail(component, f"not ready after {timeout:.0f}s")
+
+    # --- network --------------------------------------------------------------------
+
+    def _netns_up(self) -> None:
+        if not Path(f"/run/netns/{self.netns}").exists():
+            subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
+        # This VM's kernel has no dummy link type, so the address goes on lo.
+        subprocess.run(
+            ["ip", "-n", self.netns, "addr", "replace", str(NODE_ADDRESS), "dev", "lo"], check=True
+        )
+
+    def _write_cni_config(self) -> None:
+        gateway = str(next(self.pod_cidr.hosts()))
+        conflist = {
+            "cniVersion": "1.0.0",
+            "name": "edgefleet-realnode",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "efrn0",
+                    "isGateway": True,
+                    # No masquerade and no default route: a pod reaches only its
+                    # own range, inside a namespace with no uplink anyway.
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": str(self.pod_cidr), "gateway": gateway}]],
+                        "routes": [],
+                        "dataDir": str(self.paths.cni_ipam),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+            ],
+        }
+        self.paths.cni_conf.mkdir(parents=True, exist_ok=True)
+        (self.paths.cni_conf / "10-edgefleet.conflist").write_text(json.dumps(conflist, indent=2))
+
+    # --- containerd -----------------------------------------------------------------
+
+    def _containerd_config(self) -> str:
+        p = self.paths
+        return f"""\
+# Written by tests/cluster/realnode.py; every path is under {p.base}.
+version = 3
+root = "{p.containerd_root}"
+state = "{p.containerd_state}"
+
+[grpc]
+  address = "{p.containerd_socket}"
+
+[ttrpc]
+  address = "{p.containerd_socket}.ttrpc"
+
+[plugins]
+  [plugins.'io.containerd.internal.v1.opt']
+    path = "{p.base}/opt"
+  # NRI would create /var/run/nri/nri.sock on the host.
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = true
+  [plugins.'io.containerd.grpc.v1.cri']
+    disable_tcp_service = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "overlayfs"
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = "{realnode_build.PAUSE_IMAGE}"
+  [plugins.'io.containerd.cri.v1.runtime']
+    netns_mounts_under_state_dir = true
+    # This VM gives root no CAP_SYS_RESOURCE, so runc cannot lower
+    # oom_score_adj below containerd's own (the pause container asks -998):
+    # "nsexec: failed to update /proc/self/oom_score_adj: Permission denied".
+    restrict_oom_score_adj = true
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = "runc"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = "{realnode_build.RUNC}"
+          Root = "{p.base}/runc"
+          SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["{self.bin}"]
+      conf_dir = "{p.cni_conf}"
+"""
+
+    def _containerd_up(self) -> None:
+        p = self.paths
+        for folder in (p.containerd_root, p.containerd_state, p.base / "runc"):
+            folder.mkdir(parents=True, exist_ok=True)
+        p.containerd_config.write_text(self._containerd_config())
+        self._spawn(
+            "containerd",
+            [
+                str(self.bin / "containerd"),
+                "--config",
+                str(p.containerd_config),
+                "--log-level",
+                "info",
+            ],
+        )
+        self._wait("containerd", self._containerd_ready, timeout=60)
+
+    def _containerd_ready(self) -> bool:
+        if not self.paths.containerd_socket.exists():
+            return False
+        return self.crictl("info", check=False).returncode == 0
+
+    def import_image(self, archive: Path) -> None:
+        """Load an image archive (OCI or docker-archive) for the kubelet's pods."""
+        started = time.monotonic()
+        self.ctr("images", "import", "--snapshotter", "overlayfs", str(archive))
+        self.timings[f"import {archive.name}"] = time.monotonic() - started
+
+    # --- kubelet --------------------------------------------------------------------
+
+    def _cgroup_roots(self, unified: bool = False) -> list[Path]:
+        """The node's cgroup parent in every v1 hierarchy (the kubelet needs it to
+        exist), plus, with `unified`, in the v2 hierarchy where runc also makes
+        each container's cgroup on this hybrid host."""
+        hierarchies = [
+            d for d in CGROUP_V1.iterdir() if d.is_dir() and (unified or d.name != "unified")
+        ]
+        return [h / self.cgroup_parent.lstrip("/") for h in hierarchies]
+
+    def _cgroups_up(self) -> None:
+        for root in self._cgroup_roots():
+            for folder in (root.parent, root):
+                folder.mkdir(exist_ok=True)
+                # A v1 cpuset cgroup starts with no CPUs and no memory nodes.
+                for knob in ("cpuset.cpus", "cpuset.mems"):
+                    here = folder / knob
+                    if here.exists() and not here.read_text().strip():
+                        here.write_text((folder.parent / knob).read_text())
+
+    def _kubelet_config(self) -> dict:
+        p = self.paths
+        return {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            # This VM has cgroup v1 (with v2 only at /sys/fs/cgroup/unified);
+            # kubelet 1.35+ refuses v1 unless told otherwise.
+            "failCgroupV1": False,
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": self.cgroup_parent,
+            "containerRuntimeEndpoint": f"unix://{p.containerd_socket}",
+            "staticPodPath": str(p.manifests),
+            "fileCheckFrequency": "2s",
+            "syncFrequency": "5s",
+            "podLogsDir": str(p.pod_logs),
+            # Inside the node's own network namespace: reachable from nowhere else.
+            "address": "127.0.0.1",
+            "healthzBindAddress": "127.0.0.1",
+            "readOnlyPort": KUBELET_READ_ONLY_PORT,
+            "authentication": {
+                "anonymous": {"enabled": True},
+                "webhook": {"enabled": False},
+                "x509": {},
+            },
+            "authorization": {"mode": "AlwaysAllow"},
+            # The VM forbids raising RLIMIT_NOFILE; this is its current hard limit.
+            "maxOpenFiles": _nofile_hard_limit(),
+            # Pods get no host resolv.conf: there is no DNS to reach.
+            "resolvConf": "",
+            "podCIDR": str(self.pod_cidr),
+            "evictionHard": {
+                "memory.available": "100Mi",
+                "nodefs.available": "2%",
+                "imagefs.available": "2%",
+            },
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "serializeImagePulls": False,
+        }
+
+    def _kubelet_up(self) -> None:
+        p = self.paths
+        for folder in (p.kubelet_root, p.manifests, p.pod_logs):
+            folder.mkdir(parents=True, exist_ok=True)
+        p.kubelet_config.write_text(json.dumps(self._kubelet_config(), indent=2))
+        self._backup_sysctls()
+        self._cgroups_up()
+        self._spawn(
+            "kubelet",
+            [
+                str(self.bin / "kubelet"),
+                f"--config={p.kubelet_config}",
+                f"--root-dir={p.kubelet_root}",
+                f"--hostname-override={self.name}",
+                f"--node-ip={NODE_ADDRESS.ip}",
+                "--v=2",
+            ],
+        )
+        self._wait("kubelet", self._kubelet_healthy, timeout=120)
+
+    def _kubelet_healthy(self) -> bool:
+        return self._http("http://127.0.0.1:10248/healthz") == "ok"
+
+    def _http(self, url: str) -> str | None:
+        """GET a URL from inside the node's network namespace; None when it fails."""
+        code = (
+            "import sys, urllib.request\n"
+            f"sys.stdout.write(urllib.request.urlopen({url!r}, timeout=3).read().decode())"
+        )
+        out = subprocess.run(
+            self.in_netns(sys.executable, "-c", code), capture_output=True, text=True
+        )
+        return out.stdout if out.returncode == 0 else None
+
+    def kubelet_pods(self) -> list[dict]:
+        """The kubelet's own view of its pods, with status (standalone: no API server)."""
+        body = self._http(f"http://127.0.0.1:{KUBELET_READ_ONLY_PORT}/pods")
+        return json.loads(body)["items"] if body else []
+
+    def add_static_pod(self, manifest: dict) -> None:
+        name = manifest["metadata"]["name"]
+        (self.paths.manifests / f"{name}.json").write_text(json.dumps(manifest, indent=2))
+
+    def pod_http(self, address: str, port: int, path: str = "/") -> str | None:
+        return self._http(f"http://{address}:{port}{path}")
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Start containerd and a standalone kubelet, with the node's images loaded."""
+        started = time.monotonic()
+        self.paths.base.mkdir(parents=True, exist_ok=True)
+        self.paths.crictl_config.write_text(
+            f"runtime-endpoint: unix://{self.paths.containerd_socket}\n"
+            f"image-endpoint: unix://{self.paths.containerd_socket}\n"
+        )
+        self._netns_up()
+        self._write_cni_config()
+        self._containerd_up()
+        for archive in realnode_build.ARCHIVES:
+            self.import_image(self.bin / archive)
+        self._kubelet_up()
+        self.timings["up"] = time.monotonic() - started
+
+    def down(self) -> list[str]:
+        """Stop everything and return what is left (empty when clean); safe to repeat."""
+        pids = self._pids()
+        _stop(pids.get("kubelet"))
+        if pids.get("containerd") and _alive(pids["containerd"]):
+            # Stop and remove every sandbox while containerd can still tear down
+            # its network and mounts; the kubelet is gone, so none comes back.
+            self.crictl("rmp", "--all", "--force", check=False)
+        _stop(pids.get("containerd"))
+        for pid in self._own_processes():
+            _stop(pid)
+        self._unmount_all()
+        subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
+        self._cgroups_down()
+        self._restore_sysctls()
+        left = self.leftovers()
+        if not left and self.paths.base.exists():
+            # A fresh start every time: host-local's leases, logs, images.
+            shutil.rmtree(self.paths.base)
+        return left
+
+    def leftovers(self) -> list[str]:
+        found = [f"process {pid}" for pid in self._own_processes()]
+        found += [f"mount {m}" for m in self._own_mounts()]
+        if Path(f"/run/netns/{self.netns}").exists():
+            found.append(f"netns {self.netns}")
+        found += [f"cgroup {root}" for root in self._cgroup_roots(unified=True) if root.exists()]
+        return found
+
+    def _own_processes(self) -> list[int]:
+        """Processes run from this node's binaries, and every process in its pod cgroups."""
+        found = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                exe = os.readlink(entry / "exe")
+            except OSError:
+                continue
+            if exe.startswith(f"{self.bin}/"):
+                found.add(int(entry.name))
+        for root in self._cgroup_roots(unified=True):
+            for procs in root.rglob("cgroup.procs") if root.exists() else ():
+                found.update(int(pid) for pid in procs.read_text().split())
+        return sorted(found)
+
+    def _own_mounts(self) -> list[str]:
+        base = str(self.paths.base)
+        mounts = []
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = line.split()[4].replace("\\040", " ")
+            if point == base or point.startswith(base + "/"):
+                mounts.append(point)
+        return mounts
+
+    def _unmount_all(self) -> None:
+        # Deepest first; the kubelet makes its root a shared bind mount of itself.
+        for _ in range(5):
+            mounts = self._own_mounts()
+            if not mounts:
+                return
+            for point in sorted(mounts, key=len, reverse=True):
+                subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+    def _cgroups_down(self) -> None:
+        for root in self._cgroup_roots(unified=True):
+            if not root.exists():
+                continue
+            for folder in sorted(
+                (d for d in root.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True
+            ):
+                folder.rmdir()
+            root.rmdir()
+            if root.parent.exists() and not any(d.is_dir() for d in root.parent.iterdir()):
+                root.parent.rmdir()
+
+    def _backup_sysctls(self) -> None:
+        if self.paths.sysctl_backup.exists():
+            return  # a previous `up` without `down`: keep the first, true values
+        values = {key: (Path("/proc/sys") / key).read_text().strip() for key in KERNEL_TUNABLES}
+        self.paths.sysctl_backup.write_text(json.dumps(values))
+
+    def _restore_sysctls(self) -> None:
+        if not self.paths.sysctl_backup.exists():
+            return
+        for key, value in json.loads(self.paths.sysctl_backup.read_text()).items():
+            (Path("/proc/sys") / key).write_text(value)
+        self.paths.sysctl_backup.unlink()
+
+
+def _nofile_hard_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat")
+    return state.exists() and state.read_text().split(") ")[-1][:1] != "Z"
+
+
+def _stop(pid: int | None, grace: float = 15) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    while _alive(pid):
+        time.sleep(0.1)
+
+
+def web_pod(name: str = "web", host_port: int | None = 18080) -> dict:
+    """A static pod serving HTTP from the busybox image, with both probes, locked down
+    as the chart's pods are (non-root, no privilege escalation, no capabilities,
+    RuntimeDefault seccomp, read-only root filesystem)."""
+    port: dict = {"containerPort": 8080, "name": "http"}
+    if host_port:
+        port["hostPort"] = host_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "spec": {
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "runAsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "httpd",
+                    "image": realnode_build.BUSYBOX_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/busybox", "httpd", "-f", "-v", "-p", "8080", "-h", "/www"],
+                    "ports": [port],
+                    "readinessProbe": {
+                        "httpGet": {"path": "/index.html", "port": 8080},
+                        "periodSeconds": 1,
+                    },
+                    "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 5},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def pod_ready(pod: dict) -> bool:
+    conditions = pod.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def wait_pod_ready(node: RealNode, name: str, timeout: float = 120) -> dict:
+    """The kubelet's status of the named pod once Ready (both probes passing)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        for pod in node.kubelet_pods():
+            if pod["metadata"]["name"].startswith(name) and pod_ready(pod):
+                node.timings[f"pod {name} ready"] = time.monotonic() - started
+                return pod
+        time.sleep(0.5)
+    raise NodeFailed(
+        f"pod {name} not Ready after {timeout:.0f}s:\n"
+        + node.crictl("ps", "-a", check=False).stdout
+    )
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "help"
+    node = RealNode()
+    if command == "build":
+        realnode_build.build_node(force="--force" in argv)
+    elif command == "up":
+        node.bin = realnode_build.build_node()
+        node.up()
+        node.add_static_pod(web_pod())
+        pod = wait_pod_ready(node, "web")
+        print(f"pod web Ready at {pod['status'].get('podIP')}")
+        print(json.dumps({k: round(v, 1) for k, v in node.timings.items()}))
+    elif command == "status":
+        for pod in node.kubelet_pods():
+            status = pod.get("status", {})
+            print(
+                pod["metadata"]["name"],
+                status.get("phase"),
+                status.get("podIP"),
+                "Ready" if pod_ready(pod) else "not ready",
+            )
+        print(node.crictl("ps", "-a", check=False).stdout)
+    elif command == "down":
+        left = node.down()
+        if left:
+            print("left behind:\n  " + "\n  ".join(left), file=sys.stderr)
+            return 1
+    else:
+        print(__doc__)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
