@@ -6,17 +6,18 @@
 
 What it does, each step cached under ~/.cache/edgefleet/ and timed:
 1. a base image made from Debian's packages: mmdebstrap writes a minimal
-   bookworm root (Python 3.11, venv, libgomp1, CA certificates) and
+   bookworm root (Python 3.11, venv, libgomp1, libnuma1, CA certificates) and
    `podman import` makes it localhost/edgefleet-base:bookworm-<hash>. The
-   Dockerfiles' BASE_IMAGE default (python:3.11-slim-bookworm) stays for builds
-   with registry access; nothing here is ever pulled (`--pull=never`);
+   Dockerfiles' BASE_IMAGE defaults (python:3.11-slim-bookworm,
+   vllm/vllm-openai) stay for builds with registry access; nothing here is
+   ever pulled (`--pull=never`);
 2. the portable llama-cpp-python wheel of inference-server/llama_cpp_build.py,
    the one `make install` uses, handed to the CPU image's build (compiled once
    per machine, never in the image);
 3. each image, built only when the hash of its inputs (Dockerfile, the files
-   it copies, build arguments, the wheel, the base image's id) is new, and
-   saved as a docker archive ~/.cache/edgefleet/images/<name>-<hash>.tar for
-   `kind load image-archive`, `k3s ctr images import` or
+   it copies, build arguments, the wheel, the base's root file system) is
+   new, and saved as a docker archive ~/.cache/edgefleet/images/<name>-<hash>.tar
+   for `kind load image-archive`, `k3s ctr images import` or
    `ctr -n k8s.io images import`. The archive names the image as the chart
    does (ghcr.io/edgefleet/<name>:<version>), so the chart runs it unchanged.
 
@@ -244,13 +245,26 @@ def image_size(ref: str) -> int:
 # --- inputs -------------------------------------------------------------------
 
 
+def base_digest(ref: str) -> str | None:
+    """The digest of the base image's one layer: the sha256 of its root file system.
+
+    Unlike the image id it does not change when the same root is imported again.
+    """
+    found = subprocess.run(
+        podman("image", "inspect", "--format={{.RootFS.Layers}}", ref),
+        capture_output=True,
+        text=True,
+    )
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
 def ensure_base(recipe: BaseRecipe = BaseRecipe()) -> str:
-    """The base image's id, made from Debian's packages unless podman has it.
+    """The base image's content digest, made from Debian's packages unless podman has it.
 
     The root file system is kept next to the archives, so a wiped podman
-    store is refilled without the Debian mirror.
+    store is refilled without the Debian mirror, to the same digest.
     """
-    found = image_id(recipe.tag)
+    found = base_digest(recipe.tag)
     if found:
         print(f"==> base image {recipe.tag}: cached", flush=True)
         return found
@@ -279,7 +293,7 @@ def ensure_base(recipe: BaseRecipe = BaseRecipe()) -> str:
         if old != rootfs:
             old.unlink()
     forget_older("localhost/edgefleet-base", recipe.tag)
-    return image_id(recipe.tag) or ""
+    return base_digest(recipe.tag) or ""
 
 
 def forget_older(repository: str, keep: str) -> None:
@@ -329,13 +343,13 @@ def _digest(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def image_key(spec: ImageSpec, base_id: str, wheels: Path | None) -> str:
+def image_key(spec: ImageSpec, base_digest: str, wheels: Path | None) -> str:
     """A hash of everything that decides what the image holds."""
     wheel_digest = _digest(sorted(wheels.glob("*.whl")), wheels) if wheels else ""
     recipe = (
         RECIPE_REVISION,
         _digest(input_files(spec), REPO),
-        base_id,
+        base_digest,
         wheel_digest,
         spec.build_args,
     )
@@ -406,9 +420,9 @@ def ensure_image(name: str) -> BuiltImage:
     spec = SPECS[name]
     ensure_tools()
     recipe = BaseRecipe()
-    base_id = ensure_base(recipe)
+    base = ensure_base(recipe)
     wheels = llama_cpp_wheels() if spec.llama_cpp_wheels else None
-    key = image_key(spec, base_id, wheels)
+    key = image_key(spec, base, wheels)
     local_ref = f"localhost/{name}:{key}"
     public_ref = f"{PUBLIC_REPOSITORY}/{name}:{_project()['version']}"
     archive = ARCHIVES / f"{name}-{key}.tar"
@@ -424,7 +438,7 @@ def ensure_image(name: str) -> BuiltImage:
         with step(f"build {name} {key} ({spec.dockerfile})"):
             _build(spec, recipe.tag, wheels, [local_ref, public_ref])
         built = True
-        forget_older(f"localhost/{name}", local_ref)
+    forget_older(f"localhost/{name}", local_ref)
     if not archive.exists():
         with step(f"save {archive}"):
             ARCHIVES.mkdir(parents=True, exist_ok=True)
