@@ -485,11 +485,16 @@ def main() -> None:
     if args.push and not args.registry:
         parser.error("--push needs --registry (make images REGISTRY=... PUSH=1)")
     started = time.monotonic()
-    images = [ensure_image(name) for name in args.only or SPECS]
-    report(images)
-    if args.push:
-        for image in images:
-            push(image, args.registry)
+    try:
+        images = [ensure_image(name) for name in args.only or SPECS]
+        report(images)
+        if args.push:
+            for image in images:
+                push(image, args.registry)
+    except subprocess.CalledProcessError as error:
+        # The command's own output above says why; no traceback on top of it.
+        command = " ".join(error.cmd)
+        raise SystemExit(f"images: exit status {error.returncode} from {command}") from None
     print(f"images: {time.monotonic() - started:.1f}s in all")
 
 
