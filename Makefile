@@ -99,6 +99,14 @@ cluster-up: install testbed
 cluster-down: install
 	$(PY) -m tests.cluster down
 
+# Opt-in check of a real node (kubelet + containerd v2 + runc + CNI, docs/realnode.md):
+# builds its binaries once (cached under ~/.cache/edgefleet/node/<key>), starts containerd
+# and a standalone kubelet in their own network namespace, runs a static pod, tears down.
+.PHONY: realnode-check
+realnode-check: install
+	$(PYTHON) -m tests.cluster.realnode build
+	EDGEFLEET_REALNODE=1 $(PY) -m pytest tests/realnode
+
 lint: install
 	$(PY) -m ruff check .
 

@@ -164,7 +164,9 @@ class RealNode:
             "20s",
             *args,
         ]
-        return subprocess.run(cmd, check=check, capture_output=True, text=True)
+        # In the node's namespace: `exec`, `attach` and `port-forward` reach
+        # containerd's streaming server on the namespace's 127.0.0.1.
+        return subprocess.run(self.in_netns(*cmd), check=check, capture_output=True, text=True)
 
     def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = [
