@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,6 +131,8 @@ class RealNode:
     name: str = NODE_NAME
     pod_cidr: ipaddress.IPv4Network = NODE_POD_CIDR
     bin: Path = field(default_factory=realnode_build.bin_dir)
+    # Registers with this API server when set (realnode_control); standalone otherwise.
+    kubeconfig: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -183,7 +186,7 @@ class RealNode:
         # containerd finds its shim, and the shim finds nothing else, on PATH.
         return {**os.environ, "PATH": f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin"}
 
-    def _spawn(self, component: str, cmd: list[str]) -> int:
+    def spawn(self, component: str, cmd: list[str]) -> int:
         log = self.paths.log(component)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
@@ -210,7 +213,7 @@ class RealNode:
         tail = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else []
         return NodeFailed(f"{component}: {why}\n" + "\n".join(tail))
 
-    def _wait(self, component: str, ready: callable, timeout: float) -> None:
+    def wait_ready(self, component: str, ready: Callable[[], bool], timeout: float) -> None:
         started = time.monotonic()
         pid = self._pids()[component]
         while time.monotonic() - started < timeout:
@@ -314,7 +317,7 @@ state = "{p.containerd_state}"
         for folder in (p.containerd_root, p.containerd_state, p.base / "runc"):
             folder.mkdir(parents=True, exist_ok=True)
         p.containerd_config.write_text(self._containerd_config())
-        self._spawn(
+        self.spawn(
             "containerd",
             [
                 str(self.bin / "containerd"),
@@ -324,7 +327,7 @@ state = "{p.containerd_state}"
                 "info",
             ],
         )
-        self._wait("containerd", self._containerd_ready, timeout=60)
+        self.wait_ready("containerd", self._containerd_ready, timeout=60)
 
     def _containerd_ready(self) -> bool:
         if not self.paths.containerd_socket.exists():
@@ -373,8 +376,9 @@ state = "{p.containerd_state}"
             "fileCheckFrequency": "2s",
             "syncFrequency": "5s",
             "podLogsDir": str(p.pod_logs),
-            # Inside the node's own network namespace: reachable from nowhere else.
-            "address": "127.0.0.1",
+            # The node's address in its own network namespace: reachable from
+            # nowhere else (the pods have no route to it either).
+            "address": str(NODE_ADDRESS.ip),
             "healthzBindAddress": "127.0.0.1",
             "readOnlyPort": KUBELET_READ_ONLY_PORT,
             "authentication": {
@@ -405,7 +409,7 @@ state = "{p.containerd_state}"
         p.kubelet_config.write_text(json.dumps(self._kubelet_config(), indent=2))
         self._backup_sysctls()
         self._cgroups_up()
-        self._spawn(
+        self.spawn(
             "kubelet",
             [
                 str(self.bin / "kubelet"),
@@ -414,14 +418,15 @@ state = "{p.containerd_state}"
                 f"--hostname-override={self.name}",
                 f"--node-ip={NODE_ADDRESS.ip}",
                 "--v=2",
+                *([f"--kubeconfig={self.kubeconfig}"] if self.kubeconfig else []),
             ],
         )
-        self._wait("kubelet", self._kubelet_healthy, timeout=120)
+        self.wait_ready("kubelet", self._kubelet_healthy, timeout=120)
 
     def _kubelet_healthy(self) -> bool:
-        return self._http("http://127.0.0.1:10248/healthz") == "ok"
+        return self.http("http://127.0.0.1:10248/healthz") == "ok"
 
-    def _http(self, url: str) -> str | None:
+    def http(self, url: str) -> str | None:
         """GET a URL from inside the node's network namespace; None when it fails."""
         code = (
             "import sys, urllib.request\n"
@@ -434,7 +439,7 @@ state = "{p.containerd_state}"
 
     def kubelet_pods(self) -> list[dict]:
         """The kubelet's own view of its pods, with status (standalone: no API server)."""
-        body = self._http(f"http://127.0.0.1:{KUBELET_READ_ONLY_PORT}/pods")
+        body = self.http(f"http://{NODE_ADDRESS.ip}:{KUBELET_READ_ONLY_PORT}/pods")
         return json.loads(body)["items"] if body else []
 
     def add_static_pod(self, manifest: dict) -> None:
@@ -442,7 +447,7 @@ state = "{p.containerd_state}"
         (self.paths.manifests / f"{name}.json").write_text(json.dumps(manifest, indent=2))
 
     def pod_http(self, address: str, port: int, path: str = "/") -> str | None:
-        return self._http(f"http://{address}:{port}{path}")
+        return self.http(f"http://{address}:{port}{path}")
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -471,6 +476,8 @@ state = "{p.containerd_state}"
             # its network and mounts; the kubelet is gone, so none comes back.
             self.crictl("rmp", "--all", "--force", check=False)
         _stop(pids.get("containerd"))
+        for pid in pids.values():  # a throwaway API server and its etcd, if any
+            _stop(pid)
         for pid in self._own_processes():
             _stop(pid)
         self._unmount_all()

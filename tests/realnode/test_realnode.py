@@ -7,6 +7,7 @@ pods' status from the kubelet's own read-only /pods endpoint.
 from __future__ import annotations
 
 import ipaddress
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,3 +87,33 @@ def test_down_leaves_no_process_mount_namespace_or_cgroup_and_restores_sysctls()
     assert not node.paths.base.exists()
     after = {key: (Path("/proc/sys") / key).read_text() for key in realnode.KERNEL_TUNABLES}
     assert after == before
+
+
+def test_the_node_registers_with_an_api_server_and_serves_logs_and_exec() -> None:
+    from tests.cluster import realnode_build, realnode_control
+
+    node = realnode.RealNode(bin=realnode_build.build_node())
+    assert node.down() == []
+    try:
+        node.paths.base.mkdir(parents=True)
+        node._netns_up()
+        node.kubeconfig = realnode_control.start(node)
+        node.up()
+
+        def kubectl(*args: str, stdin: str | None = None) -> str:
+            return realnode_control.kubectl(node, *args, stdin=stdin).stdout
+
+        kubectl("wait", "--for=condition=Ready", f"node/{node.name}", "--timeout=120s")
+        assert "containerd://2.4" in kubectl(
+            "get", "node", node.name, "-o", "jsonpath={.status.nodeInfo.containerRuntimeVersion}"
+        )
+        kubectl("create", "serviceaccount", "default")
+        kubectl("apply", "-f", "-", stdin=json.dumps(realnode_control.web_pod_bound_to(node)))
+        kubectl("wait", "--for=condition=Ready", "pod/web-api", "--timeout=120s")
+
+        pod_ip = kubectl("get", "pod", "web-api", "-o", "jsonpath={.status.podIP}")
+        assert ipaddress.ip_address(pod_ip) in realnode.NODE_POD_CIDR
+        assert _eventually(lambda: "response:200" in kubectl("logs", "web-api"))
+        assert kubectl("exec", "web-api", "--", "/bin/busybox", "id", "-u").strip() == "10001"
+    finally:
+        assert node.down() == []
