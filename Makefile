@@ -103,7 +103,7 @@ cluster-down: install
 # builds its binaries once (cached under ~/.cache/edgefleet/node/<key>), starts containerd
 # and a standalone kubelet in their own network namespace, runs a static pod, tears down.
 .PHONY: realnode-check
-realnode-check: install
+realnode-check: install testbed
 	$(PYTHON) -m tests.cluster.realnode build
 	EDGEFLEET_REALNODE=1 $(PY) -m pytest tests/realnode
 

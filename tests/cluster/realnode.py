@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.cluster import realnode_build
+from tests.cluster import realnode_build, versions
 
 NODE_NAME = "realnode-0"
 # Private, and only ever routed inside the node's own network namespace.
@@ -499,16 +499,22 @@ state = "{p.containerd_state}"
         return found
 
     def _own_processes(self) -> list[int]:
-        """Processes run from this node's binaries, and every process in its pod cgroups."""
+        """This node's processes: run from the node's (or the test bed's) binaries
+        with its state folder on their command line (containerd, its shims, the
+        kubelet, a throwaway API server), and whatever is in its pod cgroups.
+        Another node's processes name another folder, so they are left alone."""
+        binaries = (f"{self.bin}/", f"{versions.bin_dir()}/")
+        base = str(self.paths.base) + "/"
         found = set()
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
                 exe = os.readlink(entry / "exe")
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if exe.startswith(f"{self.bin}/"):
+            if exe.startswith(binaries) and base in cmdline:
                 found.add(int(entry.name))
         for root in self._cgroup_roots(unified=True):
             for procs in root.rglob("cgroup.procs") if root.exists() else ():
