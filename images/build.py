@@ -55,18 +55,17 @@ PODMAN_NPROC = 32768
 # Bump when this file changes what an image holds for the same inputs.
 RECIPE_REVISION = 1
 
-# command -> the Debian package that has it.
-DEBIAN_TOOLS = {
-    "podman": "podman",
-    "buildah": "buildah",
-    "mmdebstrap": "mmdebstrap",
-    "runc": "runc",
-}
+# Debian packages, each with the command of its own name.
+DEBIAN_TOOLS = ("podman", "buildah", "mmdebstrap", "runc")
 
 
 @dataclass(frozen=True)
 class BaseRecipe:
-    """The Debian root the images start from; its hash names the base image."""
+    """The Debian root the images start from; its hash names the base image.
+
+    Made once per recipe: Debian's later updates come in when the base image
+    and its root file system (next to the archives) are removed.
+    """
 
     suite: str = "bookworm"
     variant: str = "minbase"
@@ -119,6 +118,8 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class BuiltImage:
+    """An image in podman's store (as local_ref and public_ref) and saved as archive."""
+
     name: str
     key: str
     local_ref: str
@@ -217,7 +218,7 @@ def run_options() -> list[str]:
 
 def ensure_tools() -> None:
     """podman & co. from Debian's packages when missing, as `make install` does for cmake."""
-    missing = [package for tool, package in DEBIAN_TOOLS.items() if shutil.which(tool) is None]
+    missing = [tool for tool in DEBIAN_TOOLS if shutil.which(tool) is None]
     if not missing:
         return
     if os.geteuid() != 0:
