@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.cluster import realnode, realnode_build, versions
@@ -145,6 +146,17 @@ def kubectl(
     )
 
 
+def wait_node_ready(node: realnode.RealNode, timeout: float = 120) -> None:
+    """`kubectl wait` fails at once on a Node not yet registered, so wait for it to exist."""
+    deadline = time.monotonic() + timeout
+    while kubectl(node, "get", "node", node.name, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise realnode.NodeFailed(f"node {node.name} did not register in {timeout:.0f}s")
+        time.sleep(0.5)
+    remaining = max(1, int(deadline - time.monotonic()))
+    kubectl(node, "wait", "--for=condition=Ready", f"node/{node.name}", f"--timeout={remaining}s")
+
+
 def web_pod_bound_to(node: realnode.RealNode) -> dict:
     """The busybox web pod, bound to the node by name (there is no scheduler)."""
     pod = realnode.web_pod(name="web-api", host_port=None)
@@ -162,7 +174,7 @@ def main() -> int:
     node._netns_up()
     node.kubeconfig = start(node)
     node.up()
-    kubectl(node, "wait", "--for=condition=Ready", f"node/{node.name}", "--timeout=120s")
+    wait_node_ready(node)
     # No controller-manager makes the default ServiceAccount that admission needs.
     kubectl(node, "create", "serviceaccount", "default", check=False)
     kubectl(node, "apply", "-f", "-", stdin=json.dumps(web_pod_bound_to(node)))

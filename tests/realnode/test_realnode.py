@@ -103,7 +103,7 @@ def test_the_node_registers_with_an_api_server_and_serves_logs_and_exec() -> Non
         def kubectl(*args: str, stdin: str | None = None) -> str:
             return realnode_control.kubectl(node, *args, stdin=stdin).stdout
 
-        kubectl("wait", "--for=condition=Ready", f"node/{node.name}", "--timeout=120s")
+        realnode_control.wait_node_ready(node)
         assert "containerd://2.4" in kubectl(
             "get", "node", node.name, "-o", "jsonpath={.status.nodeInfo.containerRuntimeVersion}"
         )
