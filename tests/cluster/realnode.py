@@ -269,9 +269,11 @@ class RealNode:
         p = self.paths
         return f"""\
 # Written by tests/cluster/realnode.py; every path is under {p.base}.
-version = 3
+version = 4
 root = "{p.containerd_root}"
 state = "{p.containerd_state}"
+# containerd 2.4 otherwise also reads /etc/containerd/conf.d/*.toml.
+imports = []
 
 [grpc]
   address = "{p.containerd_socket}"
@@ -443,8 +445,11 @@ state = "{p.containerd_state}"
         return json.loads(body)["items"] if body else []
 
     def add_static_pod(self, manifest: dict) -> None:
+        # Written aside, then renamed in: the kubelet may read a half-written file.
         name = manifest["metadata"]["name"]
-        (self.paths.manifests / f"{name}.json").write_text(json.dumps(manifest, indent=2))
+        staged = self.paths.manifests.parent / f"{name}.json.partial"
+        staged.write_text(json.dumps(manifest, indent=2))
+        staged.replace(self.paths.manifests / f"{name}.json")
 
     def pod_http(self, address: str, port: int, path: str = "/") -> str | None:
         return self.http(f"http://{address}:{port}{path}")
