@@ -269,11 +269,12 @@ class RealNode:
         p = self.paths
         return f"""\
 # Written by tests/cluster/realnode.py; every path is under {p.base}.
-version = 4
+# Version 3, which containerd 2.4 migrates at start (a warning): in version 4
+# the [grpc]/[ttrpc] sections are ignored (the servers became plugins) and
+# containerd listens on /run/containerd/containerd.sock instead.
+version = 3
 root = "{p.containerd_root}"
 state = "{p.containerd_state}"
-# containerd 2.4 otherwise also reads /etc/containerd/conf.d/*.toml.
-imports = []
 
 [grpc]
   address = "{p.containerd_socket}"
