@@ -119,9 +119,26 @@ def sdist() -> Path:
     return next(folder.glob(f"llama_cpp_python-{VERSION}.tar.gz"))
 
 
+def _extract(archive: tarfile.TarFile, workdir: Path) -> None:
+    """Unpack the sdist, refusing members that would land outside `workdir`.
+
+    Extraction filters came in Python 3.11.4; Debian bookworm's python3 (the
+    image base) is 3.11.2, so older versions check the paths themselves.
+    """
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(workdir, filter="data")
+        return
+    root = workdir.resolve()
+    for member in archive.getmembers():
+        target = (root / member.name).resolve()
+        if root not in target.parents or member.issym() or member.islnk() or member.isdev():
+            raise SystemExit(f"refusing sdist member {member.name!r}: outside {root} or not a file")
+    archive.extractall(workdir)
+
+
 def patched_source(workdir: Path, portable: bool) -> Path:
     with tarfile.open(sdist()) as archive:
-        archive.extractall(workdir, filter="data")
+        _extract(archive, workdir)
     src = workdir / f"llama_cpp_python-{VERSION}"
     if portable:
         _patch_variants(src / "vendor/llama.cpp/ggml/src/CMakeLists.txt")
