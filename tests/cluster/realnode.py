@@ -21,6 +21,7 @@ it); pod cgroups under /<cgroup controller>/edgefleet-realnode/<node>.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -227,7 +228,9 @@ class RealNode:
 
     # --- network --------------------------------------------------------------------
 
-    def _netns_up(self) -> None:
+    def netns_up(self) -> None:
+        """Make the node's network namespace (idempotent). `up` calls it; call it
+        first only to start something else in it before the node (an API server)."""
         if not Path(f"/run/netns/{self.netns}").exists():
             subprocess.run(["ip", "netns", "add", self.netns], check=True)
         subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
@@ -465,7 +468,7 @@ state = "{p.containerd_state}"
             f"runtime-endpoint: unix://{self.paths.containerd_socket}\n"
             f"image-endpoint: unix://{self.paths.containerd_socket}\n"
         )
-        self._netns_up()
+        self.netns_up()
         self._write_cni_config()
         self._containerd_up()
         for archive in realnode_build.ARCHIVES:
@@ -475,7 +478,10 @@ state = "{p.containerd_state}"
 
     def down(self) -> list[str]:
         """Stop everything and return what is left (empty when clean); safe to repeat."""
-        pids = self._pids()
+        # A recorded pid is only signalled while it is still ours: after a crash
+        # or a reboot, the number may belong to someone else's process.
+        own = set(self._own_processes())
+        pids = {name: pid for name, pid in self._pids().items() if pid in own}
         _stop(pids.get("kubelet"))
         if pids.get("containerd") and _alive(pids["containerd"]):
             # Stop and remove every sandbox while containerd can still tear down
@@ -552,10 +558,10 @@ state = "{p.containerd_state}"
             for folder in sorted(
                 (d for d in root.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True
             ):
-                folder.rmdir()
-            root.rmdir()
+                _rmdir(folder)
+            _rmdir(root)
             if root.parent.exists() and not any(d.is_dir() for d in root.parent.iterdir()):
-                root.parent.rmdir()
+                _rmdir(root.parent)
 
     def _backup_sysctls(self) -> None:
         if self.paths.sysctl_backup.exists():
@@ -569,6 +575,12 @@ state = "{p.containerd_state}"
         for key, value in json.loads(self.paths.sysctl_backup.read_text()).items():
             (Path("/proc/sys") / key).write_text(value)
         self.paths.sysctl_backup.unlink()
+
+
+def _rmdir(folder: Path) -> None:
+    """Remove a cgroup folder; one still holding a process stays (leftovers() reports it)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _nofile_hard_limit() -> int:

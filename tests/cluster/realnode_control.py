@@ -171,7 +171,7 @@ def main() -> int:
     node = realnode.RealNode(bin=realnode_build.build_node())
     node.down()
     node.paths.base.mkdir(parents=True, exist_ok=True)
-    node._netns_up()
+    node.netns_up()
     node.kubeconfig = start(node)
     node.up()
     wait_node_ready(node)

@@ -96,7 +96,7 @@ def test_the_node_registers_with_an_api_server_and_serves_logs_and_exec() -> Non
     assert node.down() == []
     try:
         node.paths.base.mkdir(parents=True)
-        node._netns_up()
+        node.netns_up()
         node.kubeconfig = realnode_control.start(node)
         node.up()
 
