@@ -495,6 +495,9 @@ state = "{p.containerd_state}"
         self._unmount_all()
         subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
         self._cgroups_down()
+        # The shims' socket folder is fixed; rmdir leaves it to anyone still using it.
+        for folder in (Path("/run/containerd/s"), Path("/run/containerd")):
+            _rmdir(folder)
         self._restore_sysctls()
         left = self.leftovers()
         if not left and self.paths.base.exists():
@@ -578,7 +581,8 @@ state = "{p.containerd_state}"
 
 
 def _rmdir(folder: Path) -> None:
-    """Remove a cgroup folder; one still holding a process stays (leftovers() reports it)."""
+    """Remove an empty folder; a cgroup still holding a process, or a folder still in
+    use, stays (leftovers() reports the cgroup)."""
     with contextlib.suppress(OSError):
         folder.rmdir()
 
