@@ -20,7 +20,7 @@ from tests.cluster import versions
 STAMP = ".complete"
 
 
-def _k8s_ldflags() -> str:
+def k8s_ldflags() -> str:
     # Without these, every binary reports v0.0.0 and chart kubeVersion checks fail.
     major, minor = versions.KUBERNETES_VERSION.lstrip("v").split(".")[:2]
     build_date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -61,7 +61,7 @@ def _targets() -> list[tuple[str, list[str], str]]:
         (
             "kubernetes",
             [f"k8s.io/kubernetes/cmd/{b}" for b in versions.CONTROL_PLANE],
-            _k8s_ldflags(),
+            k8s_ldflags(),
         ),
         ("etcd", ["go.etcd.io/etcd/server/v3"], "-s -w"),
         (
@@ -78,7 +78,7 @@ def _targets() -> list[tuple[str, list[str], str]]:
     ]
 
 
-def _go_env() -> dict[str, str]:
+def go_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         GOTOOLCHAIN="local",
@@ -88,7 +88,7 @@ def _go_env() -> dict[str, str]:
     return env
 
 
-def _go() -> str:
+def go_binary() -> str:
     found = shutil.which("go") or "/usr/local/go/bin/go"
     if not Path(found).exists():
         raise SystemExit("go not found: install Go 1.26 (expected at /usr/local/go/bin/go)")
@@ -129,9 +129,9 @@ def build(force: bool = False) -> Path:
         t0 = time.monotonic()
         # etcd's package path ends in /v3, so its binary name is given explicitly.
         out = str(staging / "etcd") if module == "etcd" else f"{staging}/"
-        cmd = ["nice", "-n", "19", _go(), "build", "-ldflags", ldflags, "-o", out, *packages]
+        cmd = ["nice", "-n", "19", go_binary(), "build", "-ldflags", ldflags, "-o", out, *packages]
         print(f"building {module}: {' '.join(packages)}", file=sys.stderr, flush=True)
-        subprocess.run(cmd, cwd=versions.GOMOD_DIR / module, env=_go_env(), check=True)
+        subprocess.run(cmd, cwd=versions.GOMOD_DIR / module, env=go_env(), check=True)
         print(f"built {module} in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
     elapsed = time.monotonic() - started
     (staging / STAMP).write_text(f"built in {elapsed:.0f}s\n")

@@ -112,7 +112,7 @@ def _go_targets() -> list[GoTarget]:
         GoTarget(
             "kubernetes",
             ("k8s.io/kubernetes/cmd/kubelet", "k8s.io/kubernetes/cmd/kube-proxy"),
-            build._k8s_ldflags(),
+            build.k8s_ldflags(),
         ),
         GoTarget(
             "containerd",
@@ -140,7 +140,7 @@ def _go_targets() -> list[GoTarget]:
 def _timed(label: str, cmd: list[str], cwd: Path) -> None:
     started = time.monotonic()
     print(f"building {label}", file=sys.stderr, flush=True)
-    subprocess.run(cmd, cwd=cwd, env=build._go_env(), check=True)
+    subprocess.run(cmd, cwd=cwd, env=build.go_env(), check=True)
     print(f"built {label} in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
 
 
@@ -150,7 +150,7 @@ def _build_go(staging: Path) -> None:
             "nice",
             "-n",
             "19",
-            build._go(),
+            build.go_binary(),
             "build",
             "-ldflags",
             target.ldflags,
@@ -164,9 +164,9 @@ def _build_go(staging: Path) -> None:
 def _kubernetes_source() -> Path:
     """Where the Go module cache holds the pinned k8s.io/kubernetes."""
     out = subprocess.run(
-        [build._go(), "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"],
+        [build.go_binary(), "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"],
         cwd=GOMOD_DIR / "kubernetes",
-        env=build._go_env(),
+        env=build.go_env(),
         check=True,
         capture_output=True,
         text=True,
