@@ -260,10 +260,16 @@ def test_vllm_daemonset_with_a_gpu_per_pod() -> None:
                                 "requests": {"cpu": "4", "nvidia.com/gpu": 1},
                                 "limits": {"memory": "16Gi", "nvidia.com/gpu": 1},
                             },
-                            "volumeMounts": mounts,
+                            "volumeMounts": [
+                                *mounts,
+                                {"name": "dshm", "mountPath": "/dev/shm"},
+                            ],
                         }
                     ],
-                    "volumes": [{"name": "models", "emptyDir": {}}],
+                    "volumes": [
+                        {"name": "models", "emptyDir": {}},
+                        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+                    ],
                     "affinity": {
                         "nodeAffinity": {
                             "requiredDuringSchedulingIgnoredDuringExecution": {
@@ -509,11 +515,13 @@ def test_pvc_and_file_sources_are_mounted_in_both_containers() -> None:
         },
         {"name": "host-1", "hostPath": {"path": "/opt/models/smollm2-hf", "type": "Directory"}},
     ]
+    assert llamacpp["spec"]["volumes"] == volumes
+    assert llamacpp["spec"]["containers"][0]["volumeMounts"] == mounts
+    # vLLM's server also gets a memory-backed /dev/shm; its fetch step does not need one.
+    assert vllm["spec"]["volumes"] == [*volumes, sm.SHM_VOLUME]
+    assert vllm["spec"]["containers"][0]["volumeMounts"] == [*mounts, sm.SHM_MOUNT]
     for template in (llamacpp, vllm):
-        pod = template["spec"]
-        assert pod["volumes"] == volumes
-        assert pod["initContainers"][0]["volumeMounts"] == mounts
-        assert pod["containers"][0]["volumeMounts"] == mounts
+        assert template["spec"]["initContainers"][0]["volumeMounts"] == mounts
     assert llamacpp["spec"]["initContainers"][0]["args"] == [
         "--source",
         "pvc://models.store/smollm2/model.gguf",
@@ -561,7 +569,7 @@ def test_one_claim_for_both_forms_is_one_volume() -> None:
 
     pod = sm.build_pod_template("smollm2", model(spec), EnginePlan("vllm", 1, 1), CONFIG)["spec"]
 
-    assert [v["name"] for v in pod["volumes"]] == ["models", "pvc-models"]
+    assert [v["name"] for v in pod["volumes"]] == ["models", "pvc-models", "dshm"]
     assert pod["initContainers"][0]["args"] == [
         "--source",
         "pvc://models/a-hf",

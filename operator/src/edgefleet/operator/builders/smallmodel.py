@@ -17,6 +17,11 @@ from edgefleet.operator.placement import EnginePlan
 from edgefleet.operator.spec import ModelSource, Serving, SmallModelSpec
 
 MODELS_VOLUME = "models"
+# vLLM's CPU and GPU workers hand tensors over through shared memory; a container's
+# own /dev/shm is 64 MiB, and vLLM refuses to start below ~160 MiB ("Insufficient
+# space in /dev/shm"). A memory-backed emptyDir counts against the pod's memory.
+SHM_VOLUME = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}
+SHM_MOUNT = {"name": "dshm", "mountPath": "/dev/shm"}
 # Where pvc://CLAIM/path sources are mounted (the fetch command's --pvc-root).
 PVC_ROOT = "/mnt/pvc"
 # llama.cpp loads a small GGUF in seconds; vLLM compiles and profiles for minutes.
@@ -179,6 +184,9 @@ def build_pod_template(
         ],
         "volumes": [{"name": MODELS_VOLUME, "emptyDir": {}}, *source_volumes],
     }
+    if plan.engine == "vllm":
+        pod_spec["volumes"].append(copy.deepcopy(SHM_VOLUME))
+        pod_spec["containers"][0]["volumeMounts"].append(dict(SHM_MOUNT))
     if placement.node_selector:
         pod_spec["nodeSelector"] = dict(placement.node_selector)
     if placement.tolerations:
