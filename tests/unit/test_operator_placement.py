@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from edgefleet.operator.placement import EnginePlan, NodeFacts, admits, plan_engines, tolerates
+from edgefleet.operator.placement import (
+    EnginePlan,
+    NodeFacts,
+    admits,
+    moves_plan,
+    plan_engines,
+    tolerates,
+)
 from edgefleet.operator.spec import Placement, SmallModelSpec, parse_smallmodel_spec
 
 GPU_LABEL = "nvidia.com/gpu.present"
@@ -310,3 +317,26 @@ def test_fleet_version_moves_on_what_planning_reads_not_on_heartbeats() -> None:
     node["spec"]["unschedulable"] = False  # uncordoned
     fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
     assert fleet.version == first + 2
+
+
+def test_only_a_change_of_a_nodes_standing_for_the_placement_moves_a_plan() -> None:
+    gpu = "edgefleet.io/gpu"
+    edge = Placement(sites=("site-a",))
+    plain = NodeFacts("n1", labels={"edgefleet.io/site": "site-a"})
+    heartbeat = NodeFacts("n1", labels={"edgefleet.io/site": "site-a"}, gpus=0)
+    relabelled = NodeFacts(
+        "n1", labels={"edgefleet.io/site": "site-a", "beta.kubernetes.io/os": "linux"}
+    )
+    as_gpu = NodeFacts("n1", labels={"edgefleet.io/site": "site-a", gpu: "true"})
+    elsewhere = NodeFacts("n2", labels={"edgefleet.io/site": "site-b"})
+    elsewhere_cordoned = NodeFacts("n2", labels={"edgefleet.io/site": "site-b"}, unschedulable=True)
+    cordoned = NodeFacts("n1", labels={"edgefleet.io/site": "site-a"}, unschedulable=True)
+
+    assert not moves_plan(edge, plain, heartbeat, gpu)
+    assert not moves_plan(edge, plain, relabelled, gpu)  # still eligible, still not a GPU node
+    assert not moves_plan(edge, elsewhere, elsewhere_cordoned, gpu)  # never eligible
+    assert not moves_plan(edge, None, elsewhere, gpu)  # a node of another site registers
+    assert moves_plan(edge, plain, cordoned, gpu)
+    assert moves_plan(edge, plain, as_gpu, gpu)  # now counts as a GPU node
+    assert moves_plan(edge, None, plain, gpu)  # an eligible node registers
+    assert moves_plan(edge, plain, None, gpu)  # and goes

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from edgefleet.operator.placement import NodeFacts
-from edgefleet.operator.state import States
+from edgefleet.operator.spec import Placement
+from edgefleet.operator.state import Desired, ModelState, States
 from edgefleet.operator.triggers import (
     ROUTINGPOLICY,
     SMALLMODEL,
@@ -122,16 +123,36 @@ def test_a_settled_change_gives_a_round_and_a_change_during_the_round_gives_anot
     assert asyncio.run(rounds()) == [True, True, False]
 
 
-def test_a_burst_of_node_changes_pokes_every_known_model_once_it_settles() -> None:
-    async def sweep() -> list[bool]:
-        states = States(Debounce(quiet_s=0, max_delay_s=0))
-        models = [states.model("shop", "a"), states.model("lab", "b")]
-        for node in ("n1", "n2", "n3"):
-            assert states.fleet.observe(NodeFacts(node))
-            states.fleet_changed()
-        return [await m.trigger.next_round(timeout_s=30) for m in models]
+GPU_LABEL = "edgefleet.io/gpu"
 
-    assert asyncio.run(sweep()) == [True, True]
+
+def planned(states: States, namespace: str, name: str, sites: tuple[str, ...]) -> ModelState:
+    """A model whose plan was made for a placement on `sites`."""
+    state = states.model(namespace, name)
+    state.desired = Desired((1, 0), Placement(sites=sites), [], [], "digest")
+    return state
+
+
+def test_a_node_change_replans_only_the_models_whose_plan_it_can_move() -> None:
+    async def rounds() -> dict[str, tuple[bool, int]]:
+        states = States(Debounce(quiet_s=0, max_delay_s=0))
+        on_a = planned(states, "shop", "on-a", ("site-a",))
+        on_b = planned(states, "shop", "on-b", ("site-b",))
+        unplanned = states.model("lab", "new")
+        # The node controller lifts its not-ready taint: a node of site-a becomes eligible.
+        before = NodeFacts(
+            "n1",
+            labels={"edgefleet.io/site": "site-a"},
+            taints=({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},),
+        )
+        after = NodeFacts("n1", labels={"edgefleet.io/site": "site-a"})
+        states.node_changed(before, after, GPU_LABEL)
+        return {
+            name: (await state.trigger.next_round(timeout_s=0.05), state.fleet_epoch)
+            for name, state in (("on-a", on_a), ("on-b", on_b), ("new", unplanned))
+        }
+
+    assert asyncio.run(rounds()) == {"on-a": (True, 1), "on-b": (False, 0), "new": (True, 1)}
 
 
 def test_a_change_for_a_resource_not_known_yet_is_left_to_its_first_round() -> None:

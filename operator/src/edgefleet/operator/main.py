@@ -178,15 +178,18 @@ async def child_changed(
 async def node_changed(
     type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A node came, went or changed what planning reads: every SmallModel replans."""
+    """A node came, went or changed what planning reads: the models it concerns replan."""
     ctx = context(memo)
     ctx.states.activity["events.Node"] += 1
+    before = ctx.states.fleet.facts(name)
     if type == "DELETED":
+        after = None
         changed = ctx.states.fleet.forget(name)
     else:
-        changed = ctx.states.fleet.observe(NodeFacts.from_node(body, ctx.config.gpu_resource))
+        after = NodeFacts.from_node(body, ctx.config.gpu_resource)
+        changed = ctx.states.fleet.observe(after)
     if changed:
-        ctx.states.fleet_changed()
+        ctx.states.node_changed(before, after, ctx.config.gpu_node_label)
 
 
 async def smallmodel_changed(

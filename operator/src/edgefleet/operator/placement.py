@@ -121,6 +121,26 @@ def plan_engines(
     return plans
 
 
+def counts_as(placement: Placement, node: NodeFacts | None, gpu_label: str) -> bool | None:
+    """How a node counts in a plan under `placement`: None if not eligible, else whether GPU."""
+    if node is None or not admits(placement, node):
+        return None
+    return node.is_gpu(gpu_label)
+
+
+def moves_plan(
+    placement: Placement, before: NodeFacts | None, after: NodeFacts | None, gpu_label: str
+) -> bool:
+    """Whether a node's change (None: absent) can change a plan: only its count can.
+
+    plan_engines reads the fleet only as the number of eligible nodes and how
+    many of them are GPU nodes, so a change that keeps a node's standing for
+    this placement (the node controller's taints and labels on a site the model
+    does not use, say) leaves the plan as it is.
+    """
+    return counts_as(placement, before, gpu_label) != counts_as(placement, after, gpu_label)
+
+
 class FleetVersion:
     """Counts changes to what planning reads of nodes (labels, taints, GPUs, cordons).
 
@@ -132,6 +152,10 @@ class FleetVersion:
     def __init__(self) -> None:
         self._seen: dict[str, NodeFacts] = {}
         self.version = 0
+
+    def facts(self, node: str) -> NodeFacts | None:
+        """The node as last observed; None when unknown."""
+        return self._seen.get(node)
 
     def observe(self, facts: NodeFacts) -> bool:
         """Record a node as it is now; True when that changes what planning sees."""

@@ -15,7 +15,8 @@ from typing import Any
 
 from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.kube import Kube
-from edgefleet.operator.placement import EnginePlan, FleetVersion
+from edgefleet.operator.placement import EnginePlan, FleetVersion, NodeFacts, moves_plan
+from edgefleet.operator.spec import Placement
 from edgefleet.operator.triggers import SMALLMODEL, Debounce, Parent, StatusTrigger
 
 # Key of a resource: (namespace, name).
@@ -24,9 +25,10 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True)
 class Desired:
-    """A SmallModel's plan and children for one generation and fleet version."""
+    """A SmallModel's plan and children for one generation and the fleet as it stood."""
 
     key: tuple[Any, ...]
+    placement: Placement
     plans: list[EnginePlan]
     children: list[dict[str, Any]]
     fingerprint: str
@@ -38,6 +40,8 @@ class ModelState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The last valid spec's plan and children (what runs, even under an invalid edit).
     desired: Desired | None = None
+    # Moves when a node change can alter this model's plan: part of the plan's cache key.
+    fleet_epoch: int = 0
     # Fingerprint of the children last applied; None until the first apply.
     applied: str | None = None
     # The API server's refusal of a child, until an apply succeeds.
@@ -87,7 +91,6 @@ class States:
         # Watch events handled, by kind, and status rounds run and written: what
         # the operator did, for its liveness endpoint (and the scale benchmark).
         self.activity: Counter[str] = Counter()
-        self._sweep: asyncio.TimerHandle | None = None
 
     def model(self, namespace: str, name: str) -> ModelState:
         key = (namespace, name)
@@ -116,20 +119,21 @@ class States:
         if state is not None:
             state.trigger.poke()
 
-    def fleet_changed(self) -> None:
-        """What planning reads of the nodes changed: every SmallModel replans, once per burst.
+    def node_changed(
+        self, before: NodeFacts | None, after: NodeFacts | None, gpu_label: str
+    ) -> None:
+        """A node came, went or changed what planning reads: replan the models it concerns.
 
-        A thousand nodes registering are a thousand events: one sweep after
-        they settle pokes each model once, not once per node.
+        Only a model whose count of eligible (or GPU) nodes the change moves is
+        replanned and gets a status round; the node controller retainting a
+        thousand nodes of other sites costs the other models nothing. A model
+        with no plan yet makes its first one in its first round anyway.
         """
-        if self._sweep is None:
-            loop = asyncio.get_running_loop()
-            self._sweep = loop.call_later(self.debounce.max_delay_s, self._poke_every_model)
-
-    def _poke_every_model(self) -> None:
-        self._sweep = None
         for state in self.models.values():
-            state.trigger.poke()
+            planned = state.desired
+            if planned is None or moves_plan(planned.placement, before, after, gpu_label):
+                state.fleet_epoch += 1
+                state.trigger.poke()
 
 
 @dataclass(frozen=True)

@@ -73,13 +73,13 @@ def desired(
     keeps the last valid one's, which still describes what runs).
     """
     meta = body["metadata"]
-    key = (meta.get("generation"), ctx.states.fleet.version, len(nodes))
+    key = (meta.get("generation"), state.fleet_epoch)
     if state.desired is not None and state.desired.key == key:
         return state.desired
     model = parse_smallmodel_spec(dict(body.get("spec") or {}))
     plans = plan_engines(model, nodes, ctx.config.gpu_node_label)
     children = build.build_children(meta["name"], meta["namespace"], model, plans, ctx.config)
-    state.desired = Desired(key, plans, children, digest(children))
+    state.desired = Desired(key, model.placement, plans, children, digest(children))
     return state.desired
 
 
