@@ -13,8 +13,10 @@ from edgefleet.operator.placement import (
     EnginePlan,
     NodeFacts,
     admits,
-    moves_plan,
+    counts_as,
+    eligible_nodes,
     plan_engines,
+    plans_for,
     tolerates,
 )
 from edgefleet.operator.spec import Placement, SmallModelSpec, parse_smallmodel_spec
@@ -319,24 +321,29 @@ def test_fleet_version_moves_on_what_planning_reads_not_on_heartbeats() -> None:
     assert fleet.version == first + 2
 
 
-def test_only_a_change_of_a_nodes_standing_for_the_placement_moves_a_plan() -> None:
+def test_a_nodes_standing_for_a_placement_is_all_a_plan_reads_of_it() -> None:
     gpu = "edgefleet.io/gpu"
     edge = Placement(sites=("site-a",))
     plain = NodeFacts("n1", labels={"edgefleet.io/site": "site-a"})
-    heartbeat = NodeFacts("n1", labels={"edgefleet.io/site": "site-a"}, gpus=0)
     relabelled = NodeFacts(
         "n1", labels={"edgefleet.io/site": "site-a", "beta.kubernetes.io/os": "linux"}
     )
     as_gpu = NodeFacts("n1", labels={"edgefleet.io/site": "site-a", gpu: "true"})
     elsewhere = NodeFacts("n2", labels={"edgefleet.io/site": "site-b"})
-    elsewhere_cordoned = NodeFacts("n2", labels={"edgefleet.io/site": "site-b"}, unschedulable=True)
     cordoned = NodeFacts("n1", labels={"edgefleet.io/site": "site-a"}, unschedulable=True)
 
-    assert not moves_plan(edge, plain, heartbeat, gpu)
-    assert not moves_plan(edge, plain, relabelled, gpu)  # still eligible, still not a GPU node
-    assert not moves_plan(edge, elsewhere, elsewhere_cordoned, gpu)  # never eligible
-    assert not moves_plan(edge, None, elsewhere, gpu)  # a node of another site registers
-    assert moves_plan(edge, plain, cordoned, gpu)
-    assert moves_plan(edge, plain, as_gpu, gpu)  # now counts as a GPU node
-    assert moves_plan(edge, None, plain, gpu)  # an eligible node registers
-    assert moves_plan(edge, plain, None, gpu)  # and goes
+    assert counts_as(edge, plain, gpu) is False
+    assert counts_as(edge, relabelled, gpu) is False  # a label planning does not read
+    assert counts_as(edge, as_gpu, gpu) is True
+    assert counts_as(edge, elsewhere, gpu) is None
+    assert counts_as(edge, cordoned, gpu) is None
+    assert counts_as(edge, None, gpu) is None  # gone
+
+    spec = parse_smallmodel_spec(
+        {"source": {"gguf": {"uri": "builtin://smollm2-135m"}}, "engine": "auto", "replicas": 2,
+         "placement": {"sites": ["site-a"]}}
+    )  # fmt: skip
+    fleet = [as_gpu, elsewhere, NodeFacts("n3", labels={"edgefleet.io/site": "site-a"})]
+    eligible = eligible_nodes(spec.placement, fleet, gpu)
+    assert eligible == {"n1": True, "n3": False}
+    assert plans_for(spec, eligible) == plan_engines(spec, fleet, gpu)

@@ -120,20 +120,19 @@ class CountingExecutor(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-def test_reconcile_refuses_the_spec_warns_and_touches_nothing() -> None:
-    ctx = operator()
+def test_a_refused_spec_warns_and_touches_nothing() -> None:
+    api = RecordingApi()
+    ctx = operator(api)
 
-    async def reconcile() -> kopf.PermanentError:
+    async def refuse() -> kopf.PermanentError:
         with pytest.raises(kopf.PermanentError) as refused:
-            smallmodel.reconcile(
-                ctx, ctx.states.model(NS, "m"), body=body(REFUSED, 1), nodes=[],
-                workloads=None, logger=LOG,
-            )  # fmt: skip
+            smallmodel.wanted_or_refuse(ctx, ctx.states.model(NS, "m"), body(REFUSED, 1), [])
         return refused.value
 
-    error, events = with_events(reconcile)
+    error, events = with_events(refuse)
 
     # Kopf retries nothing until the spec changes; what runs keeps running.
+    assert api.calls == []
     assert str(error).startswith(PROBLEM)
     assert [(e.type, e.reason) for e in events] == [("Warning", "InvalidSpec")]
     assert events[0].message == str(error)

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from edgefleet.operator.names import SITE_LABEL as SITE
 from edgefleet.operator.placement import NodeFacts
-from edgefleet.operator.spec import Placement
+from edgefleet.operator.spec import parse_smallmodel_spec
 from edgefleet.operator.state import Desired, ModelState, States
 from edgefleet.operator.triggers import (
     ROUTINGPOLICY,
@@ -124,35 +125,43 @@ def test_a_settled_change_gives_a_round_and_a_change_during_the_round_gives_anot
 
 
 GPU_LABEL = "edgefleet.io/gpu"
+BUILTIN = {"gguf": {"uri": "builtin://smollm2-135m"}}
 
 
-def planned(states: States, namespace: str, name: str, sites: tuple[str, ...]) -> ModelState:
-    """A model whose plan was made for a placement on `sites`."""
-    state = states.model(namespace, name)
-    state.desired = Desired((1, 0), Placement(sites=sites), [], [], "digest")
+def planned(states: States, name: str, site: str, eligible: dict[str, bool]) -> ModelState:
+    """A model whose plan was made for a placement on `site`, with these eligible nodes."""
+    spec = parse_smallmodel_spec({"source": BUILTIN, "placement": {"sites": [site]}})
+    state = states.model("shop", name)
+    state.desired = Desired(1, spec, dict(eligible), [], [], "digest")
     return state
 
 
-def test_a_node_change_replans_only_the_models_whose_plan_it_can_move() -> None:
-    async def rounds() -> dict[str, tuple[bool, int]]:
+def test_a_node_change_replans_only_the_models_whose_eligible_nodes_it_changes() -> None:
+    async def rounds() -> dict[str, tuple[bool, bool, dict[str, bool]]]:
         states = States(Debounce(quiet_s=0, max_delay_s=0))
-        on_a = planned(states, "shop", "on-a", ("site-a",))
-        on_b = planned(states, "shop", "on-b", ("site-b",))
-        unplanned = states.model("lab", "new")
-        # The node controller lifts its not-ready taint: a node of site-a becomes eligible.
-        before = NodeFacts(
-            "n1",
-            labels={"edgefleet.io/site": "site-a"},
-            taints=({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},),
-        )
-        after = NodeFacts("n1", labels={"edgefleet.io/site": "site-a"})
-        states.node_changed(before, after, GPU_LABEL)
-        return {
-            name: (await state.trigger.next_round(timeout_s=0.05), state.fleet_epoch)
-            for name, state in (("on-a", on_a), ("on-b", on_b), ("new", unplanned))
-        }
+        on_a = planned(states, "on-a", "site-a", {})
+        on_b = planned(states, "on-b", "site-b", {"n9": False})
+        unplanned = states.model("shop", "new")
+        # The node controller lifts a site-a node's not-ready taint: it becomes eligible.
+        states.node_changed("n1", NodeFacts("n1", labels={SITE: "site-a"}), GPU_LABEL)
+        # A heartbeat-only change of an eligible node of site-b moves nothing.
+        states.node_changed("n9", NodeFacts("n9", labels={SITE: "site-b"}), GPU_LABEL)
+        result = {}
+        for name, state in (("on-a", on_a), ("on-b", on_b), ("new", unplanned)):
+            poked = await state.trigger.next_round(timeout_s=0.05)
+            eligible = state.desired.eligible if state.desired else {}
+            result[name] = (poked, state.replan, dict(eligible))
+        # The node goes: it leaves the eligible nodes again.
+        states.node_changed("n1", None, GPU_LABEL)
+        result["on-a gone"] = (on_a.replan, on_a.replan, on_a.desired.eligible)
+        return result
 
-    assert asyncio.run(rounds()) == {"on-a": (True, 1), "on-b": (False, 0), "new": (True, 1)}
+    assert asyncio.run(rounds()) == {
+        "on-a": (True, True, {"n1": False}),
+        "on-b": (False, False, {"n9": False}),
+        "new": (True, False, {}),
+        "on-a gone": (True, True, {}),
+    }
 
 
 def test_a_change_for_a_resource_not_known_yet_is_left_to_its_first_round() -> None:

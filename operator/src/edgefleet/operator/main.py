@@ -181,15 +181,14 @@ async def node_changed(
     """A node came, went or changed what planning reads: the models it concerns replan."""
     ctx = context(memo)
     ctx.states.activity["events.Node"] += 1
-    before = ctx.states.fleet.facts(name)
     if type == "DELETED":
-        after = None
+        facts = None
         changed = ctx.states.fleet.forget(name)
     else:
-        after = NodeFacts.from_node(body, ctx.config.gpu_resource)
-        changed = ctx.states.fleet.observe(after)
+        facts = NodeFacts.from_node(body, ctx.config.gpu_resource)
+        changed = ctx.states.fleet.observe(facts)
     if changed:
-        ctx.states.node_changed(before, after, ctx.config.gpu_node_label)
+        ctx.states.node_changed(name, facts, ctx.config.gpu_node_label)
 
 
 async def smallmodel_changed(

@@ -94,11 +94,23 @@ def admits(placement: Placement, node: NodeFacts) -> bool:
     )
 
 
+def eligible_nodes(
+    placement: Placement, nodes: Iterable[NodeFacts], gpu_label: str
+) -> dict[str, bool]:
+    """The nodes a placement admits, each with whether it is a GPU node."""
+    return {n.name: n.is_gpu(gpu_label) for n in nodes if admits(placement, n)}
+
+
 def plan_engines(
     spec: SmallModelSpec, nodes: Iterable[NodeFacts], gpu_label: str
 ) -> list[EnginePlan]:
-    eligible = [n for n in nodes if admits(spec.placement, n)]
-    gpu_nodes = sum(1 for n in eligible if n.is_gpu(gpu_label))
+    eligible = eligible_nodes(spec.placement, nodes, gpu_label)
+    return plans_for(spec, eligible)
+
+
+def plans_for(spec: SmallModelSpec, eligible: Mapping[str, bool]) -> list[EnginePlan]:
+    """The plan from the eligible nodes alone: planning reads only how many, and how many GPU."""
+    gpu_nodes = sum(1 for is_gpu in eligible.values() if is_gpu)
     cpu_nodes = len(eligible) - gpu_nodes
     engine = spec.engine
     replicas = spec.requested_replicas()
@@ -126,19 +138,6 @@ def counts_as(placement: Placement, node: NodeFacts | None, gpu_label: str) -> b
     if node is None or not admits(placement, node):
         return None
     return node.is_gpu(gpu_label)
-
-
-def moves_plan(
-    placement: Placement, before: NodeFacts | None, after: NodeFacts | None, gpu_label: str
-) -> bool:
-    """Whether a node's change (None: absent) can change a plan: only its count can.
-
-    plan_engines reads the fleet only as the number of eligible nodes and how
-    many of them are GPU nodes, so a change that keeps a node's standing for
-    this placement (the node controller's taints and labels on a site the model
-    does not use, say) leaves the plan as it is.
-    """
-    return counts_as(placement, before, gpu_label) != counts_as(placement, after, gpu_label)
 
 
 class FleetVersion:

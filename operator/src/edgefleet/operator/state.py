@@ -15,8 +15,8 @@ from typing import Any
 
 from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.kube import Kube
-from edgefleet.operator.placement import EnginePlan, FleetVersion, NodeFacts, moves_plan
-from edgefleet.operator.spec import Placement
+from edgefleet.operator.placement import EnginePlan, FleetVersion, NodeFacts, counts_as
+from edgefleet.operator.spec import SmallModelSpec
 from edgefleet.operator.triggers import SMALLMODEL, Debounce, Parent, StatusTrigger
 
 # Key of a resource: (namespace, name).
@@ -25,10 +25,15 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True)
 class Desired:
-    """A SmallModel's plan and children for one generation and the fleet as it stood."""
+    """A SmallModel's plan and children for one generation and the fleet as it stands.
 
-    key: tuple[Any, ...]
-    placement: Placement
+    `eligible` (node name -> GPU node?) is kept current by node events on the
+    event loop (States.node_changed); the plan is recounted from it.
+    """
+
+    generation: Any
+    model: SmallModelSpec
+    eligible: dict[str, bool]
     plans: list[EnginePlan]
     children: list[dict[str, Any]]
     fingerprint: str
@@ -40,8 +45,8 @@ class ModelState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The last valid spec's plan and children (what runs, even under an invalid edit).
     desired: Desired | None = None
-    # Moves when a node change can alter this model's plan: part of the plan's cache key.
-    fleet_epoch: int = 0
+    # A node event changed the eligible nodes: the plan is recounted in the next round.
+    replan: bool = False
     # Fingerprint of the children last applied; None until the first apply.
     applied: str | None = None
     # The API server's refusal of a child, until an apply succeeds.
@@ -119,21 +124,28 @@ class States:
         if state is not None:
             state.trigger.poke()
 
-    def node_changed(
-        self, before: NodeFacts | None, after: NodeFacts | None, gpu_label: str
-    ) -> None:
-        """A node came, went or changed what planning reads: replan the models it concerns.
+    def node_changed(self, node: str, facts: NodeFacts | None, gpu_label: str) -> None:
+        """A node came, went (None) or changed what planning reads: recount whom it concerns.
 
-        Only a model whose count of eligible (or GPU) nodes the change moves is
-        replanned and gets a status round; the node controller retainting a
-        thousand nodes of other sites costs the other models nothing. A model
-        with no plan yet makes its first one in its first round anyway.
+        Only a model for which the node's standing changed (eligible or not, GPU
+        or not) is replanned and gets a status round: the node controller
+        retainting a thousand nodes of other sites costs the other models a
+        dictionary lookup each. A model with no plan yet makes one in its round.
         """
         for state in self.models.values():
             planned = state.desired
-            if planned is None or moves_plan(planned.placement, before, after, gpu_label):
-                state.fleet_epoch += 1
+            if planned is None:
                 state.trigger.poke()
+                continue
+            standing = counts_as(planned.model.placement, facts, gpu_label)
+            if planned.eligible.get(node) == standing:
+                continue
+            if standing is None:
+                del planned.eligible[node]
+            else:
+                planned.eligible[node] = standing
+            state.replan = True
+            state.trigger.poke()
 
 
 @dataclass(frozen=True)

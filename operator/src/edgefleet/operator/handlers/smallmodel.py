@@ -31,7 +31,7 @@ from edgefleet.operator.handlers.common import (
     round_timeout,
 )
 from edgefleet.operator.kube import ApiError
-from edgefleet.operator.placement import NodeFacts, plan_engines
+from edgefleet.operator.placement import NodeFacts, eligible_nodes, plans_for
 from edgefleet.operator.spec import SpecError, parse_smallmodel_spec
 from edgefleet.operator.state import Desired, ModelState, OperatorContext
 from edgefleet.operator.status import PodProblem, WorkloadFacts, smallmodel_status
@@ -69,18 +69,45 @@ def desired(
 ) -> Desired:
     """The plan, the children and their digest; kept until the spec or the fleet changes.
 
+    On the event loop only: node events edit the cached plan's eligible nodes
+    there (States.node_changed), so after the first plan of a generation a
+    node change costs a recount, not a scan of the fleet.
+
     Raises SpecError for a spec the operator must not act on (the state then
     keeps the last valid one's, which still describes what runs).
     """
     meta = body["metadata"]
-    key = (meta.get("generation"), state.fleet_epoch)
-    if state.desired is not None and state.desired.key == key:
-        return state.desired
-    model = parse_smallmodel_spec(dict(body.get("spec") or {}))
-    plans = plan_engines(model, nodes, ctx.config.gpu_node_label)
-    children = build.build_children(meta["name"], meta["namespace"], model, plans, ctx.config)
-    state.desired = Desired(key, model.placement, plans, children, digest(children))
+    generation = meta.get("generation")
+    cached = state.desired
+    if cached is not None and cached.generation == generation and not state.replan:
+        return cached
+    if cached is not None and cached.generation == generation:
+        model, eligible = cached.model, cached.eligible
+    else:
+        model = parse_smallmodel_spec(dict(body.get("spec") or {}))
+        eligible = eligible_nodes(model.placement, nodes, ctx.config.gpu_node_label)
+    plans = plans_for(model, eligible)
+    if cached is not None and cached.model == model and cached.plans == plans:
+        children, fingerprint = cached.children, cached.fingerprint
+    else:
+        children = build.build_children(meta["name"], meta["namespace"], model, plans, ctx.config)
+        fingerprint = digest(children)
+    state.desired = Desired(generation, model, eligible, plans, children, fingerprint)
+    state.replan = False
     return state.desired
+
+
+def wanted_or_refuse(
+    ctx: OperatorContext, state: ModelState, body: Mapping[str, Any], nodes: list[NodeFacts]
+) -> Desired:
+    """desired(), or a warning Event and a PermanentError for a spec not to act on."""
+    try:
+        return desired(ctx, state, body, nodes)
+    except SpecError as exc:
+        # Keep what runs: a bad edit must not take working model servers down.
+        # The status round reports it (Ready False, InvalidSpec).
+        kopf.warn(dict(body), reason="InvalidSpec", message=str(exc))
+        raise kopf.PermanentError(str(exc)) from exc
 
 
 def reconcile(
@@ -88,23 +115,17 @@ def reconcile(
     state: ModelState,
     *,
     body: Mapping[str, Any],
-    nodes: list[NodeFacts],
+    wanted_now: Desired,
     workloads: list[WorkloadFacts] | None,
     logger: Logger,
 ) -> None:
     """Apply the children and delete retired ones (blocking: run in a thread, holding the lock).
 
-    `workloads`: the model's workloads as the indexes show them; None lists them from the API.
+    `wanted_now`: desired() as computed on the event loop. `workloads`: the
+    model's workloads as the indexes show them; None lists them from the API.
     """
     meta = body["metadata"]
     started = time.monotonic()
-    try:
-        wanted_now = desired(ctx, state, body, nodes)
-    except SpecError as exc:
-        # Keep what runs: a bad edit must not take working model servers down.
-        # The status round reports it (Ready False, InvalidSpec).
-        kopf.warn(dict(body), reason="InvalidSpec", message=str(exc))
-        raise kopf.PermanentError(str(exc)) from exc
     # kopf.adopt writes into the manifests: apply copies, keep the state's pristine.
     children = copy.deepcopy(wanted_now.children)
     try:
@@ -180,9 +201,10 @@ async def apply(
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
         async with state.lock:
+            wanted_now = wanted_or_refuse(ctx, state, body, node_facts(nodes))
             workloads = existing_workloads(key, model_deployments, model_daemonsets)
             await asyncio.to_thread(
-                reconcile, ctx, state, body=body, nodes=node_facts(nodes),
+                reconcile, ctx, state, body=body, wanted_now=wanted_now,
                 workloads=workloads, logger=logger,
             )  # fmt: skip
     finally:
@@ -211,9 +233,8 @@ async def status_round(
     key = (meta["namespace"], meta["name"])
     async with state.lock:
         invalid = None
-        fleet = node_facts(nodes)
         try:
-            wanted_now: Desired | None = desired(ctx, state, body, fleet)
+            wanted_now: Desired | None = desired(ctx, state, body, node_facts(nodes))
         except SpecError as exc:
             invalid = str(exc)
             # Status still describes the workloads of the last valid spec, if any.
@@ -232,12 +253,13 @@ async def status_round(
         # Nothing applied yet and no refusal: the create/resume handler is on it.
         stale = state.applied is not None and wanted_now is not None
         stale = stale and (state.applied != wanted_now.fingerprint or gone)
-        if invalid is None and (stale or state.apply_error):
+        if invalid is None and wanted_now is not None and (stale or state.apply_error):
             # A refusal is recorded in state.apply_error and an Event; tried again soon.
             with contextlib.suppress(kopf.PermanentError):
                 await asyncio.to_thread(
-                    reconcile, ctx, state, body=body, nodes=fleet, workloads=known, logger=logger
-                )
+                    reconcile, ctx, state, body=body, wanted_now=wanted_now, workloads=known,
+                    logger=logger,
+                )  # fmt: skip
         problems = list(model_pod_problems.get(key, [])) if model_pod_problems else []
         endpoints = sum(service_endpoints.get(key, [])) if service_endpoints else 0
         current = last_status(body, state)
