@@ -59,19 +59,8 @@ ARCHIVES = ("pause.oci.tar", "busybox.oci.tar")
 
 def bundle_key() -> str:
     """The Kubernetes version plus a hash of every pin and of this recipe."""
-    digest = hashlib.sha256()
-    for path in sorted(GOMOD_DIR.rglob("go.*")):
-        digest.update(path.relative_to(GOMOD_DIR).as_posix().encode())
-        digest.update(path.read_bytes())
-    pins = (
-        versions.KUBERNETES_VERSION,
-        CONTAINERD_VERSION,
-        CNI_PLUGINS_VERSION,
-        CRI_TOOLS_VERSION,
-        BUILD_RECIPE,
-    )
-    digest.update(" ".join(pins).encode())
-    return f"{versions.KUBERNETES_VERSION}-{digest.hexdigest()[:10]}"
+    pins = (versions.KUBERNETES_VERSION, CONTAINERD_VERSION, CNI_PLUGINS_VERSION)
+    return versions.pinned_key(GOMOD_DIR, (*pins, CRI_TOOLS_VERSION, BUILD_RECIPE))
 
 
 def bin_dir() -> Path:

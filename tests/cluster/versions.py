@@ -27,23 +27,21 @@ BINARIES = (*CONTROL_PLANE, "etcd", "kwok", "kwokctl", "helm", "grpcurl")
 
 
 def bundle_key() -> str:
+    """Cache key of the control plane's binaries (see pinned_key)."""
+    pins = (KUBERNETES_VERSION, ETCD_VERSION, KWOK_VERSION, HELM_VERSION, GRPCURL_VERSION)
+    return pinned_key(GOMOD_DIR, (*pins, BUILD_RECIPE))
+
+
+def pinned_key(gomod_dir: Path, pins: tuple[str, ...]) -> str:
     """Cache key: the Kubernetes version plus a hash of every pin.
 
     Hashing the wrapper modules' go.mod/go.sum means a changed pin (or
     dependency) lands in a new folder instead of silently reusing stale binaries.
     """
     digest = hashlib.sha256()
-    for path in sorted(GOMOD_DIR.rglob("go.*")):
-        digest.update(path.relative_to(GOMOD_DIR).as_posix().encode())
+    for path in sorted(gomod_dir.rglob("go.*")):
+        digest.update(path.relative_to(gomod_dir).as_posix().encode())
         digest.update(path.read_bytes())
-    pins = (
-        KUBERNETES_VERSION,
-        ETCD_VERSION,
-        KWOK_VERSION,
-        HELM_VERSION,
-        GRPCURL_VERSION,
-        BUILD_RECIPE,
-    )
     digest.update(" ".join(pins).encode())
     return f"{KUBERNETES_VERSION}-{digest.hexdigest()[:10]}"
 
