@@ -446,7 +446,8 @@ state = "{p.containerd_state}"
     def kubelet_pods(self) -> list[dict]:
         """The kubelet's own view of its pods, with status (standalone: no API server)."""
         body = self.http(f"http://{NODE_ADDRESS.ip}:{KUBELET_READ_ONLY_PORT}/pods")
-        return json.loads(body)["items"] if body else []
+        # Before its first pod the kubelet answers {"items": null}.
+        return (json.loads(body).get("items") or []) if body else []
 
     def add_static_pod(self, manifest: dict) -> None:
         # Written aside, then renamed in: the kubelet may read a half-written file.
