@@ -302,23 +302,21 @@ def test_gpu_label_is_configurable() -> None:
     assert plan_engines(model(spec), nodes, GPU_LABEL) == [EnginePlan("llamacpp", 2, 2)]
 
 
-def test_fleet_version_moves_on_what_planning_reads_not_on_heartbeats() -> None:
-    from edgefleet.operator.placement import FleetVersion
+def test_the_fleet_changes_on_what_planning_reads_not_on_heartbeats() -> None:
+    from edgefleet.operator.placement import FleetFacts
 
-    fleet = FleetVersion()
+    fleet = FleetFacts()
     node = node_object("a", gpus="1", labels={GPU_LABEL: "true"})
-    fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
-    first = fleet.version
+    assert fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
     # A heartbeat: same labels, taints and GPUs, new status timestamps.
     node.setdefault("status", {})["conditions"] = [{"type": "Ready", "status": "True"}]
-    fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
-    assert fleet.version == first
+    assert not fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
     node["metadata"]["labels"]["edgefleet.io/site"] = "site-z"
-    fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
-    assert fleet.version == first + 1
+    assert fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
     node["spec"]["unschedulable"] = False  # uncordoned
-    fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
-    assert fleet.version == first + 2
+    assert fleet.observe(NodeFacts.from_node(node, "nvidia.com/gpu"))
+    assert fleet.forget("a")
+    assert not fleet.forget("a")
 
 
 def test_a_nodes_standing_for_a_placement_is_all_a_plan_reads_of_it() -> None:

@@ -140,33 +140,24 @@ def counts_as(placement: Placement, node: NodeFacts | None, gpu_label: str) -> b
     return node.is_gpu(gpu_label)
 
 
-class FleetVersion:
-    """Counts changes to what planning reads of nodes (labels, taints, GPUs, cordons).
+class FleetFacts:
+    """What planning reads of each node (labels, taints, GPUs, cordons), as last observed.
 
     Nodes post status every few seconds; those heartbeats do not change a plan,
-    so resources cache their plan under this version and replan only when it
-    moves. Used on the event loop only.
+    so only a change of these facts reaches the models (States.node_changed).
+    Used on the event loop only.
     """
 
     def __init__(self) -> None:
         self._seen: dict[str, NodeFacts] = {}
-        self.version = 0
-
-    def facts(self, node: str) -> NodeFacts | None:
-        """The node as last observed; None when unknown."""
-        return self._seen.get(node)
 
     def observe(self, facts: NodeFacts) -> bool:
         """Record a node as it is now; True when that changes what planning sees."""
         if self._seen.get(facts.name) == facts:
             return False
         self._seen[facts.name] = facts
-        self.version += 1
         return True
 
     def forget(self, node: str) -> bool:
         """A node is gone; True when it was known."""
-        if self._seen.pop(node, None) is None:
-            return False
-        self.version += 1
-        return True
+        return self._seen.pop(node, None) is not None

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.kube import Kube
-from edgefleet.operator.placement import EnginePlan, FleetVersion, NodeFacts, counts_as
+from edgefleet.operator.placement import EnginePlan, FleetFacts, NodeFacts, counts_as
 from edgefleet.operator.spec import SmallModelSpec
 from edgefleet.operator.triggers import SMALLMODEL, Debounce, Parent, StatusTrigger
 
@@ -86,13 +86,13 @@ class PolicyState:
 
 
 class States:
-    """Every resource's state and the fleet's version: created on first use, dropped on deletion."""
+    """Every resource's state and the fleet's facts: created on first use, dropped on deletion."""
 
     def __init__(self, debounce: Debounce | None = None) -> None:
         self.debounce = debounce or Debounce()
         self.models: dict[Key, ModelState] = {}
         self.policies: dict[Key, PolicyState] = {}
-        self.fleet = FleetVersion()
+        self.fleet = FleetFacts()
         # Watch events handled, by kind, and status rounds run and written: what
         # the operator did, for its liveness endpoint (and the scale benchmark).
         self.activity: Counter[str] = Counter()
