@@ -133,10 +133,15 @@ def build(force: bool = False) -> Path:
         print(f"building {module}: {' '.join(packages)}", file=sys.stderr, flush=True)
         subprocess.run(cmd, cwd=versions.GOMOD_DIR / module, env=go_env(), check=True)
         print(f"built {module} in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
+    return publish(staging, target, started, "binaries")
+
+
+def publish(staging: Path, target: Path, started: float, what: str) -> Path:
+    """Stamp a finished build and move it into place whole (a cache folder is never half-built)."""
     elapsed = time.monotonic() - started
     (staging / STAMP).write_text(f"built in {elapsed:.0f}s\n")
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
-    print(f"binaries: built in {elapsed:.0f}s into {target}", file=sys.stderr)
+    print(f"{what}: built in {elapsed:.0f}s into {target}", file=sys.stderr)
     return target

@@ -37,7 +37,6 @@ BUILD_RECIPE = "1"
 GOMOD_DIR = Path(__file__).resolve().parent / "gomod-node"
 RUNC = Path("/usr/sbin/runc")
 BUSYBOX = Path("/bin/busybox")
-STAMP = ".complete"
 
 # The name containerd's CRI is told to use for pod sandboxes (pinned_images.sandbox).
 PAUSE_IMAGE = "edgefleet.local/pause:3.10.2"
@@ -73,7 +72,7 @@ def bin_dir() -> Path:
 
 def is_built(target: Path) -> bool:
     needed = (*BINARIES, *ARCHIVES)
-    return (target / STAMP).exists() and all((target / name).exists() for name in needed)
+    return (target / build.STAMP).exists() and all((target / name).exists() for name in needed)
 
 
 @dataclass(frozen=True)
@@ -357,10 +356,4 @@ def build_node(force: bool = False) -> Path:
     _build_go(staging)
     _build_pause(staging)
     _write_images(staging)
-    elapsed = time.monotonic() - started
-    (staging / STAMP).write_text(f"built in {elapsed:.0f}s\n")
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    print(f"node binaries: built in {elapsed:.0f}s into {target}", file=sys.stderr)
-    return target
+    return build.publish(staging, target, started, "node binaries")
