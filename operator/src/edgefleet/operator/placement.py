@@ -97,8 +97,9 @@ def admits(placement: Placement, node: NodeFacts) -> bool:
 def eligible_nodes(
     placement: Placement, nodes: Iterable[NodeFacts], gpu_label: str
 ) -> dict[str, bool]:
-    """The nodes a placement admits, each with whether it is a GPU node."""
-    return {n.name: n.is_gpu(gpu_label) for n in nodes if admits(placement, n)}
+    """The nodes a placement admits, each with whether it is a GPU node (see counts_as)."""
+    standing = {n.name: counts_as(placement, n, gpu_label) for n in nodes}
+    return {name: is_gpu for name, is_gpu in standing.items() if is_gpu is not None}
 
 
 def plan_engines(
