@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from edgefleet.operator.builders.common import POD_SECURITY_CONTEXT, container_security_context
 from edgefleet.operator.config import OperatorConfig
 from tests.cluster import versions
 
@@ -338,6 +339,27 @@ def test_helm_test_objects_are_hooks_and_nothing_else_is(default: list[dict[str,
     assert pod["spec"]["restartPolicy"] == "Never"
     assert container["command"] == ["python3", "-m", "edgefleet.operator.healthcheck"]
     assert container["args"] == [NAMESPACE]
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every pod the chart makes, by its object's name: bare Pods and workload templates."""
+    specs = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "Pod"}
+    for o in objects:
+        if o["kind"] in ("Deployment", "DaemonSet", "StatefulSet", "Job"):
+            specs[o["metadata"]["name"]] = o["spec"]["template"]["spec"]
+    return specs
+
+
+def test_every_chart_pod_is_locked_down_like_the_operators(
+    default: list[dict[str, Any]],
+) -> None:
+    specs = pod_specs(default)
+
+    assert set(specs) == {"edgefleet-operator", "edgefleet-test-router-health"}
+    for name, spec in specs.items():
+        assert spec["securityContext"] == POD_SECURITY_CONTEXT, name
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            assert container["securityContext"] == container_security_context(), name
 
 
 def test_helm_test_binds_each_checked_namespace() -> None:

@@ -37,6 +37,16 @@ MODELS = "/var/lib/edgefleet/models"
 SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 BUILTIN = {"gguf": {"uri": "builtin://smollm2-135m"}}
 GPU = "nvidia.com/gpu.present"
+# Every pod the operator makes: non-root, default seccomp, no privilege, no capability.
+POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+LOCKED_DOWN = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+}
+# vLLM writes its caches into the image.
+LOCKED_DOWN_WRITABLE_ROOT = {**LOCKED_DOWN, "readOnlyRootFilesystem": False}
 
 
 def model_labels(engine: str | None = None, name: str = "smollm2") -> dict[str, str]:
@@ -109,6 +119,7 @@ def test_llamacpp_deployment_from_the_builtin_source() -> None:
                 "metadata": {"labels": model_labels("llamacpp")},
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "securityContext": POD_SECURITY,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 30,
                     "initContainers": [
@@ -126,6 +137,7 @@ def test_llamacpp_deployment_from_the_builtin_source() -> None:
                                 "gguf",
                             ],
                             "volumeMounts": mounts,
+                            "securityContext": LOCKED_DOWN,
                         }
                     ],
                     "containers": [
@@ -166,6 +178,7 @@ def test_llamacpp_deployment_from_the_builtin_source() -> None:
                                 "requests": {"cpu": "1", "memory": "512Mi"},
                                 "limits": {"memory": "1Gi"},
                             },
+                            "securityContext": LOCKED_DOWN,
                             "volumeMounts": mounts,
                         }
                     ],
@@ -203,6 +216,7 @@ def test_vllm_daemonset_with_a_gpu_per_pod() -> None:
                 "metadata": {"labels": model_labels("vllm")},
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "securityContext": POD_SECURITY,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 30,
                     "initContainers": [
@@ -222,6 +236,7 @@ def test_vllm_daemonset_with_a_gpu_per_pod() -> None:
                                 SHA,
                             ],
                             "volumeMounts": mounts,
+                            "securityContext": LOCKED_DOWN_WRITABLE_ROOT,
                         }
                     ],
                     "containers": [
@@ -260,6 +275,7 @@ def test_vllm_daemonset_with_a_gpu_per_pod() -> None:
                                 "requests": {"cpu": "4", "nvidia.com/gpu": 1},
                                 "limits": {"memory": "16Gi", "nvidia.com/gpu": 1},
                             },
+                            "securityContext": LOCKED_DOWN_WRITABLE_ROOT,
                             "volumeMounts": [
                                 *mounts,
                                 {"name": "dshm", "mountPath": "/dev/shm"},
@@ -1084,6 +1100,7 @@ def test_router_deployment_with_cloud() -> None:
                 "metadata": {"labels": router_labels()},
                 "spec": {
                     "serviceAccountName": "demo-router",
+                    "securityContext": POD_SECURITY,
                     "enableServiceLinks": False,
                     "containers": [
                         {
@@ -1116,6 +1133,7 @@ def test_router_deployment_with_cloud() -> None:
                             "readinessProbe": readiness,
                             "livenessProbe": liveness,
                             "resources": {"requests": {"cpu": "100m"}},
+                            "securityContext": LOCKED_DOWN,
                             "volumeMounts": [
                                 {
                                     "name": "policy",
@@ -1191,6 +1209,7 @@ def test_egress_deployment() -> None:
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "securityContext": POD_SECURITY,
                     "enableServiceLinks": False,
                     "containers": [
                         {
@@ -1220,6 +1239,7 @@ def test_egress_deployment() -> None:
                             "readinessProbe": readiness,
                             "livenessProbe": liveness,
                             "resources": {"limits": {"memory": "256Mi"}},
+                            "securityContext": LOCKED_DOWN,
                             "volumeMounts": [
                                 {
                                     "name": "policy",

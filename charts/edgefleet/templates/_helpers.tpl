@@ -48,3 +48,21 @@ app.kubernetes.io/part-of: edgefleet
 helm.sh/resource-policy: keep
 {{- end }}
 {{- end }}
+
+{{/*
+The security context of every pod the chart makes, the same as the operator
+gives its own pods (operator/builders/common.py): the image's numeric non-root
+user, the runtime's default seccomp filter, no privilege, no capability and a
+read-only root filesystem.
+*/}}
+{{- define "edgefleet.podSecurityContext" -}}
+runAsNonRoot: true
+seccompProfile: {type: RuntimeDefault}
+{{- end }}
+
+{{- define "edgefleet.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+privileged: false
+capabilities: {drop: [ALL]}
+readOnlyRootFilesystem: true
+{{- end }}

@@ -1,4 +1,4 @@
-"""Pieces several builders share: metadata, probes, node affinity terms."""
+"""Pieces several builders share: metadata, probes, node affinity terms, security contexts."""
 
 from __future__ import annotations
 
@@ -52,3 +52,20 @@ INSTANCE_ENV = [
         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
     }
 ]
+
+
+# Every pod the operator makes runs as its image's numeric non-root user (10001 in both
+# images) under the runtime's default seccomp filter; the kubelet refuses to start a
+# container whose image would run as root.
+POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context(*, read_only_root: bool = True) -> dict[str, Any]:
+    """No privilege, no capability, no way to gain either; the root filesystem is
+    read-only unless the process must write into its image (vLLM's caches)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": read_only_root,
+    }

@@ -10,7 +10,13 @@ from typing import Any
 import yaml
 
 from edgefleet.operator import names
-from edgefleet.operator.builders.common import INSTANCE_ENV, grpc_probe, metadata
+from edgefleet.operator.builders.common import (
+    INSTANCE_ENV,
+    POD_SECURITY_CONTEXT,
+    container_security_context,
+    grpc_probe,
+    metadata,
+)
 from edgefleet.operator.builders.smallmodel import DNS_EGRESS
 from edgefleet.operator.config import OperatorConfig
 
@@ -197,6 +203,7 @@ def build_router(
         "readinessProbe": grpc_probe(names.GRPC_PORT, initial_delay=1, period=5, failures=3),
         "livenessProbe": grpc_probe(names.GRPC_PORT, initial_delay=10, period=10, failures=6),
         "resources": copy.deepcopy(settings.get("resources") or {}),
+        "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": POLICY_VOLUME, "mountPath": names.ROUTER_CONFIG_DIR, "readOnly": True}
         ],
@@ -204,6 +211,7 @@ def build_router(
     pod_spec = {
         "serviceAccountName": names.router_name(name),
         "enableServiceLinks": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
         "containers": [container],
         "volumes": [{"name": POLICY_VOLUME, "configMap": {"name": names.router_name(name)}}],
         **_pod_placement(settings),
@@ -244,6 +252,7 @@ def build_egress(
         "readinessProbe": grpc_probe(names.GRPC_PORT, initial_delay=1, period=5, failures=3),
         "livenessProbe": grpc_probe(names.GRPC_PORT, initial_delay=10, period=10, failures=6),
         "resources": copy.deepcopy(settings.get("resources") or {}),
+        "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": POLICY_VOLUME, "mountPath": names.ROUTER_CONFIG_DIR, "readOnly": True},
             {"name": KEY_VOLUME, "mountPath": names.CLOUD_KEY_DIR, "readOnly": True},
@@ -253,6 +262,7 @@ def build_egress(
         # The egress holds the cloud key and never needs the Kubernetes API.
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
         "containers": [container],
         "volumes": [
             {"name": POLICY_VOLUME, "configMap": {"name": names.router_name(name)}},

@@ -8,6 +8,8 @@ from typing import Any
 from edgefleet.operator import names
 from edgefleet.operator.builders.common import (
     INSTANCE_ENV,
+    POD_SECURITY_CONTEXT,
+    container_security_context,
     grpc_probe,
     metadata,
     with_required_terms,
@@ -145,9 +147,13 @@ def build_pod_template(
     source_volumes, source_mounts = _source_volumes(spec.source)
     mounts = [{"name": MODELS_VOLUME, "mountPath": names.MODELS_DIR}, *source_mounts]
     delay = _STARTUP_DELAY[plan.engine]
+    # vLLM and the GGUF-to-HF conversion write caches into the image
+    # (EDGEFLEET_CACHE_DIR, ~/.cache); llama.cpp writes only to the models volume.
+    read_only_root = plan.engine != "vllm"
     pod_spec: dict[str, Any] = {
         # Model servers never call the Kubernetes API.
         "automountServiceAccountToken": False,
+        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
         "initContainers": [
@@ -157,6 +163,7 @@ def build_pod_template(
                 "imagePullPolicy": config.image_pull_policy,
                 "command": ["edgefleet-fetch-model"],
                 "args": _fetch_args(spec.source, plan.engine),
+                "securityContext": container_security_context(read_only_root=read_only_root),
                 "volumeMounts": copy.deepcopy(mounts),
             }
         ],
@@ -179,6 +186,7 @@ def build_pod_template(
                     names.GRPC_PORT, initial_delay=delay, period=10, failures=6
                 ),
                 "resources": _resources(spec, plan.engine, config),
+                "securityContext": container_security_context(read_only_root=read_only_root),
                 "volumeMounts": copy.deepcopy(mounts),
             }
         ],
