@@ -183,7 +183,10 @@ def test_update_rolls_out_and_the_new_generation_is_observed(
         "-p",
         json.dumps(patch),
     )
-    second = wait_condition(release, namespace, "smallmodel", "rolling", "Ready", "True")
+    # Ready stays True through the surge rollout; Progressing turns False once the old
+    # pod is gone and both new ones are ready.
+    wait_condition(release, namespace, "smallmodel", "rolling", "Ready", "True")
+    second = wait_condition(release, namespace, "smallmodel", "rolling", "Progressing", "False")
     assert second["status"]["observedGeneration"] == 2
     assert second["status"]["desiredReplicas"] == 2
     assert second["status"]["readyReplicas"] == 2

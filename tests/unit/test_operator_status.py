@@ -78,6 +78,28 @@ def test_facts_of_a_new_deployment_without_status() -> None:
     assert not facts.settled
 
 
+def test_a_surge_rollout_is_not_settled_while_an_old_pod_still_runs() -> None:
+    # Scaled 1 -> 2 with a new template: both new pods ready, the old one not yet gone.
+    body = {
+        "kind": "Deployment",
+        "metadata": {"name": "m-llamacpp", "generation": 2},
+        "spec": {"replicas": 2},
+        "status": {
+            "replicas": 3,
+            "readyReplicas": 3,
+            "updatedReplicas": 2,
+            "observedGeneration": 2,
+        },
+    }
+
+    facts = WorkloadFacts.from_body(body, "llamacpp")
+
+    assert facts.old == 1
+    assert not facts.settled
+    finished = {**body, "status": {**body["status"], "replicas": 2, "readyReplicas": 2}}
+    assert WorkloadFacts.from_body(finished, "llamacpp").settled
+
+
 def test_a_workload_is_not_settled_until_its_generation_is_observed() -> None:
     fresh = WorkloadFacts("Deployment", "w", "llamacpp", 1, 1, 1, 3, 2)
     assert not fresh.settled

@@ -24,6 +24,9 @@ class WorkloadFacts:
     updated: int
     generation: int
     observed_generation: int
+    # Pods of an earlier template still running (a Deployment's surge rollout): the
+    # rollout is not over until they are gone, even with `desired` new ones ready.
+    old: int = 0
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], engine: str) -> WorkloadFacts:
@@ -33,10 +36,14 @@ class WorkloadFacts:
             desired = int(status.get("desiredNumberScheduled", 0))
             ready = int(status.get("numberReady", 0))
             updated = int(status.get("updatedNumberScheduled", 0))
+            # One pod per node, replaced in place: `updated` says it all.
+            old = 0
         else:
             desired = int(spec.get("replicas", 1))
             ready = int(status.get("readyReplicas", 0))
             updated = int(status.get("updatedReplicas", 0))
+            # As `kubectl rollout status` reads it: replicas counts old and new pods.
+            old = max(0, int(status.get("replicas", 0)) - updated)
         return cls(
             kind=kind,
             name=body["metadata"]["name"],
@@ -46,6 +53,7 @@ class WorkloadFacts:
             updated=updated,
             generation=int(body["metadata"].get("generation", 0)),
             observed_generation=int(status.get("observedGeneration", 0)),
+            old=old,
         )
 
     @property
@@ -54,6 +62,7 @@ class WorkloadFacts:
             self.observed_generation >= self.generation
             and self.updated >= self.desired
             and self.ready >= self.desired
+            and self.old == 0
         )
 
 
