@@ -62,7 +62,7 @@ demo-router: install
 # Every tier that runs on this machine; exits non-zero when nothing ran.
 # The vLLM tests run last, in their own environment (pytest there exits 5,
 # failing the run, should it ever collect nothing).
-test: install protos-check lint testbed vllm-env vllm-model
+test: install protos-check lint testbed realnode vllm-env vllm-model
 	$(PY) -m pytest
 	$(VPY) -m pytest tests/vllm
 
@@ -80,6 +80,14 @@ test-dataplane: install testbed
 testbed:
 	$(PYTHON) -m tests.cluster build
 
+# The real node's binaries (kubelet, kube-proxy, containerd, runc's shim, CNI plugins, crictl)
+# and its pause/busybox images, built once from the Go module proxy (~5 min on 2 cores with the
+# test bed's Go build cache warm) and cached under ~/.cache/edgefleet/node/<key>
+# (docs/realnode.md); before pytest, like `testbed`, so no test timeout cuts it short.
+.PHONY: realnode
+realnode: testbed
+	$(PYTHON) -m tests.cluster.realnode build
+
 # Container images with podman, without a daemon or a registry (images/build.py): the CPU
 # image and the vLLM (CPU build) image from a Debian base made locally, each built only when
 # the hash of its inputs changed and saved under ~/.cache/edgefleet/images/<name>-<hash>.tar.
@@ -89,7 +97,7 @@ images: host-deps
 	$(PYTHON) -m images.build $(foreach image,$(IMAGES),--only $(image)) \
 		$(if $(REGISTRY),--registry $(REGISTRY)) $(if $(filter 1,$(PUSH)),--push)
 
-test-controlplane: install testbed vllm-env vllm-model
+test-controlplane: install testbed realnode vllm-env vllm-model
 	$(PY) -m pytest -m controlplane tests/controlplane
 
 # A local cluster to explore by hand: KUBECONFIG=/tmp/edgefleet-testbed/kubeconfig
@@ -103,8 +111,7 @@ cluster-down: install
 # builds its binaries once (cached under ~/.cache/edgefleet/node/<key>), starts containerd
 # and a standalone kubelet in their own network namespace, runs a static pod, tears down.
 .PHONY: realnode-check
-realnode-check: install testbed
-	$(PYTHON) -m tests.cluster.realnode build
+realnode-check: install realnode
 	EDGEFLEET_REALNODE=1 $(PY) -m pytest tests/realnode
 
 lint: install

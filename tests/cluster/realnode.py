@@ -43,8 +43,11 @@ NODE_POD_CIDR = ipaddress.ip_network("10.250.0.0/24")
 # one, and without a default route it cannot pick one itself.
 NODE_ADDRESS = ipaddress.ip_interface("10.251.0.1/32")
 NETNS_PREFIX = "efrn-"
+# The host end of a joined node's link into the test bed's bridge: efru-<node>.
+JOIN_LINK_PREFIX = "efru-"
 CGROUP_V1 = Path("/sys/fs/cgroup")
 KUBELET_READ_ONLY_PORT = 10255
+KUBE_PROXY_HEALTH_PORT = 10256
 # What kubelet sets on start (container_manager_linux.go setupKernelTunables);
 # these are global, so `down` puts back the values found before `up`.
 KERNEL_TUNABLES = (
@@ -55,6 +58,26 @@ KERNEL_TUNABLES = (
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
 )
+
+
+@dataclass(frozen=True)
+class Join:
+    """How a node joins the shared test bed (realnode_join): its address on the test
+    bed's bridge (the node end of a veth), the CA its kubelet trusts for the API
+    server's client certificate, and the kubelet's own serving certificate."""
+
+    address: ipaddress.IPv4Interface
+    bridge: str
+    client_ca: Path
+    # The kubelet's serving certificate, signed by the same CA (API server → kubelet).
+    serving_cert: Path
+    serving_key: Path
+    # Every range the pods may reach through the node (the test bed's pod range
+    # and the Service range, which kube-proxy translates in the node's namespace).
+    routes: tuple[str, ...]
+    # kube-proxy's credentials (system:kube-proxy) and the cluster's pod range.
+    proxy_kubeconfig: Path
+    cluster_cidr: str
 
 
 class NodeFailed(RuntimeError):
@@ -134,6 +157,9 @@ class RealNode:
     bin: Path = field(default_factory=realnode_build.bin_dir)
     # Registers with this API server when set (realnode_control); standalone otherwise.
     kubeconfig: Path | None = None
+    # Set for a node of the shared test bed (realnode_join): the node's address is
+    # then its link into the test bed's bridge instead of one on its own lo.
+    join: Join | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -143,6 +169,10 @@ class RealNode:
     @property
     def netns(self) -> str:
         return NETNS_PREFIX + self.name
+
+    @property
+    def address(self) -> str:
+        return str((self.join.address if self.join else NODE_ADDRESS).ip)
 
     @property
     def cgroup_parent(self) -> str:
@@ -234,9 +264,52 @@ class RealNode:
         if not Path(f"/run/netns/{self.netns}").exists():
             subprocess.run(["ip", "netns", "add", self.netns], check=True)
         subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
-        # This VM's kernel has no dummy link type, so the address goes on lo.
+        if self.join is None:
+            # This VM's kernel has no dummy link type, so the address goes on lo.
+            subprocess.run(
+                ["ip", "-n", self.netns, "addr", "replace", str(NODE_ADDRESS), "dev", "lo"],
+                check=True,
+            )
+        else:
+            self._join_link_up(self.join)
+
+    def _join_link_up(self, join: Join) -> None:
+        """A veth from the test bed's bridge into the node's namespace, and the
+        routes that make the node a router for its pods (as a cloud's VPC route
+        table would): the host sends the node's pod range to the node's address,
+        and the node answers ARP for its pods, so a process pod on the bridge
+        (which sees 10.244.0.0/16 as one link) reaches them too."""
+        host_end = JOIN_LINK_PREFIX + self.name[: 15 - len(JOIN_LINK_PREFIX)]
+        if not Path(f"/sys/class/net/{host_end}").exists():
+            subprocess.run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    host_end,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    self.netns,
+                ],
+                check=True,
+            )
+        subprocess.run(["ip", "link", "set", host_end, "master", join.bridge, "up"], check=True)
+        for cmd in (
+            ["addr", "replace", str(join.address), "dev", "eth0"],
+            ["link", "set", "eth0", "up"],
+        ):
+            subprocess.run(["ip", "-n", self.netns, *cmd], check=True)
+        # Per-namespace settings: they leave the host's own untouched.
+        for setting in ("net.ipv4.ip_forward=1", "net.ipv4.conf.eth0.proxy_arp=1"):
+            subprocess.run(self.in_netns("sysctl", "-q", "-w", setting), check=True)
+        # Removed by realnode_join.down (the veth goes with the namespace).
         subprocess.run(
-            ["ip", "-n", self.netns, "addr", "replace", str(NODE_ADDRESS), "dev", "lo"], check=True
+            ["ip", "route", "replace", str(self.pod_cidr), "via", self.address, "dev", join.bridge],
+            check=True,
         )
 
     def _write_cni_config(self) -> None:
@@ -249,14 +322,14 @@ class RealNode:
                     "type": "bridge",
                     "bridge": "efrn0",
                     "isGateway": True,
-                    # No masquerade and no default route: a pod reaches only its
-                    # own range, inside a namespace with no uplink anyway.
+                    # No masquerade and no default route: a pod reaches its own
+                    # range and, on a joined node, the test bed's (Join.routes).
                     "ipMasq": False,
                     "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
                         "ranges": [[{"subnet": str(self.pod_cidr), "gateway": gateway}]],
-                        "routes": [],
+                        "routes": [{"dst": r} for r in (self.join.routes if self.join else ())],
                         "dataDir": str(self.paths.cni_ipam),
                     },
                 },
@@ -382,15 +455,17 @@ state = "{p.containerd_state}"
             "fileCheckFrequency": "2s",
             "syncFrequency": "5s",
             "podLogsDir": str(p.pod_logs),
-            # The node's address in its own network namespace: reachable from
-            # nowhere else (the pods have no route to it either).
-            "address": str(NODE_ADDRESS.ip),
+            # Standalone, the node's address in its own network namespace is
+            # reachable from nowhere else; joined, the API server reaches it.
+            "address": self.address,
             "healthzBindAddress": "127.0.0.1",
             "readOnlyPort": KUBELET_READ_ONLY_PORT,
+            # Joined, only the API server's client certificate (from the test
+            # bed's CA) gets in; standalone, nothing outside the namespace can.
             "authentication": {
-                "anonymous": {"enabled": True},
+                "anonymous": {"enabled": self.join is None},
                 "webhook": {"enabled": False},
-                "x509": {},
+                "x509": {"clientCAFile": str(self.join.client_ca)} if self.join else {},
             },
             "authorization": {"mode": "AlwaysAllow"},
             # The VM forbids raising RLIMIT_NOFILE; this is its current hard limit.
@@ -406,6 +481,17 @@ state = "{p.containerd_state}"
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "serializeImagePulls": False,
+            **self._serving_tls(),
+        }
+
+    def _serving_tls(self) -> dict[str, str]:
+        # Standalone, the kubelet's self-signed certificate will do (nobody dials it);
+        # joined, the API server checks it against the test bed's CA.
+        if self.join is None:
+            return {}
+        return {
+            "tlsCertFile": str(self.join.serving_cert),
+            "tlsPrivateKeyFile": str(self.join.serving_key),
         }
 
     def _kubelet_up(self) -> None:
@@ -422,12 +508,44 @@ state = "{p.containerd_state}"
                 f"--config={p.kubelet_config}",
                 f"--root-dir={p.kubelet_root}",
                 f"--hostname-override={self.name}",
-                f"--node-ip={NODE_ADDRESS.ip}",
+                f"--node-ip={self.address}",
                 "--v=2",
                 *([f"--kubeconfig={self.kubeconfig}"] if self.kubeconfig else []),
             ],
         )
         self.wait_ready("kubelet", self._kubelet_healthy, timeout=120)
+
+    def _kube_proxy_up(self, join: Join) -> None:
+        """kube-proxy in nftables mode, in the node's namespace only: pods here reach
+        ClusterIP Services through the node (their gateway), where it translates them."""
+        config = self.paths.base / "kube-proxy" / "config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        settings = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "mode": "nftables",
+            "clientConnection": {"kubeconfig": str(join.proxy_kubeconfig)},
+            "hostnameOverride": self.name,
+            "bindAddress": self.address,
+            "clusterCIDR": join.cluster_cidr,
+            "healthzBindAddress": f"127.0.0.1:{KUBE_PROXY_HEALTH_PORT}",
+            "metricsBindAddress": "127.0.0.1:10249",
+            # Pod → Service → a pod on the same bridge would answer it directly (no
+            # br_netfilter here), bypassing the reverse translation: masquerade all.
+            "nftables": {"masqueradeAll": True},
+            # Leave the host-wide conntrack table size alone.
+            "conntrack": {"maxPerCore": 0, "min": 0},
+        }
+        config.write_text(json.dumps(settings, indent=2))
+        self.spawn(
+            "kube-proxy",
+            [str(self.bin / "kube-proxy"), f"--config={config}", "--v=2"],
+        )
+        self.wait_ready(
+            "kube-proxy",
+            lambda: self.http(f"http://127.0.0.1:{KUBE_PROXY_HEALTH_PORT}/healthz") is not None,
+            timeout=60,
+        )
 
     def _kubelet_healthy(self) -> bool:
         return self.http("http://127.0.0.1:10248/healthz") == "ok"
@@ -445,7 +563,7 @@ state = "{p.containerd_state}"
 
     def kubelet_pods(self) -> list[dict]:
         """The kubelet's own view of its pods, with status (standalone: no API server)."""
-        body = self.http(f"http://{NODE_ADDRESS.ip}:{KUBELET_READ_ONLY_PORT}/pods")
+        body = self.http(f"http://{self.address}:{KUBELET_READ_ONLY_PORT}/pods")
         # Before its first pod the kubelet answers {"items": null}.
         return (json.loads(body).get("items") or []) if body else []
 
@@ -475,6 +593,8 @@ state = "{p.containerd_state}"
         for archive in realnode_build.ARCHIVES:
             self.import_image(self.bin / archive)
         self._kubelet_up()
+        if self.join is not None:
+            self._kube_proxy_up(self.join)
         self.timings["up"] = time.monotonic() - started
 
     def down(self) -> list[str]:

@@ -336,9 +336,14 @@ def build_debian_package(package: str) -> None:
 
 
 def ensure_host_tools() -> None:
-    """runc and iptables (portmap) come from Debian, as on a node's OS image."""
+    """runc, iptables (portmap) and nft (kube-proxy's nftables mode) come from
+    Debian, as on a node's OS image."""
     build.ensure_host_tools()
-    for tool, package in ((RUNC, "runc"), (Path("/usr/sbin/iptables"), "iptables")):
+    for tool, package in (
+        (RUNC, "runc"),
+        (Path("/usr/sbin/iptables"), "iptables"),
+        (Path("/usr/sbin/nft"), "nftables"),
+    ):
         if not tool.exists():
             build_debian_package(package)
 

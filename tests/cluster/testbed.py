@@ -92,10 +92,17 @@ def _component_patches() -> dict[str, object]:
     once two components get more than one argument each.
     """
     service_range = str(network.SERVICE_RANGE)
+    pki = paths().cluster_dir / "pki"
     patches = {
         "kube-apiserver": [
             ("advertise-address", network.API_ADDRESS, False),
             ("service-cluster-ip-range", service_range, False),
+            # `kubectl logs`/`exec` on a real node: its kubelet takes only clients
+            # with a certificate from the cluster's CA (realnode_join.py), and its
+            # name resolves nowhere, so the API server dials its InternalIP.
+            ("kubelet-client-certificate", str(pki / "admin.crt"), False),
+            ("kubelet-client-key", str(pki / "admin.key"), False),
+            ("kubelet-preferred-address-types", "InternalIP,Hostname", False),
         ],
         "kube-controller-manager": [("service-cluster-ip-range", service_range, False)],
         "kwok-controller": [

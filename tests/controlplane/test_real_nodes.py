@@ -1,0 +1,173 @@
+"""A real node in the shared test bed: Pods bound through the API server run as
+containers under kubelet + containerd + runc, from images built by images/build.py.
+
+The node (tests/cluster/realnode_join.py) joins the running test bed beside kwok's
+and the process kubelet's nodes; everything here reaches it the way a cluster would:
+the scheduler places Pods on it, `kubectl logs`/`exec` go through the API server to
+its kubelet, and the host reaches its pods over the test bed's bridge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from edgefleet.v1 import inference_pb2_grpc as pb_grpc
+from tests.cluster import network, realnode, realnode_join
+from tests.controlplane.helpers import Cluster, wait_for
+from tests.controlplane.operator_support import pods, smallmodel, wait_condition
+from tests.support.routing import ask
+
+pytestmark = pytest.mark.controlplane
+
+REAL = realnode_join.REAL_NODES[0]
+ON_THE_REAL_NODE = {
+    "nodeSelector": {"kubernetes.io/hostname": REAL.name},
+    "tolerations": [
+        {"key": realnode_join.REAL_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def real_node(cluster: Cluster) -> Iterator[realnode.RealNode]:
+    if not cluster.testbed:
+        pytest.skip("a real node joins only the Docker-free test bed")
+    (node,) = realnode_join.up((REAL,))
+    yield node
+    left = realnode_join.down((REAL,))
+    assert not left, f"the real node left behind: {left}"
+
+
+def _ready_pod(cluster: Cluster, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+    return wait_for(
+        f"pod {namespace}/{name} Ready",
+        lambda: (lambda pod: pod if pod and realnode.pod_ready(pod) else None)(
+            cluster.get("pod", name, namespace)
+        ),
+        timeout,
+    )
+
+
+def _process_status(
+    cluster: Cluster, namespace: str, pod: str, container: str, cat: tuple[str, ...] = ("cat",)
+) -> dict[str, str]:
+    """/proc/1/status of the container, read through `kubectl exec` (API server → kubelet)."""
+    status = cluster.kubectl(
+        "exec", "-n", namespace, pod, "-c", container, "--", *cat, "/proc/1/status"
+    ).stdout
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines())}
+
+
+def test_a_pod_bound_through_the_api_runs_as_a_container_with_logs_and_exec(
+    testbed_cluster: Cluster, real_node: realnode.RealNode, namespace: str
+) -> None:
+    web = realnode.web_pod(name=f"web-{uuid.uuid4().hex[:6]}", host_port=None)
+    web["metadata"]["namespace"] = namespace
+    web["spec"].update(ON_THE_REAL_NODE)
+    testbed_cluster.apply(web)
+    pod = _ready_pod(testbed_cluster, namespace, web["metadata"]["name"], timeout=120)
+
+    assert pod["spec"]["nodeName"] == REAL.name
+    assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+    pod_ip = pod["status"]["podIP"]
+    assert ipaddress.ip_address(pod_ip) in real_node.pod_cidr
+    # The host reaches the pod over the bridge, through the node's route.
+    with urllib.request.urlopen(f"http://{pod_ip}:8080/", timeout=5) as response:
+        assert response.read().decode() == "edgefleet real node\n"
+
+    # `kubectl logs` (API server → the node's kubelet) shows the host's request above,
+    # from the bridge address, next to the kubelet's probes from the node's gateway.
+    name = web["metadata"]["name"]
+    host_request = f"[::ffff:{network.API_ADDRESS}]"
+    wait_for(
+        "the host's request in `kubectl logs`",
+        lambda: host_request in testbed_cluster.kubectl("logs", "-n", namespace, name).stdout,
+        30,
+    )
+    fields = _process_status(testbed_cluster, namespace, name, "httpd", cat=("/bin/busybox", "cat"))
+    assert fields["Uid"].split()[0] == "10001"
+    assert int(fields["CapEff"], 16) == 0
+
+
+def test_a_pod_on_a_real_node_reaches_a_clusterip_service_through_kube_proxy(
+    testbed_cluster: Cluster, real_node: realnode.RealNode, namespace: str
+) -> None:
+    web = realnode.web_pod(name=f"web-{uuid.uuid4().hex[:6]}", host_port=None)
+    name = web["metadata"]["name"]
+    web["metadata"]["namespace"] = namespace
+    web["spec"].update(ON_THE_REAL_NODE)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    testbed_cluster.apply(web, service)
+    _ready_pod(testbed_cluster, namespace, name, timeout=120)
+    cluster_ip = testbed_cluster.get("service", name, namespace)["spec"]["clusterIP"]
+    assert ipaddress.ip_address(cluster_ip) in network.SERVICE_RANGE
+
+    # The pod asks its own Service: kube-proxy's nftables rules in the node's namespace
+    # translate the ClusterIP to the pod's address (and masquerade the hairpin back).
+    # busybox's nc: Debian's static busybox wget dies with SIGSEGV in these containers.
+    request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 3 {cluster_ip} 80"
+
+    def fetched() -> str | None:
+        out = testbed_cluster.kubectl(
+            "exec", "-n", namespace, name, "--", "/bin/busybox", "sh", "-c", request, check=False
+        )
+        return out.stdout if out.returncode == 0 and out.stdout else None
+
+    # The endpoint reaches kube-proxy through its EndpointSlice watch: a moment after Ready.
+    answer = wait_for("the ClusterIP answers", fetched, 30)
+    assert answer.startswith("HTTP/1.1 200 OK")
+    assert answer.splitlines()[-1] == "edgefleet real node"
+
+
+def test_a_smallmodel_runs_as_containers_from_the_product_image(
+    release: Cluster, real_node: realnode.RealNode, namespace: str
+) -> None:
+    model = smallmodel("edge", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
+    release.apply(model, namespace=namespace)
+    ready = wait_condition(release, namespace, "smallmodel", "edge", "Ready", "True", timeout=300)
+    assert ready["status"]["endpoints"] == 1
+
+    (pod,) = pods(release, namespace, "app.kubernetes.io/name=edge")
+    assert pod["spec"]["nodeName"] == REAL.name
+    fetch = pod["status"]["initContainerStatuses"][0]
+    assert fetch["name"] == "fetch-model"
+    assert fetch["state"]["terminated"]["exitCode"] == 0
+    server = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "server")
+    assert server["ready"] is True
+    assert server["imageID"], "the kubelet reports the image it ran"
+
+    # The operator's securityContext holds inside the container.
+    fields = _process_status(release, namespace, pod["metadata"]["name"], "server")
+    assert fields["Uid"].split()[0] != "0"
+    assert int(fields["CapEff"], 16) == 0
+    assert fields["NoNewPrivs"] == "1"
+    assert fields["Seccomp"] == "2"
+    write = release.kubectl(
+        "exec", "-n", namespace, pod["metadata"]["name"], "-c", "server", "--",
+        "touch", "/opt/edgefleet/x", check=False,
+    )  # fmt: skip
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
+
+    # A gRPC request from the host to the pod's address answers with the model.
+    with grpc.insecure_channel(f"{pod['status']['podIP']}:50051") as channel:
+        response, _ = ask(pb_grpc.InferenceStub(channel), "Say hello.", timeout=120)
+    assert response.text.strip()
+    events = json.loads(release.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)[
+        "items"
+    ]
+    assert any(e["reason"] == "Started" and e["source"].get("host") == REAL.name for e in events), (
+        "the kubelet on the real node reports its containers"
+    )
