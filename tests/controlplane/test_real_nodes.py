@@ -22,7 +22,7 @@ import pytest
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
 from tests.cluster import network, realnode, realnode_join
 from tests.controlplane.helpers import Cluster, wait_for
-from tests.controlplane.operator_support import pods, smallmodel, wait_condition
+from tests.controlplane.operator_support import condition, pods, smallmodel, wait_condition
 from tests.support.routing import ask
 
 pytestmark = pytest.mark.controlplane
@@ -171,3 +171,30 @@ def test_a_smallmodel_runs_as_containers_from_the_product_image(
     assert any(e["reason"] == "Started" and e["source"].get("host") == REAL.name for e in events), (
         "the kubelet on the real node reports its containers"
     )
+
+
+def test_a_model_whose_fetch_keeps_failing_reports_the_kubelets_crash_loop(
+    release: Cluster, real_node: realnode.RealNode, namespace: str
+) -> None:
+    # 192.0.2.1 (TEST-NET-1): the pod has no route to it, so the download fails at
+    # connect() without a packet leaving the node.
+    model = smallmodel("unreachable", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
+    model["spec"]["source"] = {"gguf": {"uri": "http://192.0.2.1/model.gguf", "sha256": "0" * 64}}
+    release.apply(model, namespace=namespace)
+
+    def crash_looping() -> dict[str, Any] | None:
+        obj = release.get("smallmodel", "unreachable", namespace)
+        ready = condition(obj, "Ready")
+        looping = ready.get("reason") == "ModelFetchFailed" and "CrashLoopBackOff" in ready.get(
+            "message", ""
+        )
+        return ready if looping else None
+
+    ready = wait_for("Ready False, ModelFetchFailed in CrashLoopBackOff", crash_looping, 180)
+    # The kubelet's reason, then the fetch's own last words (its termination message).
+    assert "fetch-model: CrashLoopBackOff: " in ready["message"]
+    assert "192.0.2.1" in ready["message"]
+    events = json.loads(release.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+    assert any(
+        e["reason"] == "BackOff" and e["source"].get("host") == REAL.name for e in events["items"]
+    ), "the kubelet's BackOff event"

@@ -138,6 +138,7 @@ def test_llamacpp_deployment_from_the_builtin_source() -> None:
                             ],
                             "volumeMounts": mounts,
                             "securityContext": LOCKED_DOWN,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
                         }
                     ],
                     "containers": [
@@ -179,6 +180,7 @@ def test_llamacpp_deployment_from_the_builtin_source() -> None:
                                 "limits": {"memory": "1Gi"},
                             },
                             "securityContext": LOCKED_DOWN,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
                             "volumeMounts": mounts,
                         }
                     ],
@@ -237,6 +239,7 @@ def test_vllm_daemonset_with_a_gpu_per_pod() -> None:
                             ],
                             "volumeMounts": mounts,
                             "securityContext": LOCKED_DOWN_WRITABLE_ROOT,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
                         }
                     ],
                     "containers": [
@@ -276,6 +279,7 @@ def test_vllm_daemonset_with_a_gpu_per_pod() -> None:
                                 "limits": {"memory": "16Gi", "nvidia.com/gpu": 1},
                             },
                             "securityContext": LOCKED_DOWN_WRITABLE_ROOT,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
                             "volumeMounts": [
                                 *mounts,
                                 {"name": "dshm", "mountPath": "/dev/shm"},

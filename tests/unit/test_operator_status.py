@@ -196,8 +196,28 @@ def test_crash_looping_server_is_server_failing() -> None:
     assert pod_problem(pod(status)) == PodProblem(
         "m-llamacpp-abc12",
         "ServerFailing",
-        "server: back-off 40s restarting failed container=server",
+        "server: CrashLoopBackOff: back-off 40s restarting failed container=server",
     )
+
+
+def test_a_crash_loop_names_the_last_runs_own_message_or_exit_code() -> None:
+    def looping(last: dict[str, Any]) -> dict[str, Any]:
+        waiting = {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting"}
+        return {
+            "initContainerStatuses": [
+                {"name": "fetch-model", "state": {"waiting": waiting},
+                 "lastState": {"terminated": last}}
+            ]
+        }  # fmt: skip
+
+    said = looping({"exitCode": 1, "message": "GET http://192.0.2.1/m.gguf: unreachable\n"})
+    assert pod_problem(pod(said)) == PodProblem(
+        "m-llamacpp-abc12",
+        "ModelFetchFailed",
+        "fetch-model: CrashLoopBackOff: GET http://192.0.2.1/m.gguf: unreachable",
+    )
+    silent = looping({"exitCode": 137})
+    assert pod_problem(pod(silent)).message == "fetch-model: CrashLoopBackOff: exit code 137"
 
 
 def test_create_container_config_error_is_server_failing() -> None:
@@ -212,7 +232,7 @@ def test_create_container_config_error_is_server_failing() -> None:
     }
 
     assert pod_problem(pod(status)) == PodProblem(
-        "m-llamacpp-abc12", "ServerFailing", f"server: {message}"
+        "m-llamacpp-abc12", "ServerFailing", f"server: CreateContainerConfigError: {message}"
     )
 
 

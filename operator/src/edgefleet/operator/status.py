@@ -93,12 +93,32 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
             terminated = state.get("terminated") or {}
             if waiting.get("reason") in ("CrashLoopBackOff", "CreateContainerConfigError",
                                          "ErrImagePull", "ImagePullBackOff"):  # fmt: skip
-                detail = waiting.get("message") or waiting["reason"]
-                return PodProblem(name, reason, f"{container['name']}: {detail}")
+                return PodProblem(name, reason, f"{container['name']}: {_waiting(container)}")
             if terminated and terminated.get("exitCode", 0) != 0:
-                detail = terminated.get("message") or f"exit code {terminated.get('exitCode')}"
+                detail = _last_line(terminated.get("message")) or (
+                    f"exit code {terminated.get('exitCode')}"
+                )
                 return PodProblem(name, reason, f"{container['name']}: {detail}")
     return None
+
+
+def _waiting(container: Mapping[str, Any]) -> str:
+    """The kubelet's reason first (what `kubectl get pods` shows), then why: for a crash
+    loop the last run's own message or exit code, which says more than the back-off."""
+    waiting = container["state"]["waiting"]
+    last = (container.get("lastState") or {}).get("terminated") or {}
+    if waiting["reason"] == "CrashLoopBackOff" and last:
+        why = _last_line(last.get("message")) or f"exit code {last.get('exitCode')}"
+    else:
+        why = waiting.get("message") or ""
+    return f"{waiting['reason']}: {why}" if why else waiting["reason"]
+
+
+def _last_line(message: str | None) -> str:
+    """A termination message's last line: with FallbackToLogsOnError it is the log's
+    tail, whose last line is the error (a status message stays one line)."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def condition(

@@ -164,6 +164,9 @@ def build_pod_template(
                 "command": ["edgefleet-fetch-model"],
                 "args": _fetch_args(spec.source, plan.engine),
                 "securityContext": container_security_context(read_only_root=read_only_root),
+                # A failed fetch's last log lines become its termination message, which
+                # the SmallModel's status then quotes (status.pod_problem).
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "volumeMounts": copy.deepcopy(mounts),
             }
         ],
@@ -187,6 +190,7 @@ def build_pod_template(
                 ),
                 "resources": _resources(spec, plan.engine, config),
                 "securityContext": container_security_context(read_only_root=read_only_root),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "volumeMounts": copy.deepcopy(mounts),
             }
         ],
