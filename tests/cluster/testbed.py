@@ -113,9 +113,15 @@ def _component_patches() -> dict[str, object]:
             ("manage-nodes-with-annotation-selector", "=".join(fleet.KWOK_ANNOTATION), False),
         ],
     }
+    # The `kubernetes` Service's ClusterIP (the range's first address) and names: a real
+    # node's pods reach the API server there, through kube-proxy, and check its certificate.
+    kubernetes_service_ip = str(next(network.SERVICE_RANGE.hosts()))
+    service_names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                     "kubernetes.default.svc.cluster.local"]  # fmt: skip
     return {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
+        "options": {"kubeApiserverCertSANs": [kubernetes_service_ip, *service_names]},
         "componentsPatches": [
             {"name": name, "extraArgs": [{"key": k, "value": v, "override": o} for k, v, o in args]}
             for name, args in patches.items()

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster import testbed, versions
+from tests.cluster import network, testbed, versions
 from tests.controlplane.helpers import Cluster
+from tests.support.cloud import RecordingProxy, recorded_cloud
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +34,14 @@ def cluster() -> Iterator[Cluster]:
     yield Cluster(paths.kubeconfig, testbed=True, owned=True)
     if paths.kubeconfig.exists():
         testbed.down()
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[RecordingProxy]:
+    """The stand-in cloud behind a recording proxy, reachable from pods at the bridge
+    address only (process pods on the bridge, real nodes' pods through their node)."""
+    with recorded_cloud(host=network.API_ADDRESS) as (_, proxy):
+        yield proxy
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -21,7 +20,6 @@ from openai import OpenAI
 
 from edgefleet.routing.complexity import ComplexityScorer
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
-from tests.cluster import network
 from tests.controlplane.conftest import CHART, RELEASE, RELEASE_NAMESPACE
 from tests.controlplane.helpers import Cluster, wait_for
 from tests.controlplane.operator_support import (
@@ -31,7 +29,7 @@ from tests.controlplane.operator_support import (
     smallmodel,
     wait_condition,
 )
-from tests.support.cloud import STAND_IN_API_KEY, STAND_IN_MODEL, RecordingProxy, recorded_cloud
+from tests.support.cloud import STAND_IN_API_KEY, STAND_IN_MODEL, RecordingProxy
 from tests.support.prompts import COMPLEX, SIMPLE
 from tests.support.routing import ask
 
@@ -40,13 +38,6 @@ pytestmark = pytest.mark.controlplane
 PLANTED_EMAIL = "jane.doe.4471@example.org"
 PRIVATE = f"{COMPLEX} Send the answer to {PLANTED_EMAIL}."
 POLICY = "hybrid"
-
-
-@pytest.fixture(scope="module")
-def cloud() -> Iterator[RecordingProxy]:
-    """The stand-in cloud, reachable from pods at the bridge address only."""
-    with recorded_cloud(host=network.API_ADDRESS) as (_, proxy):
-        yield proxy
 
 
 def routing_policy(proxy: RecordingProxy) -> dict[str, Any]:

@@ -9,20 +9,34 @@ its kubelet, and the host reaches its pods over the test bed's bridge.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
 from tests.cluster import network, realnode, realnode_join
+from tests.controlplane.conftest import CHART, RELEASE, RELEASE_NAMESPACE, TESTBED_VALUES
 from tests.controlplane.helpers import Cluster, wait_for
 from tests.controlplane.operator_support import condition, pods, smallmodel, wait_condition
+from tests.controlplane.test_operator_e2e import (
+    PLANTED_EMAIL,
+    POLICY,
+    PRIVATE,
+    backends_ready,
+    ready_addresses,
+    routing_policy,
+)
+from tests.support.cloud import STAND_IN_API_KEY, RecordingProxy
+from tests.support.prompts import COMPLEX, SIMPLE
 from tests.support.routing import ask
 
 pytestmark = pytest.mark.controlplane
@@ -198,3 +212,60 @@ def test_a_model_whose_fetch_keeps_failing_reports_the_kubelets_crash_loop(
     assert any(
         e["reason"] == "BackOff" and e["source"].get("host") == REAL.name for e in events["items"]
     ), "the kubelet's BackOff event"
+
+
+@pytest.fixture
+def routers_on_the_real_node(release: Cluster, tmp_path: Path) -> Iterator[Cluster]:
+    """The release with its routers and egresses placed on the real node; put back after."""
+    values = yaml.safe_load(TESTBED_VALUES.read_text())
+    for component in ("router", "egress"):
+        values[component]["pod"].update(copy.deepcopy(ON_THE_REAL_NODE))
+    moved = tmp_path / "values.yaml"
+    moved.write_text(yaml.safe_dump(values))
+
+    def upgrade(values_file: Path) -> None:
+        release.helm(
+            "upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reset-values",
+            "--values", str(values_file), "--wait", "--timeout", "180s",
+        )  # fmt: skip
+
+    upgrade(moved)
+    yield release
+    upgrade(TESTBED_VALUES)
+
+
+def test_model_router_and_egress_as_containers_answer_local_cloud_and_private(
+    routers_on_the_real_node: Cluster,
+    real_node: realnode.RealNode,
+    namespace: str,
+    cloud: RecordingProxy,
+) -> None:
+    release = routers_on_the_real_node
+    release.kubectl(
+        "create", "secret", "generic", "cloud-llm", "-n", namespace,
+        f"--from-literal=api-key={STAND_IN_API_KEY}",
+    )  # fmt: skip
+    model = smallmodel("local", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
+    release.apply(model, routing_policy(cloud), namespace=namespace)
+    wait_condition(release, namespace, "routingpolicy", POLICY, "Ready", "True", timeout=300)
+    on_nodes = {
+        p["metadata"]["labels"].get("app.kubernetes.io/component"): p["spec"]["nodeName"]
+        for p in pods(release, namespace, "app.kubernetes.io/part-of=edgefleet")
+    }
+    assert set(on_nodes.values()) == {REAL.name}, on_nodes
+    # The router reached the API server through kube-proxy (the `kubernetes` Service's
+    # ClusterIP) with its ServiceAccount token, and found both backends.
+    metrics = ready_addresses(release, namespace, f"{POLICY}-router", "metrics")[0]
+    wait_for("the router sees the model and the egress", lambda: backends_ready(metrics) == 2, 120)
+    router = ready_addresses(release, namespace, f"{POLICY}-router", "grpc")[0]
+    with grpc.insecure_channel(router) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        simple, _ = ask(stub, SIMPLE)
+        assert (simple.route.target, simple.route.reason) == ("local", "complexity.low")
+        hard, _ = ask(stub, COMPLEX, max_tokens=8)
+        assert (hard.route.target, hard.route.reason) == ("cloud", "complexity.high")
+        private, _ = ask(stub, PRIVATE, max_tokens=8)
+        assert private.route.target == "local"
+    # Only the complex prompt left, through the egress container, and nothing private.
+    assert [body["messages"][-1]["content"] for body in cloud.received()] == [COMPLEX]
+    assert PLANTED_EMAIL not in cloud.received_text()
