@@ -801,6 +801,14 @@ def wait_pod_ready(node: RealNode, name: str, timeout: float = 120) -> dict:
     )
 
 
+def leftover_status(left: list[str]) -> int:
+    """A `down` command's exit status: 1, listing them, when anything was left behind."""
+    if left:
+        print("left behind:\n  " + "\n  ".join(left), file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
     node = RealNode()
@@ -824,10 +832,7 @@ def main(argv: list[str]) -> int:
             )
         print(node.crictl("ps", "-a", check=False).stdout)
     elif command == "down":
-        left = node.down()
-        if left:
-            print("left behind:\n  " + "\n  ".join(left), file=sys.stderr)
-            return 1
+        return leftover_status(node.down())
     else:
         print(__doc__)
         return 2

@@ -270,10 +270,7 @@ def main(argv: list[str]) -> int:
         for node in up(specs):
             print(f"{node.name} Ready at {node.address}, pods {node.pod_cidr}")
     elif command == "down":
-        left = down(specs)
-        if left:
-            print("left behind:\n  " + "\n  ".join(left), file=sys.stderr)
-            return 1
+        return realnode.leftover_status(down(specs))
     else:
         print(__doc__)
         return 2

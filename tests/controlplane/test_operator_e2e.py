@@ -64,6 +64,18 @@ def routing_policy(proxy: RecordingProxy) -> dict[str, Any]:
     }
 
 
+def apply_hybrid(
+    cluster: Cluster, namespace: str, cloud: RecordingProxy, placement: dict[str, Any]
+) -> None:
+    """The cloud's key Secret, the SmallModel `local` placed as told, the policy `hybrid`."""
+    cluster.kubectl(
+        "create", "secret", "generic", "cloud-llm", "-n", namespace,
+        f"--from-literal=api-key={STAND_IN_API_KEY}",
+    )  # fmt: skip
+    model = smallmodel("local", engine="llamacpp", replicas=1, placement=placement)
+    cluster.apply(model, routing_policy(cloud), namespace=namespace)
+
+
 def ready_addresses(cluster: Cluster, namespace: str, service: str, port: str) -> list[str]:
     slices = listing(cluster, "endpointslices", namespace, f"kubernetes.io/service-name={service}")
     return [
@@ -80,12 +92,7 @@ def ready_addresses(cluster: Cluster, namespace: str, service: str, port: str) -
 def test_kubectl_apply_to_answers_local_cloud_and_private(
     release: Cluster, namespace: str, cloud: RecordingProxy
 ) -> None:
-    release.kubectl(
-        "create", "secret", "generic", "cloud-llm", "-n", namespace,
-        f"--from-literal=api-key={STAND_IN_API_KEY}",
-    )  # fmt: skip
-    model = smallmodel("local", engine="llamacpp", replicas=1, placement=PROCESS_PLACEMENT)
-    release.apply(model, routing_policy(cloud), namespace=namespace)
+    apply_hybrid(release, namespace, cloud, placement=PROCESS_PLACEMENT)
 
     # The model pod fetched the packaged model in its init container, loaded it
     # and passed its gRPC readiness probe; the router sees it through EndpointSlices.

@@ -31,11 +31,11 @@ from tests.controlplane.test_operator_e2e import (
     PLANTED_EMAIL,
     POLICY,
     PRIVATE,
+    apply_hybrid,
     backends_ready,
     ready_addresses,
-    routing_policy,
 )
-from tests.support.cloud import STAND_IN_API_KEY, RecordingProxy
+from tests.support.cloud import RecordingProxy
 from tests.support.prompts import COMPLEX, SIMPLE
 from tests.support.routing import ask
 
@@ -241,12 +241,7 @@ def test_model_router_and_egress_as_containers_answer_local_cloud_and_private(
     cloud: RecordingProxy,
 ) -> None:
     release = routers_on_the_real_node
-    release.kubectl(
-        "create", "secret", "generic", "cloud-llm", "-n", namespace,
-        f"--from-literal=api-key={STAND_IN_API_KEY}",
-    )  # fmt: skip
-    model = smallmodel("local", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
-    release.apply(model, routing_policy(cloud), namespace=namespace)
+    apply_hybrid(release, namespace, cloud, placement=ON_THE_REAL_NODE)
     wait_condition(release, namespace, "routingpolicy", POLICY, "Ready", "True", timeout=300)
     on_nodes = {
         p["metadata"]["labels"].get("app.kubernetes.io/component"): p["spec"]["nodeName"]
