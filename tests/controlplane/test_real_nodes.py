@@ -39,7 +39,9 @@ from tests.support.cloud import RecordingProxy
 from tests.support.prompts import COMPLEX, SIMPLE
 from tests.support.routing import ask
 
-pytestmark = pytest.mark.controlplane
+# The first test also builds the CPU image when its inputs changed (a cold build takes
+# minutes, as in tests/images) and imports it into the node.
+pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(900)]
 
 REAL = realnode_join.REAL_NODES[0]
 ON_THE_REAL_NODE = {
