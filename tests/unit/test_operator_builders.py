@@ -1230,12 +1230,18 @@ def test_egress_deployment() -> None:
                                 "https://api.openai.com/v1",
                                 "--cloud-model",
                                 "gpt-4o-mini",
-                                "--api-key-file",
-                                "/var/run/secrets/edgefleet/cloud/token",
                                 "--policy-file",
                                 "/etc/edgefleet/router/policy.yaml",
                             ],
-                            "env": INSTANCE_ENV,
+                            "env": [
+                                *INSTANCE_ENV,
+                                {
+                                    "name": "EDGEFLEET_CLOUD_API_KEY",
+                                    "valueFrom": {
+                                        "secretKeyRef": {"name": "cloud-llm", "key": "token"}
+                                    },
+                                },
+                            ],
                             "ports": [
                                 {"name": "grpc", "containerPort": 50051, "protocol": "TCP"},
                                 {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
@@ -1250,18 +1256,10 @@ def test_egress_deployment() -> None:
                                     "mountPath": "/etc/edgefleet/router",
                                     "readOnly": True,
                                 },
-                                {
-                                    "name": "cloud-key",
-                                    "mountPath": "/var/run/secrets/edgefleet/cloud",
-                                    "readOnly": True,
-                                },
                             ],
                         }
                     ],
-                    "volumes": [
-                        {"name": "policy", "configMap": {"name": "demo-router"}},
-                        {"name": "cloud-key", "secret": {"secretName": "cloud-llm"}},
-                    ],
+                    "volumes": [{"name": "policy", "configMap": {"name": "demo-router"}}],
                 },
             },
         },

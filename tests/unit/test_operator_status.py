@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from edgefleet.operator.handlers.common import degraded_transition
 from edgefleet.operator.placement import EnginePlan
 from edgefleet.operator.status import (
     PodProblem,
@@ -18,6 +19,7 @@ from edgefleet.operator.status import (
     smallmodel_status,
 )
 from tests.cluster import versions
+from tests.unit.test_operator_smallmodel_handler import with_events
 
 T0 = "2026-01-01T00:00:00Z"
 T1 = "2026-01-01T00:05:00Z"
@@ -233,6 +235,40 @@ def test_create_container_config_error_is_server_failing() -> None:
 
     assert pod_problem(pod(status)) == PodProblem(
         "m-llamacpp-abc12", "ServerFailing", f"server: CreateContainerConfigError: {message}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("ErrImageNeverPull", 'Container image "ghcr.io/edgefleet/edgefleet:0.0.0" is not present '
+                              "with pull policy of Never"),
+        ("ImagePullBackOff", 'Back-off pulling image "ghcr.io/edgefleet/edgefleet:0.0.0"'),
+        ("InvalidImageName", 'Failed to apply default image tag "Edgefleet:x": couldn\'t parse'),
+    ],
+)  # fmt: skip
+def test_an_image_the_kubelet_cannot_get_is_image_pull_failed_in_any_container(
+    reason: str, message: str
+) -> None:
+    waiting = {"state": {"waiting": {"reason": reason, "message": message}}}
+    fetch = {"initContainerStatuses": [{"name": "fetch-model", **waiting}]}
+    server = {"containerStatuses": [{"name": "server", **waiting}]}
+
+    for status, container in ((fetch, "fetch-model"), (server, "server")):
+        assert pod_problem(pod(status)) == PodProblem(
+            "m-llamacpp-abc12", "ImagePullFailed", f"{container}: {reason}: {message}"
+        )
+
+
+def test_a_waiting_reason_unknown_today_is_reported_not_hidden() -> None:
+    status = {
+        "containerStatuses": [
+            {"name": "egress", "state": {"waiting": {"reason": "SomethingNew", "message": "why"}}}
+        ],
+    }
+
+    assert pod_problem(pod(status), "EgressFailing") == PodProblem(
+        "m-llamacpp-abc12", "EgressFailing", "egress: SomethingNew: why"
     )
 
 
@@ -683,3 +719,73 @@ def test_every_status_field_written_is_in_the_crd(crd_template: str, status: dic
     # A pruned field never reads back, so the operator would see a change and
     # patch the status again on every refresh, forever.
     assert pruned(status, status_schema(crd_template)) == status
+
+
+SECRET_MISSING = PodProblem(
+    "p-egress-7d9f-x2", "EgressFailing",
+    'egress: CreateContainerConfigError: secret "cloud-llm" not found',
+)  # fmt: skip
+
+
+def test_a_failing_egress_is_quoted_while_the_policy_still_routes_locally() -> None:
+    status = policy_status(egress=None, problems={"egress": SECRET_MISSING})
+
+    assert summary(status) == {"Ready": ("True", "Routing"), "Degraded": ("True", "EgressFailing")}
+    assert conditions(status)["Degraded"]["message"] == (
+        "the egress has no ready pod; p-egress-7d9f-x2: egress: CreateContainerConfigError: "
+        'secret "cloud-llm" not found'
+    )
+
+
+def test_a_failing_router_is_its_readys_reason_and_degraded() -> None:
+    image = PodProblem("p-router-1", "ImagePullFailed", "router: ErrImageNeverPull: not present")
+    failing = policy_status(router=ROUTER_DOWN, problems={"router": image})
+    starting = policy_status(router=ROUTER_DOWN)
+
+    expected = "the router has no ready pod; p-router-1: router: ErrImageNeverPull: not present"
+    assert conditions(failing)["Ready"] == conditions(failing)["Ready"] | {
+        "status": "False", "reason": "ImagePullFailed", "message": expected,
+    }  # fmt: skip
+    assert summary(failing)["Degraded"] == ("True", "ImagePullFailed")
+    assert conditions(failing)["Degraded"]["message"] == expected
+    # A router that is only starting is not a failure.
+    assert summary(starting) == {
+        "Ready": ("False", "RouterNotReady"),
+        "Degraded": ("False", "AsExpected"),
+    }
+
+
+def test_a_ready_egress_or_router_is_not_blamed_for_an_old_pods_problem() -> None:
+    status = policy_status(problems={"egress": SECRET_MISSING, "router": SECRET_MISSING})
+
+    assert summary(status) == {"Ready": ("True", "Routing"), "Degraded": ("False", "AsExpected")}
+
+
+def test_a_policy_that_routes_while_degraded_warns_once_per_reason() -> None:
+    policy = {
+        "apiVersion": "edgefleet.io/v1alpha1",
+        "kind": "RoutingPolicy",
+        "metadata": {"name": "p", "namespace": "shop", "uid": "u-1"},
+    }
+    healthy = policy_status()["conditions"]
+    failing = policy_status(egress=None, problems={"egress": SECRET_MISSING})["conditions"]
+    router_down = policy_status(router=None, egress=None)["conditions"]
+    # No backend at all: Ready False (NoBackends, its own Event), Degraded EgressFailing.
+    nothing = policy_status(
+        egress=None, problems={"egress": SECRET_MISSING}, target_endpoints={"a": 0, "b": 0}
+    )["conditions"]
+
+    async def transitions() -> None:
+        degraded_transition(policy, healthy, failing)
+        degraded_transition(policy, failing, failing)  # no news: no second Event
+        degraded_transition(policy, failing, healthy)
+        degraded_transition(policy, healthy, router_down)  # not Ready: Ready's Event tells
+        degraded_transition(policy, healthy, nothing)
+        degraded_transition(policy, nothing, failing)  # Ready again, still Degraded: news
+
+    _, events = with_events(transitions)
+
+    assert [(e.type, e.reason) for e in events] == [("Warning", "EgressFailing")] * 2
+    assert 'secret "cloud-llm" not found' in events[0].message
+    assert summary({"conditions": nothing})["Ready"] == ("False", "NoBackends")
+    assert 'secret "cloud-llm" not found' in conditions({"conditions": nothing})["Ready"]["message"]

@@ -53,13 +53,14 @@ def test_a_model_server_workload_or_pod_concerns_its_model(kind: str) -> None:
     assert parents_of_child(kind, "shop", labels, no_policies) == [Parent(SMALLMODEL, "shop", "m")]
 
 
-def test_a_router_or_egress_deployment_concerns_its_policy() -> None:
+@pytest.mark.parametrize("kind", ["Deployment", "Pod"])
+def test_a_router_or_egress_deployment_or_pod_concerns_its_policy(kind: str) -> None:
     labels = {
         **MANAGED,
         "edgefleet.io/routing-policy": "p",
-        "app.kubernetes.io/component": "router",
+        "app.kubernetes.io/component": "egress",
     }
-    assert parents_of_child("Deployment", "shop", labels, no_policies) == [
+    assert parents_of_child(kind, "shop", labels, no_policies) == [
         Parent(ROUTINGPOLICY, "shop", "p")
     ]
 
@@ -88,7 +89,7 @@ def test_a_router_binding_in_a_sensitive_namespace_concerns_the_policy_in_its_ow
     ]
 
 
-def test_a_pod_of_no_model_concerns_nobody() -> None:
+def test_a_pod_of_no_model_or_policy_concerns_nobody() -> None:
     assert parents_of_child("Pod", "shop", MANAGED, no_policies) == []
     assert parents_of_child("EndpointSlice", "shop", MANAGED, no_policies) == []
 

@@ -2,9 +2,9 @@
 
 It serves the same gRPC contract as a model server (the router cannot tell
 the difference) and answers from an OpenAI-compatible chat-completions API
-through the `openai` SDK. The API key comes from a file (a mounted Kubernetes
-Secret) or the EDGEFLEET_CLOUD_API_KEY variable, never from a flag, so it
-stays out of process listings and logs.
+through the `openai` SDK. The API key comes from a file or the
+EDGEFLEET_CLOUD_API_KEY variable (the operator sets it from the policy's
+Secret), never from a flag, so it stays out of process listings and logs.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.egress import API_KEY_VARIABLE
 from edgefleet.egress.audit import AuditLog
 from edgefleet.egress.engine import CloudEngine, CloudSettings
 from edgefleet.routing.policy import RoutingPolicy, load_policy
@@ -21,8 +22,6 @@ from edgefleet.serving.config import FrontSettings, ServerConfig
 from edgefleet.serving.server import InferenceServer, expose, run_service, service_parser
 
 log = logging.getLogger("edgefleet.egress")
-
-API_KEY_VARIABLE = "EDGEFLEET_CLOUD_API_KEY"
 
 
 @dataclass

@@ -125,6 +125,19 @@ async def model_pod_problems(
     return {(namespace, labels[names.MODEL_LABEL]): problem} if problem else None
 
 
+# What a failing main container of a policy's pod is, by the pod's component.
+FAILING = {names.ROUTER: "RouterFailing", names.EGRESS: "EgressFailing"}
+
+
+async def policy_pod_problems(
+    namespace: str, body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str, str], PodProblem] | None:
+    component = labels.get(names.COMPONENT, "")
+    problem = pod_problem(body, FAILING.get(component, "ServerFailing"))
+    key = (namespace, labels[names.POLICY_LABEL], component)
+    return {key: problem} if problem else None
+
+
 async def service_endpoints(
     namespace: str, body: kopf.Body, labels: kopf.Labels, **_: Any
 ) -> dict[tuple[str, str], int] | None:
@@ -278,6 +291,7 @@ async def keep_routingpolicy_status(
     name: str,
     memo: kopf.Memo,
     policy_deployments: routingpolicy.PolicyWorkloadIndex,
+    policy_pod_problems: routingpolicy.PolicyProblemIndex,
     smallmodel_names: routingpolicy.ModelNameIndex,
     service_endpoints: routingpolicy.EndpointIndex,
     router_pod_bindings: routingpolicy.BindingIndex,
@@ -287,9 +301,9 @@ async def keep_routingpolicy_status(
     ctx = context(memo)
     await routingpolicy.keep_status(
         ctx, ctx.states.policy(namespace, name), body=body,
-        policy_deployments=policy_deployments, smallmodel_names=smallmodel_names,
-        service_endpoints=service_endpoints, router_pod_bindings=router_pod_bindings,
-        logger=logger,
+        policy_deployments=policy_deployments, policy_pod_problems=policy_pod_problems,
+        smallmodel_names=smallmodel_names, service_endpoints=service_endpoints,
+        router_pod_bindings=router_pod_bindings, logger=logger,
     )  # fmt: skip
 
 
@@ -321,6 +335,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     kopf.index("apps", "v1", "daemonsets", labels=MODEL_CHILD, **on)(model_daemonsets)
     kopf.index("apps", "v1", "deployments", labels=POLICY_CHILD, **on)(policy_deployments)
     kopf.index("", "v1", "pods", labels=MODEL_CHILD, **on)(model_pod_problems)
+    kopf.index("", "v1", "pods", labels=POLICY_CHILD, **on)(policy_pod_problems)
     kopf.index("discovery.k8s.io", "v1", "endpointslices", labels=MANAGED, **on)(service_endpoints)
     kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", labels=ROUTER_BINDING, **on)(
         router_pod_bindings
@@ -332,7 +347,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     for resource, kind, labels in (
         (("apps", "v1", "deployments"), "Deployment", MANAGED),
         (("apps", "v1", "daemonsets"), "DaemonSet", MODEL_CHILD),
-        (("", "v1", "pods"), "Pod", MODEL_CHILD),
+        (("", "v1", "pods"), "Pod", MANAGED),
         (("discovery.k8s.io", "v1", "endpointslices"), "EndpointSlice", MANAGED),
         (("rbac.authorization.k8s.io", "v1", "rolebindings"), "RoleBinding", ROUTER_BINDING),
     ):

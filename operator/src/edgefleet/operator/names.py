@@ -28,7 +28,6 @@ METRICS_PORT = 9090
 MODELS_DIR = "/var/lib/edgefleet/models"
 ROUTER_CONFIG_DIR = "/etc/edgefleet/router"
 POLICY_FILE = "policy.yaml"
-CLOUD_KEY_DIR = "/var/run/secrets/edgefleet/cloud"
 
 
 def common_labels(component: str) -> dict[str, str]:

@@ -75,8 +75,31 @@ class PodProblem:
     message: str
 
 
-def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
-    """The first thing keeping this pod from serving, or None."""
+# The kubelet is still setting a container up: no problem (yet).
+STARTING = frozenset({"ContainerCreating", "PodInitializing"})
+# The kubelet cannot get the container's image: whichever container it is, the fix
+# is the image reference or the node's images, not the container's own work.
+IMAGE_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "ImageInspectError",
+        "RegistryUnavailable",
+        "SignatureValidationFailed",
+    }
+)
+
+
+def pod_problem(pod: Mapping[str, Any], failing: str = "ServerFailing") -> PodProblem | None:
+    """The first thing keeping this pod from serving, or None.
+
+    `failing` is the reason for a main container that fails (a model's server, a
+    policy's router or egress); an init container's failure is the model's fetch.
+    Any waiting reason but the two of a container being set up counts, so a reason
+    the kubelet adds later is reported rather than hidden.
+    """
     name = pod["metadata"]["name"]
     status = pod.get("status") or {}
     for condition in status.get("conditions") or []:
@@ -85,15 +108,15 @@ def pod_problem(pod: Mapping[str, Any]) -> PodProblem | None:
             return PodProblem(name, "Unschedulable", message)
     for kind, reason in (
         ("initContainerStatuses", "ModelFetchFailed"),
-        ("containerStatuses", "ServerFailing"),
+        ("containerStatuses", failing),
     ):
         for container in status.get(kind) or []:
             state = container.get("state") or {}
-            waiting = state.get("waiting") or {}
+            waiting = (state.get("waiting") or {}).get("reason")
             terminated = state.get("terminated") or {}
-            if waiting.get("reason") in ("CrashLoopBackOff", "CreateContainerConfigError",
-                                         "ErrImagePull", "ImagePullBackOff"):  # fmt: skip
-                return PodProblem(name, reason, f"{container['name']}: {_waiting(container)}")
+            if waiting and waiting not in STARTING:
+                why = "ImagePullFailed" if waiting in IMAGE_REASONS else reason
+                return PodProblem(name, why, f"{container['name']}: {_waiting(container)}")
             if terminated and terminated.get("exitCode", 0) != 0:
                 detail = _last_line(terminated.get("message")) or (
                     f"exit code {terminated.get('exitCode')}"
@@ -243,8 +266,10 @@ def routingpolicy_status(
     previous: Sequence[Mapping[str, Any]],
     now: str,
     invalid: str | None = None,
+    problems: Mapping[str, PodProblem] | None = None,
 ) -> dict[str, Any]:
-    """`target_endpoints[name]` is the target's ready endpoint count, None when no such model."""
+    """`target_endpoints[name]` is the target's ready endpoint count, None when no such model;
+    `problems[component]` is what keeps a router or egress pod from serving."""
     resolved = [
         {
             "smallModel": t["smallModel"],
@@ -258,31 +283,48 @@ def routingpolicy_status(
     local_ready = sum(r["readyEndpoints"] for r in resolved)
     router_ready = router is not None and router.ready > 0
     egress_ready = egress is not None and egress.ready > 0
+    router_problem = (problems or {}).get("router")
+    egress_problem = (problems or {}).get("egress")
     if invalid:
         ready = (False, "InvalidPolicy", invalid)
+    elif not router_ready and router_problem:
+        ready = (False, router_problem.reason, f"the router has no ready pod; "
+                 f"{router_problem.pod}: {router_problem.message}")  # fmt: skip
     elif not router_ready:
         ready = (False, "RouterNotReady", "the router has no ready pod yet")
     elif local_ready == 0 and not (cloud and egress_ready):
-        ready = (False, "NoBackends", "no local endpoint is ready and the cloud is not available")
+        why = f"; {egress_problem.pod}: {egress_problem.message}" if egress_problem else ""
+        ready = (False, "NoBackends", f"no local endpoint is ready and the cloud is not "
+                 f"available{why}")  # fmt: skip
     else:
         parts = [f"{local_ready} local endpoint(s) ready"]
         if cloud:
             parts.append("egress ready" if egress_ready else "egress NOT ready")
         ready = (True, "Routing", "; ".join(parts))
-    problems = []
+    faults, degraded_reason = [], "TargetsUnavailable"
     if missing:
-        problems.append(f"no SmallModel named {', '.join(missing)} in this namespace")
+        faults.append(f"no SmallModel named {', '.join(missing)} in this namespace")
     if cloud and not egress_ready and not invalid:
-        problems.append("the egress has no ready pod")
+        if egress_problem:
+            faults.append(
+                f"the egress has no ready pod; {egress_problem.pod}: {egress_problem.message}"
+            )
+            degraded_reason = egress_problem.reason
+        else:
+            faults.append("the egress has no ready pod")
     if targets and local_ready == 0 and not invalid:
-        problems.append("no local endpoint is ready")
+        faults.append("no local endpoint is ready")
+    if router_problem and not router_ready and not invalid:
+        # A failing router (not one starting up): Degraded says what Ready says.
+        faults.insert(0, ready[2])
+        degraded_reason = ready[1]
     conditions = [
         condition("Ready", *ready, generation, previous, now),
         condition(
             "Degraded",
-            bool(problems),
-            "TargetsUnavailable" if problems else "AsExpected",
-            "; ".join(problems) if problems else "every target and the egress are ready",
+            bool(faults),
+            degraded_reason if faults else "AsExpected",
+            "; ".join(faults) if faults else "every target and the egress are ready",
             generation,
             previous,
             now,

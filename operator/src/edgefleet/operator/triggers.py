@@ -65,7 +65,7 @@ def parents_of_child(
     policy = labels.get(names.POLICY_LABEL)
     if kind in ("Deployment", "DaemonSet", "Pod") and model:
         return [Parent(SMALLMODEL, namespace, model)]
-    if kind == "Deployment" and policy:
+    if kind in ("Deployment", "Pod") and policy:
         return [Parent(ROUTINGPOLICY, namespace, policy)]
     if kind == "EndpointSlice" and labels.get(SERVICE_NAME_LABEL):
         # A model's Service has the model's name (docs/operator.md).

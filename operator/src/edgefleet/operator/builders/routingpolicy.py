@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from edgefleet.egress import API_KEY_VARIABLE
 from edgefleet.operator import names
 from edgefleet.operator.builders.common import (
     INSTANCE_ENV,
@@ -21,7 +22,6 @@ from edgefleet.operator.builders.smallmodel import DNS_EGRESS
 from edgefleet.operator.config import OperatorConfig
 
 POLICY_VOLUME = "policy"
-KEY_VOLUME = "cloud-key"
 # On RoleBindings in other namespaces, where owner references cannot point:
 # which policy's namespace they belong to (with POLICY_LABEL, the policy).
 POLICY_NAMESPACE_LABEL = f"{names.GROUP}/routing-policy-namespace"
@@ -242,12 +242,20 @@ def build_egress(
             str(cloud.get("baseURL", "")),
             "--cloud-model",
             str(cloud.get("model", "")),
-            "--api-key-file",
-            f"{names.CLOUD_KEY_DIR}/{key}",
             "--policy-file",
             f"{names.ROUTER_CONFIG_DIR}/{names.POLICY_FILE}",
         ],
-        "env": copy.deepcopy(INSTANCE_ENV),
+        # The key as a variable from the Secret (the egress reads it once, at start):
+        # a missing Secret or key is then the kubelet's CreateContainerConfigError,
+        # naming both, which the policy's status quotes; a missing Secret volume
+        # would only leave the pod ContainerCreating.
+        "env": [
+            *copy.deepcopy(INSTANCE_ENV),
+            {
+                "name": API_KEY_VARIABLE,
+                "valueFrom": {"secretKeyRef": {"name": secret.get("name", ""), "key": key}},
+            },
+        ],
         "ports": _ports(),
         "readinessProbe": grpc_probe(names.GRPC_PORT, initial_delay=1, period=5, failures=3),
         "livenessProbe": grpc_probe(names.GRPC_PORT, initial_delay=10, period=10, failures=6),
@@ -255,7 +263,6 @@ def build_egress(
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": POLICY_VOLUME, "mountPath": names.ROUTER_CONFIG_DIR, "readOnly": True},
-            {"name": KEY_VOLUME, "mountPath": names.CLOUD_KEY_DIR, "readOnly": True},
         ],
     }
     pod_spec = {
@@ -264,10 +271,7 @@ def build_egress(
         "enableServiceLinks": False,
         "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
         "containers": [container],
-        "volumes": [
-            {"name": POLICY_VOLUME, "configMap": {"name": names.router_name(name)}},
-            {"name": KEY_VOLUME, "secret": {"secretName": secret.get("name", "")}},
-        ],
+        "volumes": [{"name": POLICY_VOLUME, "configMap": {"name": names.router_name(name)}}],
         **_pod_placement(settings),
     }
     return _deployment(

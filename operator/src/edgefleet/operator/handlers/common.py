@@ -130,3 +130,26 @@ def ready_transition(
         kopf.event(dict(body), type="Normal", reason="Ready", message=after["message"])
     else:
         kopf.warn(dict(body), reason=after["reason"], message=after["message"])
+
+
+def degraded_transition(
+    body: Mapping[str, Any], previous: list[Mapping[str, Any]], fresh: list[Mapping[str, Any]]
+) -> None:
+    """A Warning when a resource that still works is Degraded, for something new: a
+    policy routing locally while its egress fails. Not Ready has its own Event."""
+    after = next(c for c in fresh if c.get("type") == "Degraded")
+    if _state(fresh, "Ready")[0] != "True" or after["status"] != "True":
+        return
+    # Nothing new: it was Ready and Degraded for the same reason (while it was not
+    # Ready, Ready's own Event told, so becoming Ready again repeats the news).
+    if _state(previous, "Ready")[0] == "True" and _state(previous, "Degraded") == (
+        "True",
+        after["reason"],
+    ):
+        return
+    kopf.warn(dict(body), reason=after["reason"], message=after["message"])
+
+
+def _state(conditions: list[Mapping[str, Any]], kind: str) -> tuple[str, str]:
+    found = next((c for c in conditions if c.get("type") == kind), {})
+    return found.get("status", ""), found.get("reason", "")

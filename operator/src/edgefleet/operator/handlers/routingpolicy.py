@@ -25,6 +25,7 @@ from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.handlers.common import (
     ChildRefused,
     apply_children,
+    degraded_transition,
     delete_stale,
     digest,
     last_status,
@@ -36,11 +37,12 @@ from edgefleet.operator.handlers.common import (
 )
 from edgefleet.operator.kube import ApiError, Kube
 from edgefleet.operator.state import OperatorContext, PolicyState
-from edgefleet.operator.status import WorkloadFacts, condition, routingpolicy_status
+from edgefleet.operator.status import PodProblem, WorkloadFacts, condition, routingpolicy_status
 from edgefleet.routing.policy import PolicyError, parse_policy
 
 # Kopf's indexes, as the handlers receive them (see edgefleet.operator.main).
 PolicyWorkloadIndex = kopf.Index[tuple[str, str, str], WorkloadFacts]
+PolicyProblemIndex = kopf.Index[tuple[str, str, str], PodProblem]
 ModelNameIndex = kopf.Index[tuple[str, str], bool]
 EndpointIndex = kopf.Index[tuple[str, str], int]
 BindingIndex = kopf.Index[tuple[str, str], str]
@@ -229,6 +231,10 @@ async def apply(
         state.trigger.poke()
 
 
+def _problems(index: PolicyProblemIndex | None, key: tuple[str, str, str]) -> list[PodProblem]:
+    return list(index.get(key, [])) if index else []
+
+
 def _one(index: PolicyWorkloadIndex | None, key: tuple[str, str, str]) -> WorkloadFacts | None:
     found = list(index.get(key, [])) if index else []
     return found[0] if found else None
@@ -259,6 +265,7 @@ async def status_round(
     *,
     body: Mapping[str, Any],
     policy_deployments: PolicyWorkloadIndex | None,
+    policy_pod_problems: PolicyProblemIndex | None,
     smallmodel_names: ModelNameIndex | None,
     service_endpoints: EndpointIndex | None,
     router_pod_bindings: BindingIndex | None,
@@ -293,6 +300,11 @@ async def status_round(
             exists = smallmodel_names is not None and (namespace, model) in smallmodel_names
             slices = service_endpoints.get((namespace, model), []) if service_endpoints else []
             endpoints[model] = sum(slices) if exists else None
+        problems = {
+            component: found[0]
+            for component in (names.ROUTER, names.EGRESS)
+            if (found := _problems(policy_pod_problems, (namespace, name, component)))
+        }
         current = last_status(body, state)
         previous = list(current.get("conditions") or [])
         generation = int(meta.get("generation", 0))
@@ -306,6 +318,7 @@ async def status_round(
             previous=previous,
             now=now(),
             invalid=state.invalid or state.apply_error,
+            problems=problems,
         )
         fresh = with_missing_namespaces(
             fresh, state.missing_namespaces, generation, previous, now()
@@ -314,6 +327,7 @@ async def status_round(
         if await report_status(ctx.kube, "RoutingPolicy", body, state, current, fresh, logger):
             ctx.states.activity["status.writes"] += 1
             ready_transition(body, previous, fresh["conditions"])
+            degraded_transition(body, previous, fresh["conditions"])
 
 
 async def keep_status(
@@ -322,6 +336,7 @@ async def keep_status(
     *,
     body: Mapping[str, Any],
     policy_deployments: PolicyWorkloadIndex | None,
+    policy_pod_problems: PolicyProblemIndex | None,
     smallmodel_names: ModelNameIndex | None,
     service_endpoints: EndpointIndex | None,
     router_pod_bindings: BindingIndex | None,
@@ -334,8 +349,9 @@ async def keep_status(
         try:
             await status_round(
                 ctx, state, body=body, policy_deployments=policy_deployments,
-                smallmodel_names=smallmodel_names, service_endpoints=service_endpoints,
-                router_pod_bindings=router_pod_bindings, logger=logger,
+                policy_pod_problems=policy_pod_problems, smallmodel_names=smallmodel_names,
+                service_endpoints=service_endpoints, router_pod_bindings=router_pod_bindings,
+                logger=logger,
             )  # fmt: skip
         except (kopf.TemporaryError, ApiError) as exc:
             # The API is busy or refused a repair: the next round is soon, not after
