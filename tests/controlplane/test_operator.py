@@ -96,7 +96,15 @@ def test_auto_engine_puts_vllm_on_gpu_nodes_and_llamacpp_on_edge_nodes(
         "vllm": {"desired": 2, "ready": 2, "workload": "DaemonSet/mixed-vllm"},
         "llamacpp": {"desired": 4, "ready": 4, "workload": "DaemonSet/mixed-llamacpp"},
     }
-    assert ready["status"]["endpoints"] == 6
+    # The Service's EndpointSlice follows the pods' readiness a moment later.
+    wait_for(
+        "6 ready endpoints in the status",
+        lambda: (
+            (release.get("smallmodel", "mixed", namespace) or {}).get("status", {}).get("endpoints")
+            == 6
+        ),
+        60,
+    )
     assert _nodes_of(release, namespace, "edgefleet.io/engine=vllm") == ["gpu-0", "gpu-1"]
     assert _nodes_of(release, namespace, "edgefleet.io/engine=llamacpp") == [
         "edge-site-a-0", "edge-site-a-1", "edge-site-b-0", "edge-site-b-1",
