@@ -23,6 +23,10 @@ API_ADDRESS = "10.244.0.1"
 PROCESS_POD_RANGE = ipaddress.ip_network("10.244.0.0/17")
 KWOK_POD_RANGE = ipaddress.ip_network("10.244.128.0/17")
 SERVICE_RANGE = ipaddress.ip_network("10.96.0.0/12")
+# The cluster DNS Service's ClusterIP (kube-dns, served by CoreDNS on a real node),
+# kubeadm's choice: the tenth address of the Service range.
+DNS_SERVICE_ADDRESS = str(SERVICE_RANGE[10])
+CLUSTER_DOMAIN = "cluster.local"
 NETNS_PREFIX = "ef-"
 
 

@@ -78,6 +78,9 @@ class Join:
     # kube-proxy's credentials (system:kube-proxy) and the cluster's pod range.
     proxy_kubeconfig: Path
     cluster_cidr: str
+    # The cluster DNS Service's address and domain, written into pods' resolv.conf.
+    cluster_dns: str
+    cluster_domain: str
 
 
 class NodeFailed(RuntimeError):
@@ -470,8 +473,14 @@ state = "{p.containerd_state}"
             "authorization": {"mode": "AlwaysAllow"},
             # The VM forbids raising RLIMIT_NOFILE; this is its current hard limit.
             "maxOpenFiles": _nofile_hard_limit(),
-            # Pods get no host resolv.conf: there is no DNS to reach.
+            # Pods get no host resolv.conf: there is no DNS outside to reach. Joined,
+            # ClusterFirst pods ask the cluster's DNS (CoreDNS, tests/cluster/coredns.py).
             "resolvConf": "",
+            **(
+                {"clusterDNS": [self.join.cluster_dns], "clusterDomain": self.join.cluster_domain}
+                if self.join
+                else {}
+            ),
             "podCIDR": str(self.pod_cidr),
             "evictionHard": {
                 "memory.available": "100Mi",

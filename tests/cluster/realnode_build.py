@@ -1,14 +1,15 @@
 """Build a real node's binaries and its two local images, once, into the cache.
 
-A real node is kubelet + containerd v2 + runc + the CNI plugins. Everything but
+A real node is kubelet + containerd v2 + runc + the CNI plugins; the cluster's DNS
+is CoreDNS, run as a pod on a real node. Everything but
 runc (Debian's /usr/sbin/runc) comes from the Go module proxy through the
 wrapper modules in tests/cluster/gomod-node/, built the way build.py builds the
 control plane (GOTOOLCHAIN=local, CGO_ENABLED=0, -trimpath, -mod=readonly,
 `nice -n 19`, -p=2). The sandbox ("pause") binary is Kubernetes' own pause.c
 from the same k8s.io/kubernetes module, compiled statically with the host's gcc.
 
-Nothing is pulled from a registry: the pause image and a small busybox test
-image are written here as OCI archives, for `ctr images import`.
+Nothing is pulled from a registry: the pause, CoreDNS and small busybox test
+images are written here as OCI archives, for `ctr images import`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.cluster import build, versions
 CONTAINERD_VERSION = "v2.4.2"
 CNI_PLUGINS_VERSION = "v1.10.0"
 CRI_TOOLS_VERSION = "v1.37.0"
+COREDNS_VERSION = "v1.15.0"
 # Bump when this file changes how binaries or images are made.
 BUILD_RECIPE = "1"
 
@@ -41,6 +43,7 @@ BUSYBOX = Path("/bin/busybox")
 # The name containerd's CRI is told to use for pod sandboxes (pinned_images.sandbox).
 PAUSE_IMAGE = "edgefleet.local/pause:3.10.2"
 BUSYBOX_IMAGE = "edgefleet.local/busybox:1.35"
+COREDNS_IMAGE = f"edgefleet.local/coredns:{COREDNS_VERSION.lstrip('v')}"
 
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 BINARIES = (
@@ -51,15 +54,20 @@ BINARIES = (
     "ctr",
     "crictl",
     "pause",
+    "coredns",
     *CNI_PLUGINS,
 )
-ARCHIVES = ("pause.oci.tar", "busybox.oci.tar")
+ARCHIVES = ("pause.oci.tar", "busybox.oci.tar", "coredns.oci.tar")
 
 
 def bundle_key() -> str:
     """The Kubernetes version plus a hash of every pin and of this recipe."""
     pins = (versions.KUBERNETES_VERSION, CONTAINERD_VERSION, CNI_PLUGINS_VERSION)
-    return versions.pinned_key(GOMOD_DIR, (*pins, CRI_TOOLS_VERSION, BUILD_RECIPE))
+    # pinned_key hashes go.mod/go.sum; CoreDNS's plugin choice is in its main.go.
+    coredns_main = hashlib.sha256((GOMOD_DIR / "coredns" / "main.go").read_bytes()).hexdigest()
+    return versions.pinned_key(
+        GOMOD_DIR, (*pins, CRI_TOOLS_VERSION, COREDNS_VERSION, coredns_main[:12], BUILD_RECIPE)
+    )
 
 
 def bin_dir() -> Path:
@@ -122,6 +130,8 @@ def _go_targets() -> list[GoTarget]:
             ("sigs.k8s.io/cri-tools/cmd/crictl",),
             f"-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version={CRI_TOOLS_VERSION}",
         ),
+        # main.go there picks the plugins; the module path's last element names the binary.
+        GoTarget("coredns", ("edgefleet.local/testbed/coredns",), "-s -w"),
     ]
 
 
@@ -324,6 +334,13 @@ def _write_images(staging: Path) -> None:
             "User": "10001:10001",
             "Env": ["PATH=/bin"],
         },
+    )
+    # CoreDNS's own image holds the binary and nothing else, run as nobody.
+    write_oci_archive(
+        staging / "coredns.oci.tar",
+        COREDNS_IMAGE,
+        [ImageFile("coredns", source=staging / "coredns")],
+        {"Entrypoint": ["/coredns"], "User": "65532:65532"},
     )
 
 

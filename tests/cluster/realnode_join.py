@@ -1,6 +1,6 @@
 """Real nodes in the shared test bed: a kubelet + containerd node per REAL_NODES entry,
 joined to the running cluster (`python -m tests.cluster up`) beside kwok's and the
-process kubelet's nodes.
+process kubelet's nodes. The first one also runs the cluster's DNS (coredns.py).
 
 Each node keeps its own network namespace (tests/cluster/realnode.py) and gets one
 link into the test bed's bridge: its address there is REAL_NODE_ADDRESSES[i], its
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from images import build as images
-from tests.cluster import kube, network, realnode, realnode_build, testbed
+from tests.cluster import coredns, kube, network, realnode, realnode_build, testbed
 
 # Inside the bridge's 10.244.0.0/24, which holds only the API address (fleet.py).
 _FIRST_NODE_ADDRESS = ipaddress.ip_address("10.244.0.10")
@@ -195,6 +195,8 @@ def make_node(spec: RealNodeSpec, index: int) -> realnode.RealNode:
             folder / "kube-proxy.kubeconfig", "system:kube-proxy", proxy_cert, proxy_key
         ),
         cluster_cidr=str(network.POD_RANGE),
+        cluster_dns=network.DNS_SERVICE_ADDRESS,
+        cluster_domain=network.CLUSTER_DOMAIN,
     )
     return node
 
@@ -237,12 +239,18 @@ def up(specs: tuple[RealNodeSpec, ...] = REAL_NODES) -> list[realnode.RealNode]:
                 json.dumps(patch),
             )
         nodes.append(node)
+        if spec == REAL_NODES[0]:
+            # The cluster's DNS lives on the first real node (the others' pods reach
+            # it through kube-proxy like any Service).
+            coredns.up(spec.name, REAL_TAINT["key"])
     return nodes
 
 
 def down(specs: tuple[RealNodeSpec, ...] = REAL_NODES) -> list[str]:
     """Stop each node and delete its Node object; return what is left behind."""
     left: list[str] = []
+    if REAL_NODES[0] in specs:
+        coredns.down()
     for spec in specs:
         node = realnode.RealNode(name=spec.name, bin=realnode_build.bin_dir())
         left += [f"{spec.name}: {item}" for item in node.down()]

@@ -9,12 +9,14 @@ its kubelet, and the host reaches its pods over the test bed's bridge.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 import json
+import shlex
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ import grpc
 import pytest
 import yaml
 
+from edgefleet.operator.builders.common import POD_SECURITY_CONTEXT, container_security_context
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
+from images import build as images
 from tests.cluster import network, realnode, realnode_join
 from tests.controlplane.conftest import CHART, RELEASE, RELEASE_NAMESPACE, TESTBED_VALUES
 from tests.controlplane.helpers import Cluster, wait_for
@@ -34,8 +38,9 @@ from tests.controlplane.test_operator_e2e import (
     apply_hybrid,
     backends_ready,
     ready_addresses,
+    routing_policy,
 )
-from tests.support.cloud import RecordingProxy
+from tests.support.cloud import STAND_IN_API_KEY, RecordingProxy
 from tests.support.prompts import COMPLEX, SIMPLE
 from tests.support.routing import ask
 
@@ -113,7 +118,7 @@ def test_a_pod_bound_through_the_api_runs_as_a_container_with_logs_and_exec(
     assert int(fields["CapEff"], 16) == 0
 
 
-def test_a_pod_on_a_real_node_reaches_a_clusterip_service_through_kube_proxy(
+def test_a_pod_on_a_real_node_finds_a_service_through_coredns_and_reaches_it_by_kube_proxy(
     testbed_cluster: Cluster, real_node: realnode.RealNode, namespace: str
 ) -> None:
     web = realnode.web_pod(name=f"web-{uuid.uuid4().hex[:6]}", host_port=None)
@@ -146,6 +151,26 @@ def test_a_pod_on_a_real_node_reaches_a_clusterip_service_through_kube_proxy(
     answer = wait_for("the ClusterIP answers", fetched, 30)
     assert answer.startswith("HTTP/1.1 200 OK")
     assert answer.splitlines()[-1] == "edgefleet real node"
+
+    # The pod's resolv.conf names the cluster's DNS (CoreDNS, behind kube-dns's ClusterIP),
+    # which answers the Service's name with its ClusterIP.
+    resolv = testbed_cluster.kubectl(
+        "exec", "-n", namespace, name, "--", "/bin/busybox", "cat", "/etc/resolv.conf"
+    ).stdout
+    assert f"nameserver {network.DNS_SERVICE_ADDRESS}" in resolv
+    assert f"search {namespace}.svc.cluster.local svc.cluster.local cluster.local" in resolv
+    found = testbed_cluster.kubectl(
+        "exec", "-n", namespace, name, "--",
+        "/bin/busybox", "nslookup", f"{name}.{namespace}.svc.cluster.local", check=False,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert f"Address: {cluster_ip}" in found.stdout, found.stdout
+    # A name outside the cluster gets no answer: CoreDNS has nowhere to forward it.
+    outside = testbed_cluster.kubectl(
+        "exec", "-n", namespace, name, "--", "/bin/busybox", "nslookup", "example.com.",
+        check=False,
+    )  # fmt: skip
+    assert outside.returncode != 0
 
 
 def test_a_smallmodel_runs_as_containers_from_the_product_image(
@@ -216,14 +241,15 @@ def test_a_model_whose_fetch_keeps_failing_reports_the_kubelets_crash_loop(
     ), "the kubelet's BackOff event"
 
 
-@pytest.fixture
-def routers_on_the_real_node(release: Cluster, tmp_path: Path) -> Iterator[Cluster]:
-    """The release with its routers and egresses placed on the real node; put back after."""
+@contextlib.contextmanager
+def upgraded(
+    release: Cluster, folder: Path, change: Callable[[dict[str, Any]], None]
+) -> Iterator[Cluster]:
+    """The release upgraded to the test bed's values as `change` alters them; put back after."""
     values = yaml.safe_load(TESTBED_VALUES.read_text())
-    for component in ("router", "egress"):
-        values[component]["pod"].update(copy.deepcopy(ON_THE_REAL_NODE))
-    moved = tmp_path / "values.yaml"
-    moved.write_text(yaml.safe_dump(values))
+    change(values)
+    changed = folder / "values.yaml"
+    changed.write_text(yaml.safe_dump(values))
 
     def upgrade(values_file: Path) -> None:
         release.helm(
@@ -231,9 +257,61 @@ def routers_on_the_real_node(release: Cluster, tmp_path: Path) -> Iterator[Clust
             "--values", str(values_file), "--wait", "--timeout", "180s",
         )  # fmt: skip
 
-    upgrade(moved)
-    yield release
-    upgrade(TESTBED_VALUES)
+    upgrade(changed)
+    try:
+        yield release
+    finally:
+        upgrade(TESTBED_VALUES)
+
+
+def _routers_on_the_real_node(values: dict[str, Any]) -> None:
+    for component in ("router", "egress"):
+        values[component]["pod"].update(copy.deepcopy(ON_THE_REAL_NODE))
+
+
+@pytest.fixture(scope="module")
+def routers_on_the_real_node(
+    release: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """The release with its routers and egresses placed on the real node (this module's
+    last tests); put back after."""
+    folder = tmp_path_factory.mktemp("routers")
+    with upgraded(release, folder, _routers_on_the_real_node) as moved:
+        yield moved
+
+
+def _events(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    return json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)[
+        "items"
+    ]
+
+
+def test_a_model_whose_image_is_not_on_the_node_reports_the_kubelets_reason(
+    release: Cluster, real_node: realnode.RealNode, namespace: str, tmp_path: Path
+) -> None:
+    # A tag no node has, with pullPolicy Never: the kubelet refuses without a pull.
+    def absent_image(values: dict[str, Any]) -> None:
+        values["image"] = {"tag": "0.0.0-absent", "pullPolicy": "Never"}
+
+    with upgraded(release, tmp_path, absent_image):
+        model = smallmodel("absent", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
+        release.apply(model, namespace=namespace)
+        absent = wait_condition(
+            release, namespace, "smallmodel", "absent", "Ready", "False",
+            reason="ImagePullFailed", timeout=120,
+        )  # fmt: skip
+    ready = condition(absent, "Ready")
+    # The init container comes first: its image is the one the kubelet cannot run.
+    assert "fetch-model: ErrImageNeverPull: " in ready["message"]
+    assert 'edgefleet:0.0.0-absent" is not present with pull policy of Never' in ready["message"]
+    events = _events(release, namespace)
+    assert any(
+        e["reason"] == "ImagePullFailed" and e["involvedObject"]["kind"] == "SmallModel"
+        for e in events
+    ), "the operator's Warning on the SmallModel"
+    assert any(
+        e["reason"] == "ErrImageNeverPull" and e["source"].get("host") == REAL.name for e in events
+    ), "the kubelet's own Event"
 
 
 def test_model_router_and_egress_as_containers_answer_local_cloud_and_private(
@@ -263,6 +341,96 @@ def test_model_router_and_egress_as_containers_answer_local_cloud_and_private(
         assert (hard.route.target, hard.route.reason) == ("cloud", "complexity.high")
         private, _ = ask(stub, PRIVATE, max_tokens=8)
         assert private.route.target == "local"
+    # A client pod on the node asks the router by its Service's DNS name, with the
+    # product's CLI over gRPC and the stock openai SDK over HTTP.
+    service = f"{POLICY}-router.{namespace}.svc.cluster.local"
+    client = _client_pod(
+        namespace,
+        f"edgefleet --target {service}:50051 generate {shlex.quote(SIMPLE)} --max-tokens 8 "
+        f"&& python3 -c {shlex.quote(_OPENAI_CLIENT.format(url=f'http://{service}:8080/v1'))}",
+    )
+    release.apply(client)
+    log = wait_for("the client pod's answers", lambda: _finished_log(release, client), 180)
+    assert "route=local:complexity.low" in log, log
+    assert "openai: " in log and log.split("openai: ", 1)[1].strip(), log
+
     # Only the complex prompt left, through the egress container, and nothing private.
     assert [body["messages"][-1]["content"] for body in cloud.received()] == [COMPLEX]
     assert PLANTED_EMAIL not in cloud.received_text()
+
+
+_OPENAI_CLIENT = """\
+from openai import OpenAI
+client = OpenAI(base_url="{url}", api_key="unused", timeout=120)
+reply = client.chat.completions.create(
+    model="hybrid", messages=[{{"role": "user", "content": "Name a colour."}}], max_tokens=8
+)
+print("openai:", reply.choices[0].message.content)
+"""
+
+
+def _client_pod(namespace: str, script: str) -> dict[str, Any]:
+    """A one-shot pod of the product image on the real node, running `script` in sh."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "client", "namespace": namespace},
+        "spec": {
+            **copy.deepcopy(ON_THE_REAL_NODE),
+            "restartPolicy": "Never",
+            "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+            "containers": [
+                {
+                    "name": "client",
+                    "image": images.ensure_image("edgefleet").public_ref,
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", script],
+                    "securityContext": container_security_context(),
+                }
+            ],
+        },
+    }
+
+
+def _finished_log(cluster: Cluster, pod: dict[str, Any]) -> str | None:
+    """The pod's log once it succeeded; an AssertionError with it if it failed."""
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    phase = (cluster.get("pod", name, namespace) or {}).get("status", {}).get("phase")
+    if phase not in ("Succeeded", "Failed"):
+        return None
+    log = cluster.kubectl("logs", "-n", namespace, name).stdout
+    assert phase == "Succeeded", f"the client pod failed:\n{log}"
+    return log
+
+
+def test_a_missing_cloud_key_secret_is_quoted_until_it_exists(
+    routers_on_the_real_node: Cluster,
+    real_node: realnode.RealNode,
+    namespace: str,
+    cloud: RecordingProxy,
+) -> None:
+    release = routers_on_the_real_node
+    model = smallmodel("local", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
+    release.apply(model, routing_policy(cloud), namespace=namespace)
+
+    # The policy routes locally, Degraded with the kubelet's reason for the egress.
+    policy = wait_condition(
+        release, namespace, "routingpolicy", POLICY, "Degraded", "True",
+        reason="EgressFailing", timeout=300,
+    )  # fmt: skip
+    degraded = condition(policy, "Degraded")
+    assert (
+        'egress: CreateContainerConfigError: secret "cloud-llm" not found' in (degraded["message"])
+    )
+    wait_condition(release, namespace, "routingpolicy", POLICY, "Ready", "True", timeout=120)
+    assert any(
+        e["reason"] == "EgressFailing" and e["involvedObject"]["kind"] == "RoutingPolicy"
+        for e in _events(release, namespace)
+    ), "the operator's Warning on the RoutingPolicy"
+
+    # The Secret arrives: the kubelet starts the egress, nothing to re-apply.
+    release.kubectl(
+        "create", "secret", "generic", "cloud-llm", "-n", namespace,
+        f"--from-literal=api-key={STAND_IN_API_KEY}",
+    )  # fmt: skip
+    wait_condition(release, namespace, "routingpolicy", POLICY, "Degraded", "False", timeout=180)
