@@ -214,6 +214,48 @@ def test_a_smallmodel_runs_as_containers_from_the_product_image(
     )
 
 
+GPU = realnode_join.REAL_NODES[1]
+ON_THE_GPU_NODE = {
+    "nodeSelector": {"kubernetes.io/hostname": GPU.name},
+    "tolerations": copy.deepcopy(ON_THE_REAL_NODE["tolerations"]),
+}
+
+
+@pytest.fixture(scope="module")
+def gpu_node(cluster: Cluster) -> Iterator[realnode.RealNode]:
+    """The GPU-class real node (nvidia.com/gpu advertised, the vLLM image loaded)."""
+    if not cluster.testbed:
+        pytest.skip("a real node joins only the Docker-free test bed")
+    (node,) = realnode_join.up((GPU,))
+    yield node
+    left = realnode_join.down((GPU,))
+    assert not left, f"the GPU-class node left behind: {left}"
+
+
+# Joining the node imports the 7.5 GB vLLM image (minutes), then vLLM compiles its model.
+@pytest.mark.timeout(1500)
+def test_a_vllm_smallmodel_runs_from_the_vllm_image_on_the_gpu_class_node(
+    release: Cluster, real_node: realnode.RealNode, gpu_node: realnode.RealNode, namespace: str
+) -> None:
+    model = smallmodel("gpu", engine="vllm", replicas=1, placement=ON_THE_GPU_NODE)
+    release.apply(model, namespace=namespace)
+    # vLLM's engine start takes minutes on 2 cores (as in test_vllm_pods).
+    ready = wait_condition(release, namespace, "smallmodel", "gpu", "Ready", "True", timeout=900)
+    assert ready["status"]["engines"]["vllm"]["ready"] == 1
+
+    (pod,) = pods(release, namespace, "app.kubernetes.io/name=gpu")
+    assert pod["spec"]["nodeName"] == GPU.name
+    server = next(c for c in pod["spec"]["containers"] if c["name"] == "server")
+    assert server["image"].split("/")[-1].startswith("edgefleet-vllm:")
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    fetch = pod["status"]["initContainerStatuses"][0]
+    assert (fetch["name"], fetch["state"]["terminated"]["exitCode"]) == ("fetch-model", 0)
+    with grpc.insecure_channel(f"{pod['status']['podIP']}:50051") as channel:
+        response, _ = ask(pb_grpc.InferenceStub(channel), "Say hello.", timeout=300)
+    assert response.text.strip()
+    assert response.served_by.engine == "vllm"
+
+
 def test_a_model_whose_fetch_keeps_failing_reports_the_kubelets_crash_loop(
     release: Cluster, real_node: realnode.RealNode, namespace: str
 ) -> None:
