@@ -193,11 +193,11 @@ def ask_stream(stub: object, question: str, max_tokens: int) -> Sample:
 
 
 @contextlib.contextmanager
-def routing_stack(workdir: Path) -> Iterator[dict[str, object]]:
+def routing_stack(workdir: Path, cloud_threads: int | None) -> Iterator[dict[str, object]]:
     """Stubs of the four paths, each a real process; everything stopped on the way out."""
     with contextlib.ExitStack() as stack:
         print("-- starting the cloud stand-in and its proxy", file=sys.stderr, flush=True)
-        _, proxy = stack.enter_context(recorded_cloud())
+        _, proxy = stack.enter_context(recorded_cloud(threads=cloud_threads))
         print("-- starting the local edgefleet-server", file=sys.stderr, flush=True)
         local = stack.enter_context(running_server("--batch-sequences", "2"))
         print("-- starting the egress", file=sys.stderr, flush=True)
@@ -237,10 +237,12 @@ def schedule(rounds: int, paths: int) -> Iterator[list[tuple[int, str]]]:
         yield [(p, QUESTIONS[(r + p * stride) % len(QUESTIONS)]) for p in order]
 
 
-def end_to_end(requests: int, max_tokens: int, pause_s: float = 0.0) -> dict[str, list[Sample]]:
+def end_to_end(
+    requests: int, max_tokens: int, pause_s: float = 0.0, cloud_threads: int | None = None
+) -> dict[str, list[Sample]]:
     with (
         tempfile.TemporaryDirectory(prefix="bench-router-") as tmp,
-        routing_stack(Path(tmp)) as paths,
+        routing_stack(Path(tmp), cloud_threads) as paths,
     ):
         stubs = list(paths.values())
         for stub in stubs:  # warm-up: first-call costs (channels, caches) unmeasured
@@ -311,7 +313,8 @@ def header(args: argparse.Namespace) -> str:
         f"{platform.platform()} {platform.machine()}, os.cpu_count() {os.cpu_count()} "
         f"({visible} usable), Python {platform.python_version()}, load average at start "
         f"{load}; model {model}, max_tokens {args.max_tokens}, temperature 0"
-        f"{', --quick' if args.quick else ''}.\n"
+        f"{', --quick' if args.quick else ''}"
+        f"{f', cloud stand-in threads {args.cloud_threads}' if args.cloud_threads else ''}.\n"
         'The "cloud" is llama_cpp.server on the same 135M model on this machine (behind a '
         "local recording proxy), so cloud-path latency here is not a real cloud's: it measures "
         "the egress and router hops, not a provider."
@@ -338,6 +341,12 @@ def main() -> int:
         help=f"smoke run: {QUICK_REQUESTS} rounds, {QUICK_DEV_PROMPTS} DEV prompts",
     )
     parser.add_argument("--skip-end-to-end", action="store_true", help="decision latency only")
+    parser.add_argument(
+        "--cloud-threads",
+        type=int,
+        help="decode threads of the cloud stand-in (default: every core); fewer leave a core "
+        "to the egress and router hops, as a remote cloud would",
+    )
     args = parser.parse_args()
     if args.requests is None:
         args.requests = QUICK_REQUESTS if args.quick else 20
@@ -371,7 +380,9 @@ def main() -> int:
     sys.stdout.flush()
 
     if not args.skip_end_to_end:
-        samples = end_to_end(args.requests, args.max_tokens, args.pause_ms / 1000)
+        samples = end_to_end(
+            args.requests, args.max_tokens, args.pause_ms / 1000, args.cloud_threads
+        )
         print("### End to end through real processes, single stream, interleaved\n")
         print(
             f"{args.requests} rounds of one short question per path, one request at a time (gRPC "

@@ -34,8 +34,9 @@ _READY_MARKER = "Uvicorn running on"
 class CloudStandIn:
     """llama_cpp.server on the packaged model, started and stopped at will."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, threads: int | None = None) -> None:
         self.port = port or free_local_port()
+        self.threads = threads or os.cpu_count() or 1
         self.process: subprocess.Popen[str] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="cloud-stand-in-", suffix=".log")[1])
 
@@ -50,7 +51,7 @@ class CloudStandIn:
                 sys.executable, "-m", "llama_cpp.server",
                 "--model", str(model), "--model_alias", STAND_IN_MODEL,
                 "--host", "127.0.0.1", "--port", str(self.port),
-                "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1),
+                "--n_ctx", "2048", "--n_threads", str(self.threads),
                 "--api_key", STAND_IN_API_KEY, "--verbose", "False",
             ],
             stdout=subprocess.PIPE,
@@ -201,9 +202,12 @@ class RecordingProxy:
 
 
 @contextlib.contextmanager
-def recorded_cloud(host: str = "127.0.0.1") -> Iterator[tuple[CloudStandIn, RecordingProxy]]:
-    """The stand-in on loopback, and the recording proxy in front of it on `host`."""
-    cloud = CloudStandIn()
+def recorded_cloud(
+    host: str = "127.0.0.1", threads: int | None = None
+) -> Iterator[tuple[CloudStandIn, RecordingProxy]]:
+    """The stand-in on loopback (`threads` for its decode: default every core), and the
+    recording proxy in front of it on `host`."""
+    cloud = CloudStandIn(threads=threads)
     cloud.start()
     proxy = RecordingProxy(cloud.base_url, host)
     proxy.start()
