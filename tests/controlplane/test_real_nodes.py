@@ -57,14 +57,19 @@ ON_THE_REAL_NODE = {
 }
 
 
-@pytest.fixture(scope="module")
-def real_node(cluster: Cluster) -> Iterator[realnode.RealNode]:
+def _joined(cluster: Cluster, spec: realnode_join.RealNodeSpec) -> Iterator[realnode.RealNode]:
+    """The node `spec` joined to the test bed for a module's tests; it leaves nothing behind."""
     if not cluster.testbed:
         pytest.skip("a real node joins only the Docker-free test bed")
-    (node,) = realnode_join.up((REAL,))
+    (node,) = realnode_join.up((spec,))
     yield node
-    left = realnode_join.down((REAL,))
-    assert not left, f"the real node left behind: {left}"
+    left = realnode_join.down((spec,))
+    assert not left, f"{spec.name} left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def real_node(cluster: Cluster) -> Iterator[realnode.RealNode]:
+    yield from _joined(cluster, REAL)
 
 
 def _ready_pod(cluster: Cluster, namespace: str, name: str, timeout: float) -> dict[str, Any]:
@@ -224,15 +229,10 @@ ON_THE_GPU_NODE = {
 @pytest.fixture(scope="module")
 def gpu_node(cluster: Cluster) -> Iterator[realnode.RealNode]:
     """The GPU-class real node (nvidia.com/gpu advertised, the vLLM image loaded)."""
-    if not cluster.testbed:
-        pytest.skip("a real node joins only the Docker-free test bed")
-    (node,) = realnode_join.up((GPU,))
-    yield node
-    left = realnode_join.down((GPU,))
-    assert not left, f"the GPU-class node left behind: {left}"
+    yield from _joined(cluster, GPU)
 
 
-# Joining the node imports the 7.5 GB vLLM image (minutes), then vLLM compiles its model.
+# Joining the node imports the 7.9 GB vLLM image (minutes), then vLLM compiles its model.
 @pytest.mark.timeout(1500)
 def test_a_vllm_smallmodel_runs_from_the_vllm_image_on_the_gpu_class_node(
     release: Cluster, real_node: realnode.RealNode, gpu_node: realnode.RealNode, namespace: str
