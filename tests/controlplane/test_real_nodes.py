@@ -82,6 +82,12 @@ def _ready_pod(cluster: Cluster, namespace: str, name: str, timeout: float) -> d
     )
 
 
+def _events(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    return json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)[
+        "items"
+    ]
+
+
 def _process_status(
     cluster: Cluster, namespace: str, pod: str, container: str, cat: tuple[str, ...] = ("cat",)
 ) -> dict[str, str]:
@@ -211,9 +217,7 @@ def test_a_smallmodel_runs_as_containers_from_the_product_image(
     with grpc.insecure_channel(f"{pod['status']['podIP']}:50051") as channel:
         response, _ = ask(pb_grpc.InferenceStub(channel), "Say hello.", timeout=120)
     assert response.text.strip()
-    events = json.loads(release.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)[
-        "items"
-    ]
+    events = _events(release, namespace)
     assert any(e["reason"] == "Started" and e["source"].get("host") == REAL.name for e in events), (
         "the kubelet on the real node reports its containers"
     )
@@ -277,9 +281,9 @@ def test_a_model_whose_fetch_keeps_failing_reports_the_kubelets_crash_loop(
     # The kubelet's reason, then the fetch's own last words (its termination message).
     assert "fetch-model: CrashLoopBackOff: " in ready["message"]
     assert "192.0.2.1" in ready["message"]
-    events = json.loads(release.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
     assert any(
-        e["reason"] == "BackOff" and e["source"].get("host") == REAL.name for e in events["items"]
+        e["reason"] == "BackOff" and e["source"].get("host") == REAL.name
+        for e in _events(release, namespace)
     ), "the kubelet's BackOff event"
 
 
@@ -320,12 +324,6 @@ def routers_on_the_real_node(
     folder = tmp_path_factory.mktemp("routers")
     with upgraded(release, folder, _routers_on_the_real_node) as moved:
         yield moved
-
-
-def _events(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
-    return json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)[
-        "items"
-    ]
 
 
 def test_a_model_whose_image_is_not_on_the_node_reports_the_kubelets_reason(

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from kubernetes import client
@@ -47,6 +47,7 @@ ModelNameIndex = kopf.Index[tuple[str, str], bool]
 EndpointIndex = kopf.Index[tuple[str, str], int]
 BindingIndex = kopf.Index[tuple[str, str], str]
 Logger = logging.Logger | logging.LoggerAdapter
+T = TypeVar("T")
 
 CHILD_KINDS = ("Deployment", "Service", "NetworkPolicy")
 
@@ -231,11 +232,8 @@ async def apply(
         state.trigger.poke()
 
 
-def _problems(index: PolicyProblemIndex | None, key: tuple[str, str, str]) -> list[PodProblem]:
-    return list(index.get(key, [])) if index else []
-
-
-def _one(index: PolicyWorkloadIndex | None, key: tuple[str, str, str]) -> WorkloadFacts | None:
+def _one(index: kopf.Index[tuple[str, str, str], T] | None, key: tuple[str, str, str]) -> T | None:
+    """The first value an index holds for `key` (a workload, a pod's problem), or None."""
     found = list(index.get(key, [])) if index else []
     return found[0] if found else None
 
@@ -301,9 +299,9 @@ async def status_round(
             slices = service_endpoints.get((namespace, model), []) if service_endpoints else []
             endpoints[model] = sum(slices) if exists else None
         problems = {
-            component: found[0]
+            component: problem
             for component in (names.ROUTER, names.EGRESS)
-            if (found := _problems(policy_pod_problems, (namespace, name, component)))
+            if (problem := _one(policy_pod_problems, (namespace, name, component)))
         }
         current = last_status(body, state)
         previous = list(current.get("conditions") or [])
