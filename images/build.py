@@ -418,6 +418,11 @@ def _save(name: str, public_ref: str, archive: Path) -> None:
             old.unlink()
 
 
+def public_ref(name: str) -> str:
+    """The name the chart gives the image `name` (its repository and the project's version)."""
+    return f"{PUBLIC_REPOSITORY}/{name}:{_project()['version']}"
+
+
 def ensure_image(name: str) -> BuiltImage:
     """The image `name` in podman's store and as an archive; built only when its inputs changed."""
     spec = SPECS[name]
@@ -427,26 +432,26 @@ def ensure_image(name: str) -> BuiltImage:
     wheels = llama_cpp_wheels() if spec.llama_cpp_wheels else None
     key = image_key(spec, base, wheels)
     local_ref = f"localhost/{name}:{key}"
-    public_ref = f"{PUBLIC_REPOSITORY}/{name}:{_project()['version']}"
+    public = public_ref(name)
     archive = ARCHIVES / f"{name}-{key}.tar"
     built = False
     if image_id(local_ref):
         print(f"==> {name} {key}: inputs unchanged, nothing to build", flush=True)
-        _run(podman("tag", local_ref, public_ref))
+        _run(podman("tag", local_ref, public))
     elif archive.exists():
         with step(f"load {name} {key} from {archive}"):
             _run(podman("load", f"--input={archive}"))
-            _run(podman("tag", public_ref, local_ref))
+            _run(podman("tag", public, local_ref))
     else:
         with step(f"build {name} {key} ({spec.dockerfile})"):
-            _build(spec, recipe.tag, wheels, [local_ref, public_ref])
+            _build(spec, recipe.tag, wheels, [local_ref, public])
         built = True
     forget_older(f"localhost/{name}", local_ref)
     if not archive.exists():
         with step(f"save {archive}"):
             ARCHIVES.mkdir(parents=True, exist_ok=True)
-            _save(name, public_ref, archive)
-    return BuiltImage(name, key, local_ref, public_ref, archive, image_size(local_ref), built)
+            _save(name, public, archive)
+    return BuiltImage(name, key, local_ref, public, archive, image_size(local_ref), built)
 
 
 def push(image: BuiltImage, registry: str) -> None:

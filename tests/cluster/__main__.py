@@ -14,7 +14,9 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build (or reuse) the cached binaries")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
     sub.add_parser("up", help="start a fresh cluster with the fleet from fleet.yaml")
-    sub.add_parser("down", help="stop the cluster and check nothing is left behind")
+    sub.add_parser(
+        "down", help="stop the cluster and its real nodes and check nothing is left behind"
+    )
     sub.add_parser("status", help="say whether the cluster is up and list its nodes")
     sub.add_parser(
         "restart-kubelet",
@@ -40,6 +42,9 @@ def main() -> int:
     if args.command == "up":
         print(testbed.up().kubeconfig)
     elif args.command == "down":
+        from tests.cluster import realnode_join  # a demo run with --keep leaves its node up
+
+        realnode_join.down()
         testbed.down()
     elif args.command == "status":
         return testbed.status()

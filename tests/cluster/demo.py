@@ -1,12 +1,15 @@
 """`make demo`: the whole product on this machine, from `helm install` to answers.
 
-Brings up the Docker-free test bed (a real control plane, kwok nodes and the
-process kubelet), installs the chart, applies the examples from `examples/`
-and asks the router three questions over gRPC, showing where each went and
-why. The only changes to the examples are where this machine differs from a
-real cluster, and each is printed: the model runs on the process node (so
-its pod is a real llama.cpp process), and the RoutingPolicy's cloud is the
-stand-in `llama_cpp.server`, reached at the bridge address, with its key.
+Brings up the Docker-free test bed (a real control plane and kwok nodes), joins
+a real node to it (kubelet, containerd, runc, CNI, kube-proxy, with the cluster's
+CoreDNS) and loads the product's image into it (built with podman when its inputs
+changed), installs the chart so the operator runs there as a container, applies
+the examples from `examples/` and asks the router three questions over gRPC,
+showing where each went and why; then a pod inside the cluster asks the router
+by its Service's DNS name. The only changes to the examples are where this
+machine differs from a real cluster, and each is printed: every pod is placed
+on the real node, and the RoutingPolicy's cloud is the stand-in
+`llama_cpp.server`, reached at the bridge address, with its key.
 
 Run: python -m tests.cluster.demo [--keep]   (--keep leaves the cluster up)
 """
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,7 @@ import yaml
 
 from edgefleet.v1 import inference_pb2 as pb
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
-from tests.cluster import kube, network, testbed
+from tests.cluster import kube, network, realnode, realnode_join, testbed
 from tests.support.cloud import STAND_IN_API_KEY, STAND_IN_MODEL, recorded_cloud
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,10 +38,7 @@ EXAMPLES = ROOT / "examples"
 CHART = ROOT / "charts" / "edgefleet"
 VALUES = ROOT / "tests" / "controlplane" / "testbed-values.yaml"
 NAMESPACE = "edgefleet-demo"
-PROCESS_NODE = {
-    "nodeSelector": {"edgefleet.io/runtime": "process"},
-    "tolerations": [{"key": "edgefleet.io/process", "operator": "Exists", "effect": "NoSchedule"}],
-}
+NODE = realnode_join.REAL_NODES[0]
 SYSTEM = "You are a concise assistant. Answer in one or two sentences."
 QUESTIONS = (
     ("a simple question", "What is the capital of France?"),
@@ -63,9 +65,10 @@ def failure_line(error: BaseException, step: str, paths: testbed.Paths) -> str:
     else:
         what = str(error) or type(error).__name__
     first = what.strip().splitlines()[0] if what.strip() else type(error).__name__
+    node = realnode.state_root() / NODE.name
     return (
         f"make demo failed while {step!r}: {first} -- logs: control plane in "
-        f"{paths.cluster_dir / 'logs'}, pods in {paths.kubelets}"
+        f"{paths.cluster_dir / 'logs'}, the real node (kubelet, containerd, pods) in {node}"
     )
 
 
@@ -122,12 +125,13 @@ def examples(cloud_url: str) -> list[dict[str, Any]]:
     secret = yaml.safe_load((EXAMPLES / "cloud-secret.yaml").read_text())
     secret["stringData"]["api-key"] = STAND_IN_API_KEY
     model = yaml.safe_load((EXAMPLES / "smallmodel.yaml").read_text())
-    model["spec"]["placement"] = PROCESS_NODE
-    model["spec"]["replicas"] = 1  # the process node has 2 CPUs for everything
+    model["spec"]["placement"] = realnode_join.placement(NODE.name)
+    model["spec"]["replicas"] = 1  # the machine has 2 CPUs for everything
     model["spec"]["engine"] = "llamacpp"
     policy = yaml.safe_load((EXAMPLES / "routingpolicy.yaml").read_text())
     policy["spec"]["cloud"].update(baseURL=cloud_url, model=STAND_IN_MODEL)
-    print("    (on this machine: the model runs on the process node as llama.cpp, 1 replica;")
+    print(f"    (on this machine: every pod runs on the real node {NODE.name}; the model as")
+    print("     llama.cpp, 1 replica;")
     print(f"     the cloud is llama_cpp.server behind {cloud_url}, model {STAND_IN_MODEL!r})")
     return [secret, model, policy]
 
@@ -146,17 +150,70 @@ def ask(address: str, question: str) -> None:
     print(f"    {reply.text.strip()}")
 
 
+def chart_values(folder: Path) -> Path:
+    """The test bed's chart values with the operator, routers and egresses on the real
+    node, from the image loaded there (never pulled)."""
+    values = yaml.safe_load(VALUES.read_text())
+    values["image"] = {"pullPolicy": "Never"}
+    values["operator"].update(realnode_join.placement(NODE.name))
+    for component in ("router", "egress"):
+        values[component]["pod"].update(realnode_join.placement(NODE.name))
+    path = folder / "demo-values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def node_ready(demo: Demo) -> bool:
+    ready = "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
+    return demo.kubectl("get", "nodes", "-o", ready, "--field-selector",
+                        f"metadata.name={NODE.name}") == "True"  # fmt: skip
+
+
+def ask_from_a_pod(demo: Demo, question: str) -> None:
+    """A pod in the demo's namespace asks the router by its Service's DNS name (CoreDNS,
+    then kube-proxy) with the `edgefleet` CLI, as an application in the cluster would."""
+    service = f"demo-router.{NAMESPACE}.svc.cluster.local:50051"
+    script = f"edgefleet --target {service} generate {shlex.quote(question)} --max-tokens 24"
+    pod = realnode_join.client_pod(NAMESPACE, NODE.name, script, name="demo-client")
+    demo.kubectl("delete", "pod", "demo-client", "-n", NAMESPACE, "--ignore-not-found")
+    demo.apply(pod)
+    jsonpath = "jsonpath={.status.phase}"
+    deadline = time.monotonic() + 180
+    while (phase := demo.kubectl("get", "pod", "demo-client", "-n", NAMESPACE, "-o", jsonpath)) \
+            not in ("Succeeded", "Failed"):  # fmt: skip
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the client pod has not finished after 180s (phase {phase})")
+        time.sleep(1)
+    print(f"    $ kubectl logs -n {NAMESPACE} demo-client")
+    for line in demo.kubectl("logs", "-n", NAMESPACE, "demo-client").splitlines():
+        print(f"    {line}")
+    if phase != "Succeeded":
+        raise SystemExit("the client pod failed (its log is above)")
+
+
 def run(keep: bool) -> None:
     paths = testbed.paths()
     reuse = testbed.status() == 0 if paths.kubeconfig.exists() else False
     if not reuse:
-        say("starting the local cluster (control plane, kwok fleet, process kubelet)")
+        say("starting the local cluster (control plane, kwok fleet)")
         paths = testbed.up()
     demo = Demo(paths.kubeconfig)
+    joined = False
     try:
+        if not node_ready(demo):
+            say(
+                f"joining the real node {NODE.name} (kubelet, containerd, runc, CNI, "
+                "kube-proxy, CoreDNS) and loading the product image (built if it changed)"
+            )
+            realnode_join.up((NODE,))
+            joined = True
+        print(demo.kubectl("get", "nodes", "-o", "wide", "-l", "=".join(realnode_join.REAL_LABEL)),
+              end="")  # fmt: skip
         say(f"helm install edgefleet {CHART.relative_to(ROOT)}")
-        demo.helm("upgrade", "--install", "edgefleet", str(CHART), "-n", "edgefleet-system",
-                  "--create-namespace", "-f", str(VALUES), "--wait")  # fmt: skip
+        with tempfile.TemporaryDirectory() as folder:
+            demo.helm("upgrade", "--install", "edgefleet", str(CHART), "-n", "edgefleet-system",
+                      "--create-namespace", "-f", str(chart_values(Path(folder))),
+                      "--wait")  # fmt: skip
         print(demo.kubectl("get", "pods", "-n", "edgefleet-system", "-o", "wide"), end="")
         # The demo's namespace, and `payroll`, which the example policy names as
         # sensitive: until it exists the router keeps everything local (fail closed).
@@ -174,8 +231,10 @@ def run(keep: bool) -> None:
             print(demo.kubectl("get", "sm,rp,pods", "-n", NAMESPACE, "-o", "wide"), end="")
             address = demo.router_address("grpc")
             for label, question in QUESTIONS:
-                say(f"{label}, to the router at {address}: {question!r}")
+                say(f"{label}, to the router's pod at {address}: {question!r}")
                 ask(address, question)
+            say(f"a pod in the cluster asks demo-router.{NAMESPACE}.svc.cluster.local")
+            ask_from_a_pod(demo, QUESTIONS[0][1])
             say("what reached the cloud (the recording proxy saw these user messages)")
             for body in proxy.received():
                 print(f"    {body['messages'][-1]['content'][:100]!r}")
@@ -184,7 +243,7 @@ def run(keep: bool) -> None:
             while time.monotonic() < deadline:
                 live = json.loads(demo.kubectl("get", "rp", "demo", "-n", NAMESPACE, "-o", "json"))
                 router = (live.get("status") or {}).get("router") or {}
-                if router.get("requests", 0) >= len(QUESTIONS):
+                if router.get("requests", 0) >= len(QUESTIONS) + 1:
                     print(yaml.safe_dump(router, sort_keys=False), end="")
                     break
                 time.sleep(1)
@@ -195,6 +254,8 @@ def run(keep: bool) -> None:
             print("Stop it with: .venv/bin/python -m tests.cluster down")
         else:
             say("stopping the cluster")
+            if joined:
+                realnode_join.down((NODE,))
             testbed.down()
 
 

@@ -20,6 +20,7 @@ podCIDR, labels and taints, as a cloud's node controller would.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import subprocess
@@ -27,7 +28,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from edgefleet.operator.builders.common import POD_SECURITY_CONTEXT, container_security_context
 from images import build as images
 from tests.cluster import coredns, kube, network, realnode, realnode_build, testbed
 
@@ -65,6 +68,38 @@ REAL_NODES = (
         images=("edgefleet", "edgefleet-vllm"),
     ),
 )
+
+
+def placement(name: str) -> dict[str, Any]:
+    """nodeSelector and tolerations that put a pod on the real node `name`."""
+    return {
+        "nodeSelector": {"kubernetes.io/hostname": name},
+        "tolerations": [{"key": REAL_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
+    }
+
+
+def client_pod(namespace: str, node: str, script: str, name: str = "client") -> dict[str, Any]:
+    """A one-shot pod of the product image on the real node `node`, running `script` in sh,
+    as restricted as the product's own pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            **placement(node),
+            "restartPolicy": "Never",
+            "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+            "containers": [
+                {
+                    "name": "client",
+                    "image": images.public_ref("edgefleet"),
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", script],
+                    "securityContext": container_security_context(),
+                }
+            ],
+        },
+    }
 
 
 def node_address(index: int) -> ipaddress.IPv4Interface:

@@ -24,9 +24,7 @@ import grpc
 import pytest
 import yaml
 
-from edgefleet.operator.builders.common import POD_SECURITY_CONTEXT, container_security_context
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
-from images import build as images
 from tests.cluster import network, realnode, realnode_join
 from tests.controlplane.conftest import CHART, RELEASE, RELEASE_NAMESPACE, TESTBED_VALUES
 from tests.controlplane.helpers import Cluster, wait_for
@@ -49,12 +47,7 @@ from tests.support.routing import ask
 pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(900)]
 
 REAL = realnode_join.REAL_NODES[0]
-ON_THE_REAL_NODE = {
-    "nodeSelector": {"kubernetes.io/hostname": REAL.name},
-    "tolerations": [
-        {"key": realnode_join.REAL_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}
-    ],
-}
+ON_THE_REAL_NODE = realnode_join.placement(REAL.name)
 
 
 def _joined(cluster: Cluster, spec: realnode_join.RealNodeSpec) -> Iterator[realnode.RealNode]:
@@ -224,10 +217,7 @@ def test_a_smallmodel_runs_as_containers_from_the_product_image(
 
 
 GPU = realnode_join.REAL_NODES[1]
-ON_THE_GPU_NODE = {
-    "nodeSelector": {"kubernetes.io/hostname": GPU.name},
-    "tolerations": copy.deepcopy(ON_THE_REAL_NODE["tolerations"]),
-}
+ON_THE_GPU_NODE = realnode_join.placement(GPU.name)
 
 
 @pytest.fixture(scope="module")
@@ -384,8 +374,9 @@ def test_model_router_and_egress_as_containers_answer_local_cloud_and_private(
     # A client pod on the node asks the router by its Service's DNS name, with the
     # product's CLI over gRPC and the stock openai SDK over HTTP.
     service = f"{POLICY}-router.{namespace}.svc.cluster.local"
-    client = _client_pod(
+    client = realnode_join.client_pod(
         namespace,
+        REAL.name,
         f"edgefleet --target {service}:50051 generate {shlex.quote(SIMPLE)} --max-tokens 8 "
         f"&& python3 -c {shlex.quote(_OPENAI_CLIENT.format(url=f'http://{service}:8080/v1'))}",
     )
@@ -407,29 +398,6 @@ reply = client.chat.completions.create(
 )
 print("openai:", reply.choices[0].message.content)
 """
-
-
-def _client_pod(namespace: str, script: str) -> dict[str, Any]:
-    """A one-shot pod of the product image on the real node, running `script` in sh."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "client", "namespace": namespace},
-        "spec": {
-            **copy.deepcopy(ON_THE_REAL_NODE),
-            "restartPolicy": "Never",
-            "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
-            "containers": [
-                {
-                    "name": "client",
-                    "image": images.ensure_image("edgefleet").public_ref,
-                    "imagePullPolicy": "Never",
-                    "command": ["sh", "-c", script],
-                    "securityContext": container_security_context(),
-                }
-            ],
-        },
-    }
 
 
 def _finished_log(cluster: Cluster, pod: dict[str, Any]) -> str | None:
