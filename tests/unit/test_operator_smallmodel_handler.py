@@ -69,7 +69,7 @@ async def status_round(ctx: OperatorContext, spec: dict[str, Any], generation: i
     await smallmodel.status_round(
         ctx, ctx.states.model(NS, "m"), body=body(spec, generation), nodes=None,
         model_deployments=None, model_daemonsets=None, model_pod_problems=None,
-        service_endpoints=None, logger=LOG,
+        model_ready_pods=None, service_endpoints=None, logger=LOG,
     )  # fmt: skip
 
 

@@ -16,7 +16,9 @@ from edgefleet.operator.status import (
     WorkloadFacts,
     pod_problem,
     routingpolicy_status,
+    serving_pod,
     smallmodel_status,
+    with_ready_pods,
 )
 from tests.cluster import versions
 from tests.unit.test_operator_smallmodel_handler import with_events
@@ -35,6 +37,34 @@ def summary(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 # --- WorkloadFacts -------------------------------------------------------------
+
+
+def _pod(ready: str, deleting: bool = False) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": "p"}
+    if deleting:
+        metadata["deletionTimestamp"] = "2026-12-07T00:00:00Z"
+    return {"metadata": metadata, "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+
+
+def test_a_serving_pod_is_ready_and_not_being_deleted() -> None:
+    assert serving_pod(_pod("True"))
+    assert not serving_pod(_pod("False"))
+    assert not serving_pod(_pod("True", deleting=True))
+    assert not serving_pod({"metadata": {"name": "p"}})
+
+
+def test_ready_counts_come_from_the_pods_before_the_workload_controller_catches_up() -> None:
+    # The Deployment still says 0 ready; the pod watch has seen one pod of each engine Ready.
+    stale = [
+        WorkloadFacts("Deployment", "m-llamacpp", "llamacpp", 2, 0, 2, 1, 1),
+        WorkloadFacts("Deployment", "m-vllm", "vllm", 1, 1, 1, 1, 1),
+    ]
+    ready = {"llamacpp": 1, "vllm": 0}
+    counted = with_ready_pods(stale, ready.__getitem__)
+    assert [(w.name, w.ready) for w in counted] == [("m-llamacpp", 1), ("m-vllm", 0)]
+    assert not counted[0].settled and not counted[1].settled
+    assert with_ready_pods(stale, None) == stale
+
 
 
 def test_facts_from_a_deployment() -> None:

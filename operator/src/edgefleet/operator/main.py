@@ -33,7 +33,7 @@ from edgefleet.operator.handlers import routingpolicy, smallmodel
 from edgefleet.operator.kube import Kube
 from edgefleet.operator.placement import NodeFacts
 from edgefleet.operator.state import OperatorContext, States
-from edgefleet.operator.status import PodProblem, WorkloadFacts, pod_problem
+from edgefleet.operator.status import PodProblem, WorkloadFacts, pod_problem, serving_pod
 from edgefleet.operator.triggers import (
     ROUTINGPOLICY,
     SERVICE_NAME_LABEL,
@@ -123,6 +123,15 @@ async def model_pod_problems(
 ) -> dict[tuple[str, str], PodProblem] | None:
     problem = pod_problem(body)
     return {(namespace, labels[names.MODEL_LABEL]): problem} if problem else None
+
+
+async def model_ready_pods(
+    namespace: str, body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str, str], str] | None:
+    if not serving_pod(body):
+        return None
+    engine = labels.get(names.ENGINE_LABEL, "")
+    return {(namespace, labels[names.MODEL_LABEL], engine): body["metadata"]["name"]}
 
 
 # What a failing main container of a policy's pod is, by the pod's component.
@@ -264,6 +273,7 @@ async def keep_smallmodel_status(
     model_deployments: smallmodel.WorkloadIndex,
     model_daemonsets: smallmodel.WorkloadIndex,
     model_pod_problems: smallmodel.ProblemIndex,
+    model_ready_pods: smallmodel.ReadyPodIndex,
     service_endpoints: smallmodel.EndpointIndex,
     logger: Logger,
     **_: Any,
@@ -272,8 +282,8 @@ async def keep_smallmodel_status(
     await smallmodel.keep_status(
         ctx, ctx.states.model(namespace, name), body=body, nodes=nodes,
         model_deployments=model_deployments, model_daemonsets=model_daemonsets,
-        model_pod_problems=model_pod_problems, service_endpoints=service_endpoints,
-        logger=logger,
+        model_pod_problems=model_pod_problems, model_ready_pods=model_ready_pods,
+        service_endpoints=service_endpoints, logger=logger,
     )  # fmt: skip
 
 
@@ -335,6 +345,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     kopf.index("apps", "v1", "daemonsets", labels=MODEL_CHILD, **on)(model_daemonsets)
     kopf.index("apps", "v1", "deployments", labels=POLICY_CHILD, **on)(policy_deployments)
     kopf.index("", "v1", "pods", labels=MODEL_CHILD, **on)(model_pod_problems)
+    kopf.index("", "v1", "pods", labels=MODEL_CHILD, **on)(model_ready_pods)
     kopf.index("", "v1", "pods", labels=POLICY_CHILD, **on)(policy_pod_problems)
     kopf.index("discovery.k8s.io", "v1", "endpointslices", labels=MANAGED, **on)(service_endpoints)
     kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", labels=ROUTER_BINDING, **on)(

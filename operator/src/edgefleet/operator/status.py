@@ -7,8 +7,8 @@ Kubernetes convention: a transition time that moves only when the status does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgefleet.operator.placement import EnginePlan
@@ -64,6 +64,28 @@ class WorkloadFacts:
             and self.ready >= self.desired
             and self.old == 0
         )
+
+
+def serving_pod(pod: Mapping[str, Any]) -> bool:
+    """Ready and not on its way out: what a workload's readyReplicas counts."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def with_ready_pods(
+    workloads: Iterable[WorkloadFacts], ready_pods: Callable[[str], int] | None
+) -> list[WorkloadFacts]:
+    """Each workload's ready count taken from its serving pods, by engine.
+
+    The pod watch sees a pod turn Ready before the workload controller has
+    rewritten the Deployment's or DaemonSet's counts (seconds on a busy control
+    plane), so status follows the pod itself. None: the workloads' own counts.
+    """
+    if ready_pods is None:
+        return list(workloads)
+    return [replace(w, ready=ready_pods(w.engine)) for w in workloads]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -34,7 +34,12 @@ from edgefleet.operator.kube import ApiError
 from edgefleet.operator.placement import NodeFacts, eligible_nodes, plans_for
 from edgefleet.operator.spec import SpecError, parse_smallmodel_spec
 from edgefleet.operator.state import Desired, ModelState, OperatorContext
-from edgefleet.operator.status import PodProblem, WorkloadFacts, smallmodel_status
+from edgefleet.operator.status import (
+    PodProblem,
+    WorkloadFacts,
+    smallmodel_status,
+    with_ready_pods,
+)
 
 WORKLOADS = ("Deployment", "DaemonSet")
 WORKLOAD_KINDS = (*WORKLOADS, "HorizontalPodAutoscaler")
@@ -44,6 +49,8 @@ log = logging.getLogger("edgefleet.operator.smallmodel")
 NodeIndex = kopf.Index[str, NodeFacts]
 WorkloadIndex = kopf.Index[tuple[str, str], WorkloadFacts]
 ProblemIndex = kopf.Index[tuple[str, str], PodProblem]
+# Serving pods' names by (namespace, model, engine).
+ReadyPodIndex = kopf.Index[tuple[str, str, str], str]
 EndpointIndex = kopf.Index[tuple[str, str], int]
 Logger = logging.Logger | logging.LoggerAdapter
 
@@ -62,6 +69,15 @@ def existing_workloads(
     if model_deployments is None or model_daemonsets is None:
         return None
     return [*model_deployments.get(key, []), *model_daemonsets.get(key, [])]
+
+
+def ready_counter(
+    key: tuple[str, str], ready_pods: ReadyPodIndex | None
+) -> Callable[[str], int] | None:
+    """How many of the model's pods of an engine serve, as the pod index holds them now."""
+    if ready_pods is None:
+        return None
+    return lambda engine: len(ready_pods.get((*key, engine), []))
 
 
 def desired(
@@ -221,6 +237,7 @@ async def status_round(
     model_deployments: WorkloadIndex | None,
     model_daemonsets: WorkloadIndex | None,
     model_pod_problems: ProblemIndex | None,
+    model_ready_pods: ReadyPodIndex | None,
     service_endpoints: EndpointIndex | None,
     logger: Logger,
 ) -> None:
@@ -242,7 +259,7 @@ async def status_round(
         plans = wanted_now.plans if wanted_now else []
         children = wanted_now.children if wanted_now else []
         known = existing_workloads(key, model_deployments, model_daemonsets)
-        workloads = known or []
+        workloads = with_ready_pods(known or [], ready_counter(key, model_ready_pods))
         present = {w.name for w in workloads}
         wanted = {c["metadata"]["name"] for c in children if c["kind"] in WORKLOADS}
         # A workload missing for two rounds in a row was deleted by someone (one
@@ -291,6 +308,7 @@ async def keep_status(
     model_deployments: WorkloadIndex | None,
     model_daemonsets: WorkloadIndex | None,
     model_pod_problems: ProblemIndex | None,
+    model_ready_pods: ReadyPodIndex | None,
     service_endpoints: EndpointIndex | None,
     logger: Logger,
 ) -> None:
@@ -305,7 +323,8 @@ async def keep_status(
             await status_round(
                 ctx, state, body=body, nodes=nodes, model_deployments=model_deployments,
                 model_daemonsets=model_daemonsets, model_pod_problems=model_pod_problems,
-                service_endpoints=service_endpoints, logger=logger,
+                model_ready_pods=model_ready_pods, service_endpoints=service_endpoints,
+                logger=logger,
             )  # fmt: skip
         except (kopf.TemporaryError, ApiError) as exc:
             # The API is busy or refused a repair: the next round is soon, not after
