@@ -63,7 +63,7 @@ demo-router: install
 # Every tier that runs on this machine; exits non-zero when nothing ran.
 # The vLLM tests run last, in their own environment (pytest there exits 5,
 # failing the run, should it ever collect nothing).
-test: install protos-check lint testbed realnode vllm-env vllm-model
+test: install protos-check lint testbed realnode images vllm-env vllm-model
 	$(PY) -m pytest
 	$(VPY) -m pytest tests/vllm
 
@@ -98,11 +98,11 @@ images: host-deps
 	$(PYTHON) -m images.build $(foreach image,$(IMAGES),--only $(image)) \
 		$(if $(REGISTRY),--registry $(REGISTRY)) $(if $(filter 1,$(PUSH)),--push)
 
-test-controlplane: install testbed realnode vllm-env vllm-model
+test-controlplane: install testbed realnode images
 	$(PY) -m pytest -m controlplane tests/controlplane
 
 # A local cluster to explore by hand: KUBECONFIG=/tmp/edgefleet-testbed/kubeconfig
-cluster-up: install testbed
+cluster-up: install testbed realnode
 	$(PY) -m tests.cluster up
 
 cluster-down: install

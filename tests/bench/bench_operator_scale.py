@@ -15,8 +15,8 @@ and the chart installed), without disturbing anyone else's tests on it:
    nodeSelector; all tolerate the bench taint and use the builtin model source.
 3. Applies all M in one `kubectl apply --server-side` and watches them (a Kubernetes watch
    started before the apply, no polling) until each has Ready=True with observedGeneration ==
-   generation, sampling the operator process's RSS (`/proc/<pid>`, the pid is the process
-   kubelet's container id) as it goes, and the CPU of the operator, of each control-plane
+   generation, sampling the operator process's RSS (`/proc/<pid>`, the pid of its container
+   on the real node, from crictl) as it goes, and the CPU of the operator, of each control-plane
    process and of the whole machine; then measures the same for `--steady-seconds` with every
    model Ready.
    A second watch follows the models' pods: for every pod that turns Ready, the time until its
@@ -61,7 +61,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster import fleet, kube, testbed
+from tests.cluster import fleet, kube, realnode, realnode_build, testbed
 
 GROUP, VERSION, PLURAL = "edgefleet.io", "v1alpha1", "smallmodels"
 BENCH_LABEL = ("edgefleet.io/bench", "operator-scale")
@@ -166,12 +166,13 @@ class OperatorProcess:
         if len(pods) != 1:
             raise RuntimeError(f"expected one running operator pod, found {len(pods)}")
         pod = pods[0]
-        container_id = (pod.status.container_statuses or [None])[0]
-        if container_id is None or not (container_id.container_id or "").startswith("process://"):
-            raise RuntimeError("the operator does not run as a process-kubelet process")
-        pid = int(container_id.container_id.removeprefix("process://"))
-        log_file = (
-            testbed.paths().kubelets / pod.spec.node_name / pod.metadata.uid / "container.log"
+        status = (pod.status.container_statuses or [None])[0]
+        if status is None or not (status.container_id or "").startswith("containerd://"):
+            raise RuntimeError("the operator does not run as a container on a real node")
+        node = realnode.RealNode(name=pod.spec.node_name, bin=realnode_build.bin_dir())
+        pid = node.container_pid(status.container_id)
+        log_file = node.container_log(
+            core.api_client.sanitize_for_serialization(pod), status.name, status.restart_count
         )
         env = dict(
             item.split("=", 1)
@@ -530,12 +531,18 @@ class LogFigures:
     errors: list[str]
 
 
+CRI_LINE = re.compile(r"^\S+ (?:stdout|stderr) [FP] (.*)$")
+
+
 def read_log(path: Path, offset: int) -> LogFigures:
     with path.open("rb") as handle:
         handle.seek(offset)
         text = handle.read().decode(errors="replace")
     reconcile_ms, errors = [], []
-    for line in text.splitlines():
+    for logged in text.splitlines():
+        # The kubelet's CRI log format: time, stream, partial/full tag, then the line.
+        cri = CRI_LINE.match(logged)
+        line = cri.group(1) if cri else logged
         match = RECONCILED.search(line)
         if match:
             reconcile_ms.append(float(match.group(1)))

@@ -1,4 +1,4 @@
-"""CLI: python -m tests.cluster build|up|down|status|restart-kubelet|fleet|scale."""
+"""CLI: python -m tests.cluster build|up|down|status|fleet|scale."""
 
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or reuse) the cached binaries")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
-    sub.add_parser("up", help="start a fresh cluster with the fleet from fleet.yaml")
+    sub.add_parser(
+        "up", help="start a fresh cluster: the fleet from fleet.yaml and a real node (real-0)"
+    )
     sub.add_parser(
         "down", help="stop the cluster and its real nodes and check nothing is left behind"
     )
     sub.add_parser("status", help="say whether the cluster is up and list its nodes")
-    sub.add_parser(
-        "restart-kubelet",
-        help="restart only the process kubelets (their Pods restart) to load changed kubelet code",
-    )
     sub.add_parser(
         "fleet", help="print the kwok nodes of fleet.yaml as a List (e.g. for kind + kwok)"
     )
@@ -37,19 +35,14 @@ def main() -> int:
         build.ensure_host_tools()
         print(build.build(force=args.force))
         return 0
-    from tests.cluster import fleet, kube, testbed  # these need PyYAML
+    from tests.cluster import fleet, kube, realnode_join, testbed  # these need PyYAML
 
     if args.command == "up":
-        print(testbed.up().kubeconfig)
+        print(realnode_join.bed_up().kubeconfig)
     elif args.command == "down":
-        from tests.cluster import realnode_join  # a demo run with --keep leaves its node up
-
-        realnode_join.down()
-        testbed.down()
+        realnode_join.bed_down()
     elif args.command == "status":
         return testbed.status()
-    elif args.command == "restart-kubelet":
-        testbed.restart_kubelets()
     elif args.command == "fleet":
         print(fleet.as_list(fleet.kwok_nodes(fleet.load())))
     elif args.command == "scale":

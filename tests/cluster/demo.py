@@ -163,12 +163,6 @@ def chart_values(folder: Path) -> Path:
     return path
 
 
-def node_ready(demo: Demo) -> bool:
-    ready = "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
-    return demo.kubectl("get", "nodes", "-o", ready, "--field-selector",
-                        f"metadata.name={NODE.name}") == "True"  # fmt: skip
-
-
 def ask_from_a_pod(demo: Demo, question: str) -> None:
     """A pod in the demo's namespace asks the router by its Service's DNS name (CoreDNS,
     then kube-proxy) with the `edgefleet` CLI, as an application in the cluster would."""
@@ -195,18 +189,17 @@ def run(keep: bool) -> None:
     paths = testbed.paths()
     reuse = testbed.status() == 0 if paths.kubeconfig.exists() else False
     if not reuse:
-        say("starting the local cluster (control plane, kwok fleet)")
-        paths = testbed.up()
+        say(
+            f"starting the local cluster (control plane, kwok fleet) and joining the real node "
+            f"{NODE.name} (kubelet, containerd, runc, CNI, kube-proxy, CoreDNS), the product's "
+            "image loaded into it (built if it changed)"
+        )
+        paths = realnode_join.bed_up()
     demo = Demo(paths.kubeconfig)
-    joined = False
     try:
-        if not node_ready(demo):
-            say(
-                f"joining the real node {NODE.name} (kubelet, containerd, runc, CNI, "
-                "kube-proxy, CoreDNS) and loading the product image (built if it changed)"
-            )
+        if not realnode_join.node_ready(NODE.name):
+            say(f"joining the real node {NODE.name} to the running cluster")
             realnode_join.up((NODE,))
-            joined = True
         print(demo.kubectl("get", "nodes", "-o", "wide", "-l", "=".join(realnode_join.REAL_LABEL)),
               end="")  # fmt: skip
         say(f"helm install edgefleet {CHART.relative_to(ROOT)}")
@@ -254,9 +247,7 @@ def run(keep: bool) -> None:
             print("Stop it with: .venv/bin/python -m tests.cluster down")
         else:
             say("stopping the cluster")
-            if joined:
-                realnode_join.down((NODE,))
-            testbed.down()
+            realnode_join.bed_down()
 
 
 def main() -> int:

@@ -186,6 +186,18 @@ class RealNode:
     def in_netns(self, *cmd: str) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *cmd]
 
+    def container_pid(self, container_id: str) -> int:
+        """The host pid of a running container's main process, from the id the kubelet
+        reports in a Pod's status (`containerd://<id>`)."""
+        found = self.crictl("inspect", container_id.removeprefix("containerd://")).stdout
+        return int(json.loads(found)["info"]["pid"])
+
+    def container_log(self, pod: dict, container: str, restarts: int = 0) -> Path:
+        """Where the kubelet writes a container's log (CRI format: time, stream, tag, line)."""
+        meta = pod["metadata"]
+        folder = f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
+        return self.paths.pod_logs / folder / container / f"{restarts}.log"
+
     def crictl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         endpoint = f"unix://{self.paths.containerd_socket}"
         cmd = [

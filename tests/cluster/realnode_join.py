@@ -1,11 +1,12 @@
 """Real nodes in the shared test bed: a kubelet + containerd node per REAL_NODES entry,
-joined to the running cluster (`python -m tests.cluster up`) beside kwok's and the
-process kubelet's nodes. The first one also runs the cluster's DNS (coredns.py).
+joined to the running cluster beside kwok's nodes (`bed_up`: the test bed with the
+first one, as `python -m tests.cluster up`, the control-plane tests and `make demo`
+start it). The first one also runs the cluster's DNS (coredns.py).
 
 Each node keeps its own network namespace (tests/cluster/realnode.py) and gets one
 link into the test bed's bridge: its address there is REAL_NODE_ADDRESSES[i], its
 pods take the /24 REAL_POD_RANGES[i], and the host routes that /24 to the node,
-so the API server, the host and process pods reach its pods, and its pods reach
+so the API server, the host and other nodes' pods reach its pods, and its pods reach
 the pod range and the API server; nothing else (no default route, no masquerade).
 
 The kubelet authenticates with a client certificate (CN system:node:<name>, O
@@ -240,10 +241,12 @@ def _admin(*args: str, stdin: str | None = None) -> str:
     return kube.kubectl(*args, kubeconfig=testbed.paths().kubeconfig, stdin=stdin).stdout
 
 
-def _node_ready(name: str) -> bool:
+def node_ready(name: str) -> bool:
+    """The Node `name` exists and is Ready."""
     out = _admin(
-        "get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
-    )
+        "get", "nodes", f"--field-selector=metadata.name={name}",
+        "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}",
+    )  # fmt: skip
     return out == "True"
 
 
@@ -261,7 +264,7 @@ def up(specs: tuple[RealNodeSpec, ...] = REAL_NODES) -> list[realnode.RealNode]:
         node.up()
         for image in spec.images:
             node.import_image(images.ensure_image(image).archive)
-        kube.wait_for(f"node {spec.name} Ready", lambda n=spec.name: _node_ready(n), timeout=120)
+        kube.wait_for(f"node {spec.name} Ready", lambda n=spec.name: node_ready(n), timeout=120)
         if spec.extended_resources:
             patch = {"status": {"capacity": spec.extended_resources}}
             _admin(
@@ -304,6 +307,27 @@ def down(specs: tuple[RealNodeSpec, ...] = REAL_NODES) -> list[str]:
                 check=False,
             )
     return left
+
+
+def bed_up() -> testbed.Paths:
+    """A fresh test bed (testbed.up) with its first real node joined: where the chart, the
+    tests' pods and the cluster's DNS run. A failed join takes the test bed down again."""
+    paths = testbed.up()
+    try:
+        up(REAL_NODES[:1])
+    except BaseException:
+        down()
+        testbed.down(quiet=True)
+        raise
+    return paths
+
+
+def bed_down() -> None:
+    """Stop every real node, then the test bed; raise naming anything left behind."""
+    left = down()
+    testbed.down()
+    if left:
+        raise RuntimeError("real nodes left things behind:\n" + "\n".join(left))
 
 
 def main(argv: list[str]) -> int:

@@ -4,18 +4,16 @@ kwokctl does what it does well (PKI, etcd, control-plane flags, the kwok
 controller and its default stages). We add only what it cannot do: the bridge
 and safety routes, the API server's non-loopback advertise address (on that
 bridge, so pods can reach it), the service range, kwok's pod range, leaving
-process nodes to the process kubelet, and readiness checks that name the
-component that failed.
+real nodes (realnode_join.py) to their kubelets, and readiness checks that
+name the component that failed.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -54,10 +52,6 @@ class Paths:
     @property
     def kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
-
-    @property
-    def kubelets(self) -> Path:
-        return self.root / "kubelets"
 
     def component_log(self, component: str) -> Path:
         return self.cluster_dir / "logs" / f"{component}.log"
@@ -108,7 +102,7 @@ def _component_patches() -> dict[str, object]:
         "kwok-controller": [
             ("cidr", str(network.KWOK_POD_RANGE), False),
             ("node-ip", network.API_ADDRESS, True),
-            # Leave process nodes (no annotation) to the process kubelet.
+            # Leave real nodes (no annotation) to their kubelets.
             ("manage-all-nodes", "false", True),
             ("manage-nodes-with-annotation-selector", "=".join(fleet.KWOK_ANNOTATION), False),
         ],
@@ -228,31 +222,6 @@ def apply_nodes(kubeconfig: Path, nodes: list[dict[str, object]]) -> None:
     kube.kubectl("apply", "-f", "-", kubeconfig=kubeconfig, stdin=fleet.as_list(nodes), timeout=600)
 
 
-def _start_kubelets(p: Paths, settings: list[fleet.KubeletSettings]) -> None:
-    """One process kubelet per process node, each with its node's settings from fleet.yaml."""
-    p.kubelets.mkdir(parents=True, exist_ok=True)
-    for node in settings:
-        name = node.node
-        log = open(p.kubelets / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.cluster.kubelet",
-                *node.args(),
-                "--kubeconfig",
-                str(p.kubeconfig),
-                "--state",
-                str(p.kubelets / name),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        (p.kubelets / f"{name}.pid").write_text(str(proc.pid))
-
-
 _COMPONENTS = (
     "etcd",
     "kube-apiserver",
@@ -269,12 +238,6 @@ def up() -> Paths:
     state folder), so a failed start leaves no processes behind.
     """
     started = time.monotonic()
-    if importlib.util.find_spec("kubernetes") is None:
-        # The process kubelet needs it; without this check the failure would be
-        # a Ready timeout minutes later.
-        raise ComponentFailed(
-            f"process kubelet: the kubernetes package is missing from {sys.executable}"
-        )
     build.ensure_host_tools()
     bins = build.build()
     p = paths()
@@ -308,139 +271,15 @@ def _start(p: Paths, bins: Path) -> None:
         tails = "\n".join(f"--- {c} ---\n{_log_tail(p, c, 10)}" for c in _COMPONENTS)
         raise ComponentFailed(f"kwokctl create cluster failed:\n{proc.stderr[-3000:]}\n{tails}")
     _wait_control_plane(p, START_TIMEOUT)
-    spec = fleet.load()
-    kwok_nodes, process_nodes = fleet.kwok_nodes(spec), fleet.process_nodes(spec)
-    apply_nodes(p.kubeconfig, kwok_nodes + process_nodes)
-    _start_kubelets(p, fleet.kubelet_settings(spec))
-    names = {n["metadata"]["name"] for n in kwok_nodes + process_nodes}  # type: ignore[index]
+    kwok_nodes = fleet.kwok_nodes(fleet.load())
+    apply_nodes(p.kubeconfig, kwok_nodes)
+    names = {n["metadata"]["name"] for n in kwok_nodes}
     try:
         kube.wait_for("fleet nodes Ready", lambda: nodes_ready(p.kubeconfig, names), START_TIMEOUT)
     except TimeoutError as exc:
-        kubelet_logs = "\n".join(
-            f"--- {f.name} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:])
-            for f in sorted(p.kubelets.glob("*.log"))
-        )
         raise ComponentFailed(
-            f"{exc}\n--- kwok-controller ---\n{_log_tail(p, 'kwok-controller')}\n{kubelet_logs}"
+            f"{exc}\n--- kwok-controller ---\n{_log_tail(p, 'kwok-controller')}"
         ) from None
-
-
-def _kubelet_running(p: Paths, name: str) -> bool:
-    pidfile = p.kubelets / f"{name}.pid"
-    if not pidfile.exists():
-        return False
-    try:
-        cmdline = Path(f"/proc/{int(pidfile.read_text())}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"tests.cluster.kubelet" in cmdline
-
-
-def _stop_kubelets(p: Paths, names: set[str] | None = None) -> None:
-    """Stop the process kubelets (only those of `names` when given)."""
-    for pidfile in p.kubelets.glob("*.pid") if p.kubelets.exists() else []:
-        if names is not None and pidfile.stem not in names:
-            continue
-        pid = int(pidfile.read_text())
-        _terminate(pid)
-        pidfile.unlink()
-
-
-def _heartbeat_since(kubeconfig: Path, names: set[str], since: str) -> bool:
-    """True when every named Node has posted a Ready heartbeat at or after `since`."""
-    out = kube.kubectl("get", "nodes", "-o", "json", kubeconfig=kubeconfig, timeout=60)
-    fresh = {
-        n["metadata"]["name"]
-        for n in json.loads(out.stdout)["items"]
-        for c in n["status"].get("conditions", [])
-        if c["type"] == "Ready" and c["status"] == "True" and c["lastHeartbeatTime"] >= since
-    }
-    return names <= fresh
-
-
-def _wait_heartbeats(p: Paths, names: set[str], since: str, what: str) -> None:
-    try:
-        kube.wait_for(what, lambda: _heartbeat_since(p.kubeconfig, names, since), 60)
-    except TimeoutError as exc:
-        logs = "\n".join(
-            f"--- {f.name} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:])
-            for f in sorted(p.kubelets.glob("*.log"))
-        )
-        raise ComponentFailed(f"{exc}\n{logs}") from None
-
-
-def _running_paths() -> Paths:
-    p = paths()
-    if not p.kubeconfig.exists():
-        raise RuntimeError(f"no test bed is up (no kubeconfig at {p.kubeconfig})")
-    return p
-
-
-def restart_kubelets(nodes: set[str] | None = None) -> None:
-    """Restart the process kubelets, so a running test bed picks up kubelet code changes.
-
-    All of them, or only those of `nodes`. The old kubelet stops its Pods'
-    processes on SIGTERM (keeping their volumes); the new one, started with
-    the usual arguments, adopts every Pod bound to its node from the API and
-    starts it again. A process node in fleet.yaml that the cluster does not
-    have yet is registered first. Returns once each new kubelet has posted a
-    heartbeat.
-    """
-    p = _running_paths()
-    spec = fleet.load()
-    process_nodes = [
-        n
-        for n in fleet.process_nodes(spec)
-        if nodes is None or n["metadata"]["name"] in nodes  # type: ignore[index]
-    ]
-    settings = [s for s in fleet.kubelet_settings(spec) if nodes is None or s.node in nodes]
-    if nodes is not None and (unknown := nodes - {s.node for s in settings}):
-        raise ValueError(f"not process nodes in fleet.yaml: {sorted(unknown)}")
-    # Heartbeat times have one-second resolution: anything from this second on is new.
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    apply_nodes(p.kubeconfig, process_nodes)
-    _stop_kubelets(p, None if nodes is None else nodes)
-    _start_kubelets(p, settings)
-    names = {s.node for s in settings}
-    _wait_heartbeats(p, names, since, "restarted process kubelets' heartbeats")
-
-
-def add_process_nodes() -> list[str]:
-    """Register and start every process node of fleet.yaml that has no running kubelet.
-
-    For a test bed that was started before fleet.yaml gained a node: the
-    running kubelets (and their Pods) are left alone. Returns the nodes started.
-    """
-    p = _running_paths()
-    spec = fleet.load()
-    settings = [s for s in fleet.kubelet_settings(spec) if not _kubelet_running(p, s.node)]
-    names = {s.node for s in settings}
-    if not names:
-        return []
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    apply_nodes(
-        p.kubeconfig,
-        [n for n in fleet.process_nodes(spec) if n["metadata"]["name"] in names],  # type: ignore[index]
-    )
-    _start_kubelets(p, settings)
-    _wait_heartbeats(p, names, since, "new process kubelets' heartbeats")
-    return sorted(names)
-
-
-def _terminate(pid: int, grace: float = 15) -> None:
-    """SIGTERM a process we started, then SIGKILL it if it outlives `grace`."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
 
 
 def stray_processes(p: Paths) -> list[str]:
@@ -454,7 +293,7 @@ def stray_processes(p: Paths) -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if cmdline.startswith(bins) or str(p.root) in cmdline or "tests.cluster.kubelet" in cmdline:
+        if cmdline.startswith(bins) or str(p.root) in cmdline:
             found.append(f"{entry.name}: {cmdline[:160]}")
     return found
 
@@ -467,12 +306,6 @@ def stray_mounts(p: Paths) -> list[str]:
 def down(quiet: bool = False) -> None:
     """Stop everything `up` started; raise if any process, mount or interface remains."""
     p = paths()
-    _stop_kubelets(p)
-    # Pod processes live in our namespaces; a crashed kubelet may have left some.
-    for ns in network.pod_namespaces():
-        pids = network.ip("netns", "pids", ns, check=False).stdout.split()
-        for pid in pids:
-            _terminate(int(pid), grace=5)
     bins = versions.bin_dir()
     if p.cluster_dir.exists() and (bins / "kwokctl").exists():
         subprocess.run(

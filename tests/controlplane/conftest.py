@@ -1,8 +1,12 @@
 """Session fixture: a real cluster for the whole run, torn down (and checked) at the end.
 
+The Docker-free test bed with its first real node (kubelet + containerd, where the
+chart's operator and every pod the tests start run as containers); the GPU-class
+real node joins when a test first asks for it (`gpu_node`).
+
 Set EDGEFLEET_KUBECONFIG to use an existing cluster (e.g. kind) instead of
-starting the Docker-free test bed; tests that need the process kubelet are
-then skipped, and fleet tests run only if the kwok fleet is registered.
+starting the test bed; tests that need its real nodes are then skipped, and
+fleet tests run only if the kwok fleet is registered.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster import network, testbed, versions
+from tests.cluster import network, realnode_join, testbed, versions
 from tests.controlplane.helpers import Cluster
 from tests.support.cloud import RecordingProxy, recorded_cloud
 
@@ -24,32 +28,45 @@ from tests.support.cloud import RecordingProxy, recorded_cloud
 def cluster() -> Iterator[Cluster]:
     existing = os.environ.get("EDGEFLEET_KUBECONFIG")
     if existing:
-        # The running test bed's own kubeconfig: use it as it is (kwok fleet,
-        # process kubelet), and leave it running for the next run.
+        # The running test bed's own kubeconfig (`python -m tests.cluster up`): use it
+        # as it is (kwok fleet, real node), and leave it running for the next run.
         shared = Path(existing).resolve() == testbed.paths().kubeconfig.resolve()
         yield Cluster(Path(existing), testbed=shared, owned=False)
         return
     # No try/skip here: a cluster that cannot start must fail the run loudly.
-    paths = testbed.up()
+    paths = realnode_join.bed_up()
     yield Cluster(paths.kubeconfig, testbed=True, owned=True)
     if paths.kubeconfig.exists():
-        testbed.down()
+        realnode_join.bed_down()
 
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[RecordingProxy]:
     """The stand-in cloud behind a recording proxy, reachable from pods at the bridge
-    address only (process pods on the bridge, real nodes' pods through their node)."""
+    address only (real nodes' pods through their node)."""
     with recorded_cloud(host=network.API_ADDRESS) as (_, proxy):
         yield proxy
 
 
 @pytest.fixture
 def testbed_cluster(cluster: Cluster) -> Cluster:
-    """The cluster, for tests that need kwok nodes or the process kubelet."""
+    """The cluster, for tests that need kwok nodes or the test bed's real nodes."""
     if not cluster.testbed:
-        pytest.skip("needs the Docker-free test bed (kwok fleet / process kubelet)")
+        pytest.skip("needs the Docker-free test bed (kwok fleet / real nodes)")
     return cluster
+
+
+@pytest.fixture(scope="session")
+def gpu_node(release: Cluster) -> str:
+    """The GPU-class real node (nvidia.com/gpu advertised, the vLLM image loaded), joined
+    the first time a test asks for it (its 7.9 GB image takes minutes to import); it
+    leaves with the test bed."""
+    if not release.testbed:
+        pytest.skip("the GPU-class real node joins only the Docker-free test bed")
+    spec = realnode_join.REAL_NODES[1]
+    if not realnode_join.node_ready(spec.name):
+        realnode_join.up((spec,))
+    return spec.name
 
 
 @pytest.fixture

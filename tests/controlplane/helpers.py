@@ -34,7 +34,7 @@ class Cluster:
     """A reachable cluster and how to talk to it as admin."""
 
     kubeconfig: Path
-    # True on the Docker-free test bed (kwok nodes, process kubelet); False on kind.
+    # True on the Docker-free test bed (kwok nodes, real nodes); False on kind.
     testbed: bool
     # True when this run started the cluster (and so may stop and restart it).
     owned: bool = False

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tests.cluster import realnode_join
 from tests.controlplane.helpers import Cluster, wait_for
 
 BUILTIN = {"gguf": {"uri": "builtin://smollm2-135m"}}
 EDGE_TOLERATION = {"key": "edgefleet.io/edge", "operator": "Exists", "effect": "NoSchedule"}
-PROCESS_PLACEMENT = {
-    "nodeSelector": {"edgefleet.io/runtime": "process"},
-    "tolerations": [{"key": "edgefleet.io/process", "operator": "Exists", "effect": "NoSchedule"}],
-}
+# The test bed's first real node (kubelet + containerd), where model pods run as containers.
+REAL_NODE = realnode_join.REAL_NODES[0].name
+REAL_PLACEMENT = realnode_join.placement(REAL_NODE)
 CHILD_KINDS = "deployments,daemonsets,services,poddisruptionbudgets,networkpolicies,configmaps"
 
 

@@ -20,6 +20,7 @@ from tests.controlplane.conftest import CHART, RELEASE, RELEASE_NAMESPACE
 from tests.controlplane.helpers import Cluster, wait_for
 from tests.controlplane.operator_support import (
     EDGE_TOLERATION,
+    REAL_NODE,
     managed_children,
     pods,
     smallmodel,
@@ -58,7 +59,8 @@ def _can(cluster: Cluster, *args: str) -> bool:
 def test_operator_runs_in_cluster_with_exactly_the_charts_rbac(release: Cluster) -> None:
     pod = _operator_pod(release)
     assert pod["spec"]["serviceAccountName"] == RELEASE
-    assert pod["spec"]["nodeName"] == "proc-0"  # a real process, not a kwok fake
+    assert pod["spec"]["nodeName"] == REAL_NODE  # a container, not a kwok fake
+    assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
     assert pod["spec"]["containers"][0]["command"] == ["edgefleet-operator"]
     # What it needs...
     for verb_resource in (

@@ -1,16 +1,18 @@
 """End to end on the test bed: kubectl apply → real pods → answers with their routes.
 
 The chart's operator turns a SmallModel (the packaged SmolLM2) and a
-RoutingPolicy into real processes on the process node: a llama.cpp model
-server (after its fetch-model init container), the router and the egress.
+RoutingPolicy into containers on the real node: a llama.cpp model server
+(after its fetch-model init container), the router and the egress.
 The cloud is the real llama_cpp.server behind a recording proxy on the
 bridge address, so the test sees exactly what left the cluster. A gRPC
-client on the host calls the router at its Service's endpoint.
+client on the host calls the router at its Service's endpoint, and a client
+pod by the Service's DNS name.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import urllib.request
 from typing import Any
 
@@ -20,12 +22,15 @@ from openai import OpenAI
 
 from edgefleet.routing.complexity import ComplexityScorer
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
+from tests.cluster import realnode_join
 from tests.controlplane.conftest import CHART, RELEASE, RELEASE_NAMESPACE
 from tests.controlplane.helpers import Cluster, wait_for
 from tests.controlplane.operator_support import (
-    PROCESS_PLACEMENT,
+    REAL_NODE,
+    REAL_PLACEMENT,
     listing,
     managed_children,
+    pods,
     smallmodel,
     wait_condition,
 )
@@ -92,7 +97,7 @@ def ready_addresses(cluster: Cluster, namespace: str, service: str, port: str) -
 def test_kubectl_apply_to_answers_local_cloud_and_private(
     release: Cluster, namespace: str, cloud: RecordingProxy
 ) -> None:
-    apply_hybrid(release, namespace, cloud, placement=PROCESS_PLACEMENT)
+    apply_hybrid(release, namespace, cloud, placement=REAL_PLACEMENT)
 
     # The model pod fetched the packaged model in its init container, loaded it
     # and passed its gRPC readiness probe; the router sees it through EndpointSlices.
@@ -146,6 +151,26 @@ def test_kubectl_apply_to_answers_local_cloud_and_private(
     )  # fmt: skip
     assert reply.choices[0].message.content
 
+    # Every pod of the product is a container on the real node.
+    on_nodes = {
+        p["metadata"]["name"]: p["spec"]["nodeName"]
+        for p in pods(release, namespace, "app.kubernetes.io/part-of=edgefleet")
+    }
+    assert set(on_nodes.values()) == {REAL_NODE}, on_nodes
+    # A client pod asks the router by its Service's DNS name (CoreDNS, then kube-proxy),
+    # with the product's CLI over gRPC and the stock openai SDK over HTTP.
+    service = f"{POLICY}-router.{namespace}.svc.cluster.local"
+    client = realnode_join.client_pod(
+        namespace,
+        REAL_NODE,
+        f"edgefleet --target {service}:50051 generate {shlex.quote(SIMPLE)} --max-tokens 8 "
+        f"&& python3 -c {shlex.quote(OPENAI_CLIENT.format(url=f'http://{service}:8080/v1'))}",
+    )
+    release.apply(client)
+    log = wait_for("the client pod's answers", lambda: finished_log(release, client), 180)
+    assert "route=local:complexity.low" in log, log
+    assert "openai: " in log and log.split("openai: ", 1)[1].strip(), log
+
     # The router reports its own figures into the RoutingPolicy's status.
     def reported() -> dict[str, Any] | None:
         live = (release.get("routingpolicy", POLICY, namespace).get("status") or {}).get("router")
@@ -153,6 +178,7 @@ def test_kubectl_apply_to_answers_local_cloud_and_private(
 
     live = wait_for("the router's figures in the RoutingPolicy status", reported, 90)
     assert live["cloudRequests"] == 1
+    assert [body["messages"][-1]["content"] for body in cloud.received()] == [COMPLEX]
     reasons = {d["reason"]: d["count"] for d in live["lastDecisions"]}
     assert reasons.get("complexity.high") == 1
     assert reasons.get("complexity.low", 0) >= 2
@@ -165,7 +191,8 @@ def test_kubectl_apply_to_answers_local_cloud_and_private(
         "upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reuse-values",
         "--set", f"tests.namespaces={{{namespace}}}", "--wait",
     )  # fmt: skip
-    # (No --logs: the test bed has no kubelet log API; a failed check fails the phase.)
+    # (No --logs: the chart's hook pod is deleted once it has run; a failed check fails
+    # the phase.)
     result = release.helm("test", RELEASE, "-n", RELEASE_NAMESPACE, timeout=300)
     assert "TEST SUITE:     edgefleet-test-router-health" in result.stdout, result.stdout
     assert "Phase:          Succeeded" in result.stdout, result.stdout
@@ -182,6 +209,27 @@ def test_kubectl_apply_to_answers_local_cloud_and_private(
     failed = release.helm("test", RELEASE, "-n", RELEASE_NAMESPACE, timeout=300, check=False)
     assert failed.returncode != 0
     assert "Failed" in failed.stdout + failed.stderr
+
+
+OPENAI_CLIENT = """\
+from openai import OpenAI
+client = OpenAI(base_url="{url}", api_key="unused", timeout=120)
+reply = client.chat.completions.create(
+    model="hybrid", messages=[{{"role": "user", "content": "Name a colour."}}], max_tokens=8
+)
+print("openai:", reply.choices[0].message.content)
+"""
+
+
+def finished_log(cluster: Cluster, pod: dict[str, Any]) -> str | None:
+    """The pod's log once it succeeded; an AssertionError with it if it failed."""
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    phase = (cluster.get("pod", name, namespace) or {}).get("status", {}).get("phase")
+    if phase not in ("Succeeded", "Failed"):
+        return None
+    log = cluster.kubectl("logs", "-n", namespace, name).stdout
+    assert phase == "Succeeded", f"the client pod failed:\n{log}"
+    return log
 
 
 def backends_ready(metrics_address: str) -> int:

@@ -1,68 +1,43 @@
-"""A real node in the shared test bed: Pods bound through the API server run as
-containers under kubelet + containerd + runc, from images built by images/build.py.
+"""The test bed's real node: Pods bound through the API server run as containers under
+kubelet + containerd + runc, from images built by images/build.py, and the kubelet's
+own reasons reach the product's status.
 
-The node (tests/cluster/realnode_join.py) joins the running test bed beside kwok's
-and the process kubelet's nodes; everything here reaches it the way a cluster would:
-the scheduler places Pods on it, `kubectl logs`/`exec` go through the API server to
-its kubelet, and the host reaches its pods over the test bed's bridge.
+The node (tests/cluster/realnode_join.py) joins the test bed beside kwok's nodes;
+everything here reaches it the way a cluster would: the scheduler places Pods on it,
+`kubectl logs`/`exec` go through the API server to its kubelet, Services through
+kube-proxy and CoreDNS, and the host reaches its pods over the test bed's bridge.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import ipaddress
 import json
-import shlex
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
-import yaml
 
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
+from images import build as images
 from tests.cluster import network, realnode, realnode_join
-from tests.controlplane.conftest import CHART, RELEASE, RELEASE_NAMESPACE, TESTBED_VALUES
+from tests.controlplane.conftest import RELEASE, RELEASE_NAMESPACE
 from tests.controlplane.helpers import Cluster, wait_for
 from tests.controlplane.operator_support import condition, pods, smallmodel, wait_condition
 from tests.controlplane.test_operator_e2e import (
-    PLANTED_EMAIL,
     POLICY,
-    PRIVATE,
-    apply_hybrid,
-    backends_ready,
-    ready_addresses,
     routing_policy,
 )
 from tests.support.cloud import STAND_IN_API_KEY, RecordingProxy
-from tests.support.prompts import COMPLEX, SIMPLE
 from tests.support.routing import ask
 
-# The first test also builds the CPU image when its inputs changed (a cold build takes
-# minutes, as in tests/images) and imports it into the node.
 pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(900)]
 
 REAL = realnode_join.REAL_NODES[0]
 ON_THE_REAL_NODE = realnode_join.placement(REAL.name)
-
-
-def _joined(cluster: Cluster, spec: realnode_join.RealNodeSpec) -> Iterator[realnode.RealNode]:
-    """The node `spec` joined to the test bed for a module's tests; it leaves nothing behind."""
-    if not cluster.testbed:
-        pytest.skip("a real node joins only the Docker-free test bed")
-    (node,) = realnode_join.up((spec,))
-    yield node
-    left = realnode_join.down((spec,))
-    assert not left, f"{spec.name} left behind: {left}"
-
-
-@pytest.fixture(scope="module")
-def real_node(cluster: Cluster) -> Iterator[realnode.RealNode]:
-    yield from _joined(cluster, REAL)
 
 
 def _ready_pod(cluster: Cluster, namespace: str, name: str, timeout: float) -> dict[str, Any]:
@@ -92,7 +67,7 @@ def _process_status(
 
 
 def test_a_pod_bound_through_the_api_runs_as_a_container_with_logs_and_exec(
-    testbed_cluster: Cluster, real_node: realnode.RealNode, namespace: str
+    testbed_cluster: Cluster, namespace: str
 ) -> None:
     web = realnode.web_pod(name=f"web-{uuid.uuid4().hex[:6]}", host_port=None)
     web["metadata"]["namespace"] = namespace
@@ -103,7 +78,7 @@ def test_a_pod_bound_through_the_api_runs_as_a_container_with_logs_and_exec(
     assert pod["spec"]["nodeName"] == REAL.name
     assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
     pod_ip = pod["status"]["podIP"]
-    assert ipaddress.ip_address(pod_ip) in real_node.pod_cidr
+    assert ipaddress.ip_address(pod_ip) in realnode_join.pod_range(0)
     # The host reaches the pod over the bridge, through the node's route.
     with urllib.request.urlopen(f"http://{pod_ip}:8080/", timeout=5) as response:
         assert response.read().decode() == "edgefleet real node\n"
@@ -123,7 +98,7 @@ def test_a_pod_bound_through_the_api_runs_as_a_container_with_logs_and_exec(
 
 
 def test_a_pod_on_a_real_node_finds_a_service_through_coredns_and_reaches_it_by_kube_proxy(
-    testbed_cluster: Cluster, real_node: realnode.RealNode, namespace: str
+    testbed_cluster: Cluster, namespace: str
 ) -> None:
     web = realnode.web_pod(name=f"web-{uuid.uuid4().hex[:6]}", host_port=None)
     name = web["metadata"]["name"]
@@ -178,7 +153,7 @@ def test_a_pod_on_a_real_node_finds_a_service_through_coredns_and_reaches_it_by_
 
 
 def test_a_smallmodel_runs_as_containers_from_the_product_image(
-    release: Cluster, real_node: realnode.RealNode, namespace: str
+    release: Cluster, namespace: str
 ) -> None:
     model = smallmodel("edge", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
     release.apply(model, namespace=namespace)
@@ -216,42 +191,8 @@ def test_a_smallmodel_runs_as_containers_from_the_product_image(
     )
 
 
-GPU = realnode_join.REAL_NODES[1]
-ON_THE_GPU_NODE = realnode_join.placement(GPU.name)
-
-
-@pytest.fixture(scope="module")
-def gpu_node(cluster: Cluster) -> Iterator[realnode.RealNode]:
-    """The GPU-class real node (nvidia.com/gpu advertised, the vLLM image loaded)."""
-    yield from _joined(cluster, GPU)
-
-
-# Joining the node imports the 7.9 GB vLLM image (minutes), then vLLM compiles its model.
-@pytest.mark.timeout(1500)
-def test_a_vllm_smallmodel_runs_from_the_vllm_image_on_the_gpu_class_node(
-    release: Cluster, real_node: realnode.RealNode, gpu_node: realnode.RealNode, namespace: str
-) -> None:
-    model = smallmodel("gpu", engine="vllm", replicas=1, placement=ON_THE_GPU_NODE)
-    release.apply(model, namespace=namespace)
-    # vLLM's engine start takes minutes on 2 cores (as in test_vllm_pods).
-    ready = wait_condition(release, namespace, "smallmodel", "gpu", "Ready", "True", timeout=900)
-    assert ready["status"]["engines"]["vllm"]["ready"] == 1
-
-    (pod,) = pods(release, namespace, "app.kubernetes.io/name=gpu")
-    assert pod["spec"]["nodeName"] == GPU.name
-    server = next(c for c in pod["spec"]["containers"] if c["name"] == "server")
-    assert server["image"].split("/")[-1].startswith("edgefleet-vllm:")
-    assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    fetch = pod["status"]["initContainerStatuses"][0]
-    assert (fetch["name"], fetch["state"]["terminated"]["exitCode"]) == ("fetch-model", 0)
-    with grpc.insecure_channel(f"{pod['status']['podIP']}:50051") as channel:
-        response, _ = ask(pb_grpc.InferenceStub(channel), "Say hello.", timeout=300)
-    assert response.text.strip()
-    assert response.served_by.engine == "vllm"
-
-
 def test_a_model_whose_fetch_keeps_failing_reports_the_kubelets_crash_loop(
-    release: Cluster, real_node: realnode.RealNode, namespace: str
+    release: Cluster, namespace: str
 ) -> None:
     # 192.0.2.1 (TEST-NET-1): the pod has no route to it, so the download fails at
     # connect() without a packet leaving the node.
@@ -278,52 +219,35 @@ def test_a_model_whose_fetch_keeps_failing_reports_the_kubelets_crash_loop(
 
 
 @contextlib.contextmanager
-def upgraded(
-    release: Cluster, folder: Path, change: Callable[[dict[str, Any]], None]
-) -> Iterator[Cluster]:
-    """The release upgraded to the test bed's values as `change` alters them; put back after."""
-    values = yaml.safe_load(TESTBED_VALUES.read_text())
-    change(values)
-    changed = folder / "values.yaml"
-    changed.write_text(yaml.safe_dump(values))
+def operator_env(release: Cluster, name: str, value: str) -> Iterator[None]:
+    """The chart's operator restarted with one variable changed; put back after (both
+    waited for: the operator pod must be running again before the next test)."""
+    deployment = f"deployment/{RELEASE}-operator"
 
-    def upgrade(values_file: Path) -> None:
-        release.helm(
-            "upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reset-values",
-            "--values", str(values_file), "--wait", "--timeout", "180s",
-        )  # fmt: skip
+    def set_env(setting: str) -> None:
+        release.kubectl("set", "env", "-n", RELEASE_NAMESPACE, deployment, setting)
+        release.kubectl("rollout", "status", "-n", RELEASE_NAMESPACE, deployment,
+                        "--timeout=180s", timeout=200)  # fmt: skip
 
-    upgrade(changed)
+    original = release.kubectl(
+        "get", "-n", RELEASE_NAMESPACE, deployment, "-o",
+        f"jsonpath={{.spec.template.spec.containers[0].env[?(@.name=='{name}')].value}}",
+    ).stdout  # fmt: skip
+    set_env(f"{name}={value}")
     try:
-        yield release
+        yield
     finally:
-        upgrade(TESTBED_VALUES)
-
-
-def _routers_on_the_real_node(values: dict[str, Any]) -> None:
-    for component in ("router", "egress"):
-        values[component]["pod"].update(copy.deepcopy(ON_THE_REAL_NODE))
-
-
-@pytest.fixture(scope="module")
-def routers_on_the_real_node(
-    release: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    """The release with its routers and egresses placed on the real node (this module's
-    last tests); put back after."""
-    folder = tmp_path_factory.mktemp("routers")
-    with upgraded(release, folder, _routers_on_the_real_node) as moved:
-        yield moved
+        set_env(f"{name}={original}")
 
 
 def test_a_model_whose_image_is_not_on_the_node_reports_the_kubelets_reason(
-    release: Cluster, real_node: realnode.RealNode, namespace: str, tmp_path: Path
+    release: Cluster, namespace: str
 ) -> None:
-    # A tag no node has, with pullPolicy Never: the kubelet refuses without a pull.
-    def absent_image(values: dict[str, Any]) -> None:
-        values["image"] = {"tag": "0.0.0-absent", "pullPolicy": "Never"}
-
-    with upgraded(release, tmp_path, absent_image):
+    # The operator told to run model servers from a tag no node has, with the test bed's
+    # pullPolicy Never: the kubelet refuses without a pull. (The operator's own image
+    # stays: a bad chart-wide image would stop the operator itself first.)
+    tag = images.public_ref("edgefleet").rsplit(":", 1)[0] + ":0.0.0-absent"
+    with operator_env(release, "EDGEFLEET_IMAGE", tag):
         model = smallmodel("absent", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
         release.apply(model, namespace=namespace)
         absent = wait_condition(
@@ -344,80 +268,11 @@ def test_a_model_whose_image_is_not_on_the_node_reports_the_kubelets_reason(
     ), "the kubelet's own Event"
 
 
-def test_model_router_and_egress_as_containers_answer_local_cloud_and_private(
-    routers_on_the_real_node: Cluster,
-    real_node: realnode.RealNode,
-    namespace: str,
-    cloud: RecordingProxy,
-) -> None:
-    release = routers_on_the_real_node
-    apply_hybrid(release, namespace, cloud, placement=ON_THE_REAL_NODE)
-    wait_condition(release, namespace, "routingpolicy", POLICY, "Ready", "True", timeout=300)
-    on_nodes = {
-        p["metadata"]["labels"].get("app.kubernetes.io/component"): p["spec"]["nodeName"]
-        for p in pods(release, namespace, "app.kubernetes.io/part-of=edgefleet")
-    }
-    assert set(on_nodes.values()) == {REAL.name}, on_nodes
-    # The router reached the API server through kube-proxy (the `kubernetes` Service's
-    # ClusterIP) with its ServiceAccount token, and found both backends.
-    metrics = ready_addresses(release, namespace, f"{POLICY}-router", "metrics")[0]
-    wait_for("the router sees the model and the egress", lambda: backends_ready(metrics) == 2, 120)
-    router = ready_addresses(release, namespace, f"{POLICY}-router", "grpc")[0]
-    with grpc.insecure_channel(router) as channel:
-        stub = pb_grpc.InferenceStub(channel)
-        simple, _ = ask(stub, SIMPLE)
-        assert (simple.route.target, simple.route.reason) == ("local", "complexity.low")
-        hard, _ = ask(stub, COMPLEX, max_tokens=8)
-        assert (hard.route.target, hard.route.reason) == ("cloud", "complexity.high")
-        private, _ = ask(stub, PRIVATE, max_tokens=8)
-        assert private.route.target == "local"
-    # A client pod on the node asks the router by its Service's DNS name, with the
-    # product's CLI over gRPC and the stock openai SDK over HTTP.
-    service = f"{POLICY}-router.{namespace}.svc.cluster.local"
-    client = realnode_join.client_pod(
-        namespace,
-        REAL.name,
-        f"edgefleet --target {service}:50051 generate {shlex.quote(SIMPLE)} --max-tokens 8 "
-        f"&& python3 -c {shlex.quote(_OPENAI_CLIENT.format(url=f'http://{service}:8080/v1'))}",
-    )
-    release.apply(client)
-    log = wait_for("the client pod's answers", lambda: _finished_log(release, client), 180)
-    assert "route=local:complexity.low" in log, log
-    assert "openai: " in log and log.split("openai: ", 1)[1].strip(), log
-
-    # Only the complex prompt left, through the egress container, and nothing private.
-    assert [body["messages"][-1]["content"] for body in cloud.received()] == [COMPLEX]
-    assert PLANTED_EMAIL not in cloud.received_text()
-
-
-_OPENAI_CLIENT = """\
-from openai import OpenAI
-client = OpenAI(base_url="{url}", api_key="unused", timeout=120)
-reply = client.chat.completions.create(
-    model="hybrid", messages=[{{"role": "user", "content": "Name a colour."}}], max_tokens=8
-)
-print("openai:", reply.choices[0].message.content)
-"""
-
-
-def _finished_log(cluster: Cluster, pod: dict[str, Any]) -> str | None:
-    """The pod's log once it succeeded; an AssertionError with it if it failed."""
-    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
-    phase = (cluster.get("pod", name, namespace) or {}).get("status", {}).get("phase")
-    if phase not in ("Succeeded", "Failed"):
-        return None
-    log = cluster.kubectl("logs", "-n", namespace, name).stdout
-    assert phase == "Succeeded", f"the client pod failed:\n{log}"
-    return log
-
-
 def test_a_missing_cloud_key_secret_is_quoted_until_it_exists(
-    routers_on_the_real_node: Cluster,
-    real_node: realnode.RealNode,
+    release: Cluster,
     namespace: str,
     cloud: RecordingProxy,
 ) -> None:
-    release = routers_on_the_real_node
     model = smallmodel("local", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
     release.apply(model, routing_policy(cloud), namespace=namespace)
 

@@ -3,7 +3,7 @@
 The chart's operator runs a SmallModel and a RoutingPolicy (as in
 test_operator_e2e: the cloud is the real llama_cpp.server behind a recording
 proxy on the bridge address) whose sensitiveNamespaces name a namespace this
-test creates, and one that does not exist yet. Client pods on the process
+test creates, and one that does not exist yet. Client pods on the real
 node call the router at its pod address: the one in the sensitive namespace
 is kept local with reason privacy.namespace and its prompt never reaches the
 proxy; the same prompt from the host or from a pod elsewhere goes to the
@@ -23,10 +23,11 @@ import pytest
 
 from edgefleet.routing.complexity import ComplexityScorer
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
-from tests.cluster import network, testbed
+from tests.cluster import network, realnode_join
 from tests.controlplane.helpers import Cluster, wait_for
 from tests.controlplane.operator_support import (
-    PROCESS_PLACEMENT,
+    REAL_NODE,
+    REAL_PLACEMENT,
     condition,
     listing,
     smallmodel,
@@ -43,8 +44,8 @@ POLICY = "guarded"
 FROM_SENSITIVE = f"{COMPLEX} (Asked from the sensitive namespace.)"
 FROM_ELSEWHERE = f"{COMPLEX} (Asked from an ordinary namespace.)"
 
-# Runs in a client pod (the kubelet's interpreter: the project's, with grpc and
-# the stubs). It waits, polling with a deadline, until the test flips its
+# Runs in a client pod (the product image's interpreter, with grpc and the
+# stubs). It waits, polling with a deadline, until the test flips its
 # ConfigMap to "go" (once the router has seen this pod), asks once, prints the
 # route and exits 0 only when it is the expected one.
 CLIENT = textwrap.dedent(
@@ -147,26 +148,13 @@ def start_client(
         "metadata": {"name": name},
         "data": {"go": "wait"},
     }
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            **PROCESS_PLACEMENT,
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "client",
-                    "image": "edgefleet-testbed/python",
-                    "command": ["python3", "-c", CLIENT, router, prompt, *want],
-                    "volumeMounts": [
-                        {"name": "signal", "mountPath": "/etc/edgefleet-client", "readOnly": True}
-                    ],
-                }
-            ],
-            "volumes": [{"name": "signal", "configMap": {"name": name}}],
-        },
-    }
+    pod = realnode_join.client_pod(namespace, REAL_NODE, "", name=name)
+    (container,) = pod["spec"]["containers"]
+    container["command"] = ["python3", "-c", CLIENT, router, prompt, *want]
+    container["volumeMounts"] = [
+        {"name": "signal", "mountPath": "/etc/edgefleet-client", "readOnly": True}
+    ]
+    pod["spec"]["volumes"] = [{"name": "signal", "configMap": {"name": name}}]
     cluster.apply(config_map, pod, namespace=namespace)
 
 
@@ -188,13 +176,10 @@ def release_client(cluster: Cluster, namespace: str, name: str) -> dict[str, Any
     return wait_for(f"client pod {namespace}/{name} ends", ended, 300)
 
 
-def client_log(pod: dict[str, Any]) -> str:
-    """What the client printed (the process kubelet keeps each pod's output)."""
-    path = testbed.paths().kubelets / "proc-0" / pod["metadata"]["uid"] / "container.log"
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return f"(no log at {path})"
+def client_log(cluster: Cluster, pod: dict[str, Any]) -> str:
+    """What the client printed (`kubectl logs`)."""
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    return cluster.kubectl("logs", "-n", namespace, name, check=False).stdout
 
 
 def test_a_pod_in_a_sensitive_namespace_stays_local_and_its_bindings_follow_the_policy(
@@ -206,7 +191,7 @@ def test_a_pod_in_a_sensitive_namespace_stays_local_and_its_bindings_follow_the_
         "create", "secret", "generic", "cloud-llm", "-n", namespace,
         f"--from-literal=api-key={STAND_IN_API_KEY}",
     )  # fmt: skip
-    model = smallmodel("local", engine="llamacpp", replicas=1, placement=PROCESS_PLACEMENT)
+    model = smallmodel("local", engine="llamacpp", replicas=1, placement=REAL_PLACEMENT)
     release.apply(model, routing_policy(cloud, [sensitive, late]), namespace=namespace)
     try:
         run_scenario(release, namespace, sensitive, late, cloud)
@@ -279,8 +264,8 @@ def run_scenario(
         60,
     )
     finished = release_client(release, sensitive, "asker")
-    assert finished["status"]["phase"] == "Succeeded", client_log(finished)
-    assert "route=local:privacy.namespace" in client_log(finished)
+    assert finished["status"]["phase"] == "Succeeded", client_log(release, finished)
+    assert "route=local:privacy.namespace" in client_log(release, finished)
     assert "Asked from the sensitive namespace" not in cloud.received_text()
     assert address.startswith("10.244.")
 
@@ -288,7 +273,7 @@ def run_scenario(
     start_client(release, namespace, "asker", router, FROM_ELSEWHERE, ("cloud", "complexity.high"))
     wait_for("the ordinary client's IP", lambda: pod_ip(release, namespace, "asker"), 120)
     finished = release_client(release, namespace, "asker")
-    assert finished["status"]["phase"] == "Succeeded", client_log(finished)
+    assert finished["status"]["phase"] == "Succeeded", client_log(release, finished)
     assert [b["messages"][-1]["content"] for b in cloud.received()] == [COMPLEX, FROM_ELSEWHERE]
 
     # Dropping a namespace from the policy removes its binding (and only that one).

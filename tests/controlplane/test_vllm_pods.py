@@ -1,51 +1,41 @@
 """vLLM model pods for real: `engine: auto` on a GPU-class node runs the vLLM engine.
 
-The test bed's `proc-gpu-0` (tests/cluster/fleet.yaml) looks like a GPU node
-to the scheduler and the operator (`nvidia.com/gpu.present=true`, one
-`nvidia.com/gpu`) and its process kubelet runs Pods with the vLLM CPU build
-(.venv-vllm) on this host's CPU. So the chart's operator plans vLLM for a
-SmallModel that may use it, the real scheduler binds the pod there, the
-`fetch-model` init container turns the packaged GGUF into a Hugging Face
-folder (a link to the per-machine conversion cache when `make vllm-model` has
-filled it), and `edgefleet-server --engine vllm` answers at the pod's
-EndpointSlice address.
-
-Needs `make vllm-env` (and, for a quick init container, `make vllm-model`):
-`make test` builds both first. Without .venv-vllm these tests fail, never skip.
+The test bed's `real-gpu-0` (tests/cluster/realnode_join.py) is a real node that
+looks like a GPU node to the scheduler and the operator (`nvidia.com/gpu.present=true`,
+one `nvidia.com/gpu` advertised) and runs the vLLM image (inference-server/Dockerfile.vllm,
+vLLM's CPU build) on this host's CPU. So the chart's operator plans vLLM for a
+SmallModel that may use it, the real scheduler binds the pod there, the `fetch-model`
+init container turns the packaged GGUF into a Hugging Face folder, and
+`edgefleet-server --engine vllm` answers at the pod's address; `real-0` is the CPU node.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import pytest
 
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
-from tests.cluster import fleet, testbed
+from tests.cluster import realnode_join
 from tests.controlplane.helpers import Cluster, wait_for
-from tests.controlplane.operator_support import condition, listing, pods, smallmodel
+from tests.controlplane.operator_support import REAL_NODE, condition, listing, pods, smallmodel
 from tests.support.prompts import SIMPLE
 from tests.support.routing import ask
 
 pytestmark = pytest.mark.controlplane
 
 T = TypeVar("T")
-GPU_NODE = "proc-gpu-0"
-CPU_NODE = "proc-0"
-VLLM_VENV = fleet.REPO_ROOT / ".venv-vllm"
-# The process node's taint, and the GPU one that keeps other process pods off proc-gpu-0.
+GPU_NODE = realnode_join.REAL_NODES[1].name
+# Both real nodes (the label every real node carries) and their taint.
 PLACEMENT = {
-    "nodeSelector": {"edgefleet.io/runtime": "process"},
-    "tolerations": [
-        {"key": "edgefleet.io/process", "operator": "Exists", "effect": "NoSchedule"},
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-    ],
+    "nodeSelector": dict([realnode_join.REAL_LABEL]),
+    "tolerations": realnode_join.placement(GPU_NODE)["tolerations"],
 }
 # vLLM's engine start takes ~1-2 min on this 2-core machine, more while other work runs.
 START_TIMEOUT_S = 600
@@ -53,41 +43,16 @@ START_TIMEOUT_S = 600
 ASK_TIMEOUT_S = 120
 
 
-@pytest.fixture(scope="module")
-def vllm_node(release: Cluster) -> Cluster:
-    """The test bed with proc-gpu-0 Ready; fails (never skips) without the vLLM environment."""
-    if not release.testbed:
-        pytest.skip("needs the Docker-free test bed's process kubelet")
-    missing = [
-        name
-        for name in ("bin/python", "bin/edgefleet-server", "bin/edgefleet-fetch-model")
-        if not (VLLM_VENV / name).exists()
-    ]
-    if missing:
-        pytest.fail(
-            f"{VLLM_VENV} lacks {', '.join(missing)}: run `make vllm-env` "
-            "(proc-gpu-0's pods run the vLLM CPU build from it)",
-            pytrace=False,
-        )
-    # A test bed started before fleet.yaml had proc-gpu-0 gets it now; a fresh one has it.
-    testbed.add_process_nodes()
-    wait_for(
-        f"{GPU_NODE} Ready",
-        lambda: testbed.nodes_ready(release.kubeconfig, {GPU_NODE}),
-        60,
-    )
+@pytest.fixture
+def vllm_node(release: Cluster, gpu_node: str) -> Cluster:
+    """The release, with the GPU-class real node joined."""
     return release
 
 
-def _pod_log(node: str, pod: dict[str, Any], container: str) -> Path:
-    folder = testbed.paths().kubelets / node / pod["metadata"]["uid"]
-    return folder / ("container.log" if container == "server" else f"init-{container}.log")
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    if not path.exists():
-        return f"(no log at {path})"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+def _log(cluster: Cluster, pod: dict[str, Any], container: str, lines: int | None = None) -> str:
+    args = ["logs", "-n", pod["metadata"]["namespace"], pod["metadata"]["name"], "-c", container]
+    result = cluster.kubectl(*args, *([f"--tail={lines}"] if lines else []), check=False)
+    return result.stdout or result.stderr
 
 
 def _wait_with_logs(
@@ -104,8 +69,7 @@ def _wait_with_logs(
             report.append(json.dumps(pod.get("status", {}), indent=1)[-3000:])
             if node:
                 for container in ("fetch-model", "server"):
-                    log = _pod_log(node, pod, container)
-                    report.append(f"--- {container}: {log}\n{_tail(log)}")
+                    report.append(f"--- {container}:\n{_log(cluster, pod, container, 25)}")
         raise AssertionError("\n".join(report)) from None
 
 
@@ -146,11 +110,12 @@ def _grpc_endpoints(cluster: Cluster, namespace: str, service: str) -> dict[str,
     }
 
 
-def _server_cmdline(pod: dict[str, Any]) -> str:
-    """The running server process's command line (the kubelet reports process://<pid>)."""
-    status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "server")
-    pid = status["containerID"].removeprefix("process://")
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+def _server_cmdline(cluster: Cluster, pod: dict[str, Any]) -> str:
+    """The server container's main process's command line (`kubectl exec`)."""
+    namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    out = cluster.kubectl("exec", "-n", namespace, name, "-c", "server", "--",
+                          "cat", "/proc/1/cmdline").stdout  # fmt: skip
+    return out.replace("\0", " ")
 
 
 @pytest.mark.timeout(START_TIMEOUT_S + 300)
@@ -164,7 +129,7 @@ def test_auto_engine_runs_vllm_for_real_on_the_gpu_class_node(
     )
     selector = "edgefleet.io/model=gpu"
 
-    # One replica, one eligible GPU node (proc-0 is the eligible CPU node): all vLLM.
+    # One replica, one eligible GPU node (real-0 is the eligible CPU node): all vLLM.
     wait_for(
         "the operator's Deployment",
         lambda: listing(cluster, "deployments", namespace, selector),
@@ -173,7 +138,7 @@ def test_auto_engine_runs_vllm_for_real_on_the_gpu_class_node(
     deployments = listing(cluster, "deployments", namespace, selector)
     assert [d["metadata"]["name"] for d in deployments] == ["gpu-vllm"]
 
-    # The real scheduler binds it to the GPU-class process node.
+    # The real scheduler binds it to the GPU-class real node.
     pod = wait_for(
         "the vLLM pod bound to a node",
         lambda: next(
@@ -182,19 +147,19 @@ def test_auto_engine_runs_vllm_for_real_on_the_gpu_class_node(
         120,
     )
     assert pod["spec"]["nodeName"] == GPU_NODE
+    assert pod["spec"]["containers"][0]["image"].split("/")[-1].startswith("edgefleet-vllm:")
     assert pod["spec"]["containers"][0]["args"][:2] == ["--engine", "vllm"]
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["spec"]["initContainers"][0]["args"][:2] == ["--source", "builtin://smollm2-135m"]
 
-    # fetch-model turns the packaged GGUF into a Hugging Face folder (cached per machine).
+    # fetch-model turns the packaged GGUF into a Hugging Face folder.
     fetched = _wait_with_logs(
         cluster, namespace, selector, "fetch-model to finish",
         lambda: _terminated(cluster.get("pod", pod["metadata"]["name"], namespace), "fetch-model"),
     )  # fmt: skip
-    fetch_log = _pod_log(GPU_NODE, pod, "fetch-model").read_text()
+    fetch_log = _log(cluster, pod, "fetch-model")
     assert "ready: /var/lib/edgefleet/models/hf" in fetch_log, fetch_log
     fetch_s = _seconds(fetched["startedAt"], fetched["finishedAt"])
-    cached = "using the conversion cached" in fetch_log
 
     ready = _wait_with_logs(
         cluster, namespace, selector, "SmallModel gpu Ready",
@@ -206,26 +171,24 @@ def test_auto_engine_runs_vllm_for_real_on_the_gpu_class_node(
     }
     assert ready["status"]["endpoints"] == 1
     pod = cluster.get("pod", pod["metadata"]["name"], namespace)
-    # The vLLM environment's server, as the node's PATH says.
-    assert f"{VLLM_VENV}/bin/edgefleet-server --engine vllm" in _server_cmdline(pod)
+    # The vLLM image's server is the container's main process.
+    assert "edgefleet-server --engine vllm" in _server_cmdline(cluster, pod)
 
     endpoints = _grpc_endpoints(cluster, namespace, "gpu")
     assert list(endpoints.values()) == [pod["metadata"]["name"]]
     (address,) = endpoints
-    assert address.startswith("10.244.2.")  # proc-gpu-0's podCIDR
+    # real-gpu-0's podCIDR
+    assert ipaddress.ip_address(address.rsplit(":", 1)[0]) in realnode_join.pod_range(1)
     with grpc.insecure_channel(address) as channel:
         asked = time.monotonic()
         response, _ = ask(pb_grpc.InferenceStub(channel), SIMPLE, timeout=ASK_TIMEOUT_S)
         ask_s = time.monotonic() - asked
     assert "paris" in response.text.lower(), response.text
     assert response.served_by.engine == "vllm"
-    serving = re.search(
-        r"serving gpu with vllm .* after ([0-9.]+)s", _pod_log(GPU_NODE, pod, "server").read_text()
-    )
+    serving = re.search(r"serving gpu with vllm .* after ([0-9.]+)s", _log(cluster, pod, "server"))
     assert serving, "the server's log does not say it serves on vLLM"
     print(
-        f"\nvLLM pod on {GPU_NODE}: fetch-model {fetch_s:.0f}s "
-        f"({'cached conversion linked' if cached else 'converted'}), "
+        f"\nvLLM pod on {GPU_NODE}: fetch-model {fetch_s:.0f}s, "
         f"engine start {serving.group(1)}s, SmallModel Ready {ready_s:.0f}s after apply, "
         f"first answer {ask_s:.1f}s: "
         f"{response.text!r}"
@@ -257,7 +220,7 @@ def test_two_replicas_run_vllm_on_the_gpu_node_and_llamacpp_on_the_cpu_node_behi
         for p in pods(cluster, namespace, selector)
     }
     assert placed["vllm"]["spec"]["nodeName"] == GPU_NODE
-    assert placed["llamacpp"]["spec"]["nodeName"] == CPU_NODE
+    assert placed["llamacpp"]["spec"]["nodeName"] == REAL_NODE
 
     # One Service for both engines: its EndpointSlice lists both pods.
     assert [s["metadata"]["name"] for s in listing(cluster, "services", namespace, selector)] == [
@@ -265,7 +228,7 @@ def test_two_replicas_run_vllm_on_the_gpu_node_and_llamacpp_on_the_cpu_node_behi
     ]
     endpoints = _grpc_endpoints(cluster, namespace, "mixed")
     assert sorted(endpoints.values()) == sorted(p["metadata"]["name"] for p in placed.values())
-    # No kube-proxy: a client of the Service uses its EndpointSlice addresses, as the router does.
+    # Each pod by its EndpointSlice address, as the router does.
     engines = {}
     for address, pod_name in endpoints.items():
         with grpc.insecure_channel(address) as channel:
@@ -276,4 +239,4 @@ def test_two_replicas_run_vllm_on_the_gpu_node_and_llamacpp_on_the_cpu_node_behi
         "vllm": placed["vllm"]["metadata"]["name"],
         "llamacpp": placed["llamacpp"]["metadata"]["name"],
     }
-    print(f"\nmixed SmallModel (vLLM on {GPU_NODE}, llama.cpp on {CPU_NODE}) Ready {ready_s:.0f}s")
+    print(f"\nmixed SmallModel (vLLM on {GPU_NODE}, llama.cpp on {REAL_NODE}) Ready {ready_s:.0f}s")

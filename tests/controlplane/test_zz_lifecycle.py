@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.cluster import fleet, network, testbed
+from tests.cluster import fleet, network, realnode, realnode_build, realnode_join, testbed
 from tests.controlplane.helpers import Cluster, wait_for
 
 pytestmark = pytest.mark.controlplane
@@ -36,11 +36,14 @@ def test_cluster_down_leaves_no_process_mount_interface_or_namespace(
     owned_testbed: Cluster,
 ) -> None:
     paths = testbed.paths()
-    testbed.down()  # raises itself if anything is left; the checks below say what
+    realnode_join.bed_down()  # raises itself if anything is left; the checks below say what
     assert testbed.stray_processes(paths) == []
     assert testbed.stray_mounts(paths) == []
     assert network.leftovers() == []
+    for spec in realnode_join.REAL_NODES:
+        node = realnode.RealNode(name=spec.name, bin=realnode_build.bin_dir())
+        assert node.leftovers() == [], spec.name
     assert not paths.kubeconfig.exists()
     # Bring it back, so tests collected after this one still find a cluster.
-    testbed.up()
-    assert testbed.nodes_ready(paths.kubeconfig, {"gpu-0", "proc-0"})
+    realnode_join.bed_up()
+    assert testbed.nodes_ready(paths.kubeconfig, {"gpu-0", realnode_join.REAL_NODES[0].name})
