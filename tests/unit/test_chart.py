@@ -103,7 +103,7 @@ def test_default_render_has_the_expected_objects(default: list[dict[str, Any]]) 
             assert obj["metadata"]["namespace"] == NAMESPACE
 
 
-def test_operator_deployment_is_one_replica_recreated_with_a_liveness_probe(
+def test_operator_deployment_is_one_replica_recreated_with_patient_probes(
     default: list[dict[str, Any]],
 ) -> None:
     deployment = find(default, "Deployment", "edgefleet-operator")
@@ -119,12 +119,11 @@ def test_operator_deployment_is_one_replica_recreated_with_a_liveness_probe(
     assert container["command"] == ["edgefleet-operator"]
     assert container["args"] == ["--liveness", "http://0.0.0.0:8080/healthz"]
     assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
-    assert container["livenessProbe"] == {
-        "httpGet": {"path": "/healthz", "port": "health"},
-        "initialDelaySeconds": 15,
-        "periodSeconds": 10,
-        "failureThreshold": 3,
-    }
+    probe = {"httpGet": {"path": "/healthz", "port": "health"}, "timeoutSeconds": 5}
+    # Minutes to start on a large fleet, then a minute of failed probes before a restart.
+    assert container["startupProbe"] == {**probe, "periodSeconds": 10, "failureThreshold": 60}
+    assert container["livenessProbe"] == {**probe, "periodSeconds": 10, "failureThreshold": 6}
+    assert container["readinessProbe"] == {**probe, "periodSeconds": 5}
     assert container["resources"] == {
         "requests": {"cpu": "100m", "memory": "128Mi"},
         "limits": {"memory": "512Mi"},
