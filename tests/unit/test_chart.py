@@ -120,9 +120,9 @@ def test_operator_deployment_is_one_replica_recreated_with_patient_probes(
     assert container["args"] == ["--liveness", "http://0.0.0.0:8080/healthz"]
     assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
     probe = {"httpGet": {"path": "/healthz", "port": "health"}, "timeoutSeconds": 5}
-    # Minutes to start on a large fleet, then a minute of failed probes before a restart.
+    # Minutes to start on a large fleet, then 5 minutes of failed probes before a restart.
     assert container["startupProbe"] == {**probe, "periodSeconds": 10, "failureThreshold": 60}
-    assert container["livenessProbe"] == {**probe, "periodSeconds": 10, "failureThreshold": 6}
+    assert container["livenessProbe"] == {**probe, "periodSeconds": 10, "failureThreshold": 30}
     assert container["readinessProbe"] == {**probe, "periodSeconds": 5}
     assert container["resources"] == {
         "requests": {"cpu": "100m", "memory": "128Mi"},
