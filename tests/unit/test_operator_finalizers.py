@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import kopf
 
+from edgefleet.operator import names
 from edgefleet.operator.config import OperatorConfig
-from edgefleet.operator.main import build_registry
+from edgefleet.operator.main import CHILD_KINDS, build_registry, watch_only_managed_children
 
 
 def _needing_finalizers(registry: kopf.OperatorRegistry) -> set[str]:
@@ -45,3 +48,27 @@ def test_the_operator_logs_in_with_the_kubernetes_clients_credentials() -> None:
     registry = build_registry(OperatorConfig())
     logins = [h.fn for h in registry._activities._handlers if h.activity == "authentication"]
     assert logins == [kopf.login_via_client]
+
+
+def _kind(selector: Any) -> tuple[str | None, str | None, str | None]:
+    return selector.group, selector.version, selector.any_name or selector.plural
+
+
+def test_children_are_listed_only_with_the_managed_by_label_and_no_handler_misses_one() -> None:
+    # The API server filters the child kinds by the managed-by label; that drops
+    # nothing a handler wants only if every handler on those kinds asks for it too.
+    settings = kopf.OperatorSettings()
+    watch_only_managed_children(settings)
+    managed = {names.MANAGED_BY: names.MANAGER}
+    selected = {_kind(s): v for s, v in settings.watching.label_selectors.items()}
+    assert selected == {kind: f"{names.MANAGED_BY}={names.MANAGER}" for kind in CHILD_KINDS}
+    registry = build_registry(OperatorConfig())
+    on_children = [
+        handler
+        for handlers in (registry._indexing._handlers, registry._watching._handlers)
+        for handler in handlers
+        if _kind(handler.selector) in CHILD_KINDS
+    ]
+    assert {_kind(h.selector) for h in on_children} == set(CHILD_KINDS)
+    for handler in on_children:
+        assert managed.items() <= dict(handler.labels or {}).items(), handler.id

@@ -61,6 +61,29 @@ def context(memo: kopf.Memo) -> OperatorContext:
 
 
 # --- startup ---------------------------------------------------------------------
+# The kinds of children the operator watches; only its own (the managed-by label) matter.
+CHILD_KINDS = (
+    ("", "v1", "pods"),
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "daemonsets"),
+    ("discovery.k8s.io", "v1", "endpointslices"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+)
+
+
+def watch_only_managed_children(settings: kopf.OperatorSettings) -> None:
+    """List and watch only the operator's own children, filtered by the API server.
+
+    Kopf's handler label filters are applied in the operator, after the whole
+    kind has been listed and streamed: every pod of the cluster reached it, and
+    at start-up every one of them took part in Kopf's wait until all objects are
+    indexed, which costs the square of their number (docs/benchmarks.md, 2,000
+    SmallModels). A server-side selector keeps foreign objects out entirely.
+    """
+    for kind in CHILD_KINDS:
+        settings.watching.label_selectors[kind] = f"{names.MANAGED_BY}={names.MANAGER}"
+
+
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Every Kopf setting, and what the handlers share (memo.context)."""
     config: OperatorConfig = memo.config
@@ -77,6 +100,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="edgefleet.io", key="last-handled-configuration"
     )
+    watch_only_managed_children(settings)
     settings.posting.reporting_component = "edgefleet-operator"
     # Only our own Events (kopf.event, kopf.warn) reach people; handler chatter stays in the log.
     settings.posting.level = logging.WARNING
