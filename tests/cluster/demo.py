@@ -20,7 +20,6 @@ import argparse
 import json
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -150,19 +149,6 @@ def ask(address: str, question: str) -> None:
     print(f"    {reply.text.strip()}")
 
 
-def chart_values(folder: Path) -> Path:
-    """The test bed's chart values with the operator, routers and egresses on the real
-    node, from the image loaded there (never pulled)."""
-    values = yaml.safe_load(VALUES.read_text())
-    values["image"] = {"pullPolicy": "Never"}
-    values["operator"].update(realnode_join.placement(NODE.name))
-    for component in ("router", "egress"):
-        values[component]["pod"].update(realnode_join.placement(NODE.name))
-    path = folder / "demo-values.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
 def ask_from_a_pod(demo: Demo, question: str) -> None:
     """A pod in the demo's namespace asks the router by its Service's DNS name (CoreDNS,
     then kube-proxy) with the `edgefleet` CLI, as an application in the cluster would."""
@@ -203,10 +189,8 @@ def run(keep: bool) -> None:
         print(demo.kubectl("get", "nodes", "-o", "wide", "-l", "=".join(realnode_join.REAL_LABEL)),
               end="")  # fmt: skip
         say(f"helm install edgefleet {CHART.relative_to(ROOT)}")
-        with tempfile.TemporaryDirectory() as folder:
-            demo.helm("upgrade", "--install", "edgefleet", str(CHART), "-n", "edgefleet-system",
-                      "--create-namespace", "-f", str(chart_values(Path(folder))),
-                      "--wait")  # fmt: skip
+        demo.helm("upgrade", "--install", "edgefleet", str(CHART), "-n", "edgefleet-system",
+                  "--create-namespace", "-f", str(VALUES), "--wait")  # fmt: skip
         print(demo.kubectl("get", "pods", "-n", "edgefleet-system", "-o", "wide"), end="")
         # The demo's namespace, and `payroll`, which the example policy names as
         # sensitive: until it exists the router keeps everything local (fail closed).

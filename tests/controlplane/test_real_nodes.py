@@ -26,7 +26,13 @@ from images import build as images
 from tests.cluster import network, realnode, realnode_join
 from tests.controlplane.conftest import RELEASE, RELEASE_NAMESPACE
 from tests.controlplane.helpers import Cluster, wait_for
-from tests.controlplane.operator_support import condition, pods, smallmodel, wait_condition
+from tests.controlplane.operator_support import (
+    REAL_PLACEMENT,
+    condition,
+    pods,
+    smallmodel,
+    wait_condition,
+)
 from tests.controlplane.test_operator_e2e import (
     POLICY,
     routing_policy,
@@ -37,7 +43,6 @@ from tests.support.routing import ask
 pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(900)]
 
 REAL = realnode_join.REAL_NODES[0]
-ON_THE_REAL_NODE = realnode_join.placement(REAL.name)
 
 
 def _ready_pod(cluster: Cluster, namespace: str, name: str, timeout: float) -> dict[str, Any]:
@@ -71,7 +76,7 @@ def test_a_pod_bound_through_the_api_runs_as_a_container_with_logs_and_exec(
 ) -> None:
     web = realnode.web_pod(name=f"web-{uuid.uuid4().hex[:6]}", host_port=None)
     web["metadata"]["namespace"] = namespace
-    web["spec"].update(ON_THE_REAL_NODE)
+    web["spec"].update(REAL_PLACEMENT)
     testbed_cluster.apply(web)
     pod = _ready_pod(testbed_cluster, namespace, web["metadata"]["name"], timeout=120)
 
@@ -103,7 +108,7 @@ def test_a_pod_on_a_real_node_finds_a_service_through_coredns_and_reaches_it_by_
     web = realnode.web_pod(name=f"web-{uuid.uuid4().hex[:6]}", host_port=None)
     name = web["metadata"]["name"]
     web["metadata"]["namespace"] = namespace
-    web["spec"].update(ON_THE_REAL_NODE)
+    web["spec"].update(REAL_PLACEMENT)
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -155,7 +160,7 @@ def test_a_pod_on_a_real_node_finds_a_service_through_coredns_and_reaches_it_by_
 def test_a_smallmodel_runs_as_containers_from_the_product_image(
     release: Cluster, namespace: str
 ) -> None:
-    model = smallmodel("edge", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
+    model = smallmodel("edge", engine="llamacpp", replicas=1, placement=REAL_PLACEMENT)
     release.apply(model, namespace=namespace)
     ready = wait_condition(release, namespace, "smallmodel", "edge", "Ready", "True", timeout=300)
     assert ready["status"]["endpoints"] == 1
@@ -196,7 +201,7 @@ def test_a_model_whose_fetch_keeps_failing_reports_the_kubelets_crash_loop(
 ) -> None:
     # 192.0.2.1 (TEST-NET-1): the pod has no route to it, so the download fails at
     # connect() without a packet leaving the node.
-    model = smallmodel("unreachable", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
+    model = smallmodel("unreachable", engine="llamacpp", replicas=1, placement=REAL_PLACEMENT)
     model["spec"]["source"] = {"gguf": {"uri": "http://192.0.2.1/model.gguf", "sha256": "0" * 64}}
     release.apply(model, namespace=namespace)
 
@@ -248,7 +253,7 @@ def test_a_model_whose_image_is_not_on_the_node_reports_the_kubelets_reason(
     # stays: a bad chart-wide image would stop the operator itself first.)
     tag = images.public_ref("edgefleet").rsplit(":", 1)[0] + ":0.0.0-absent"
     with operator_env(release, "EDGEFLEET_IMAGE", tag):
-        model = smallmodel("absent", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
+        model = smallmodel("absent", engine="llamacpp", replicas=1, placement=REAL_PLACEMENT)
         release.apply(model, namespace=namespace)
         absent = wait_condition(
             release, namespace, "smallmodel", "absent", "Ready", "False",
@@ -273,7 +278,7 @@ def test_a_missing_cloud_key_secret_is_quoted_until_it_exists(
     namespace: str,
     cloud: RecordingProxy,
 ) -> None:
-    model = smallmodel("local", engine="llamacpp", replicas=1, placement=ON_THE_REAL_NODE)
+    model = smallmodel("local", engine="llamacpp", replicas=1, placement=REAL_PLACEMENT)
     release.apply(model, routing_policy(cloud), namespace=namespace)
 
     # The policy routes locally, Degraded with the kubelet's reason for the egress.
