@@ -87,6 +87,24 @@ class NodeFailed(RuntimeError):
     """A node component did not come up; the message carries its log's tail."""
 
 
+# Eviction starts at 1 GiB free (the kubelets' evictionHard); a node that imports an
+# image needs its unpacked size above that, and the tests' logs and models beside it.
+DISK_HEADROOM_BYTES = 3 * 2**30
+
+
+def _check_room_for(archive: Path, where: Path) -> None:
+    """Refuse an import that would leave the shared disk to the kubelets' eviction:
+    every node of the test bed would then evict its pods at once."""
+    needed = archive.stat().st_size + DISK_HEADROOM_BYTES
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise NodeFailed(
+            f"importing {archive.name} needs {needed / 2**30:.1f} GiB free on {where}'s "
+            f"disk, it has {free / 2**30:.1f} GiB: free some (old clones, podman images: "
+            "`podman image prune`) and run again"
+        )
+
+
 def state_root() -> Path:
     return Path(os.environ.get("EDGEFLEET_REALNODE_DIR", "/tmp/edgefleet-realnode"))
 
@@ -226,7 +244,10 @@ class RealNode:
             "k8s.io",
             *args,
         ]
-        return subprocess.run(cmd, check=True, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise NodeFailed(f"{self.name}: ctr {' '.join(args)}: {result.stderr.strip()}")
+        return result
 
     def _env(self) -> dict[str, str]:
         # containerd finds its shim, and the shim finds nothing else, on PATH.
@@ -430,8 +451,14 @@ state = "{p.containerd_state}"
 
     def import_image(self, archive: Path) -> None:
         """Load an image archive (OCI or docker-archive) for the kubelet's pods."""
+        _check_room_for(archive, self.paths.containerd_root)
         started = time.monotonic()
-        self.ctr("images", "import", "--snapshotter", "overlayfs", str(archive))
+        # Unpacked, the layers' archived copies are garbage: keeping them doubled the
+        # disk a 7.9 GB image takes. (ctr discards them only importing client-side.)
+        self.ctr(
+            "images", "import", "--local", "--snapshotter", "overlayfs",
+            "--discard-unpacked-layers", str(archive),
+        )  # fmt: skip
         self.timings[f"import {archive.name}"] = time.monotonic() - started
 
     # --- kubelet --------------------------------------------------------------------
@@ -494,10 +521,15 @@ state = "{p.containerd_state}"
                 else {}
             ),
             "podCIDR": str(self.pod_cidr),
+            # Every node of the test bed shares the host's one disk with the builds and
+            # caches: a percentage of a large disk is gigabytes, and crossing it made
+            # every node evict the chart's pods at once (the operator among them) when
+            # the GPU-class node imported its image. Absolute floors keep eviction real
+            # for a disk that is truly full.
             "evictionHard": {
                 "memory.available": "100Mi",
-                "nodefs.available": "2%",
-                "imagefs.available": "2%",
+                "nodefs.available": "1Gi",
+                "imagefs.available": "1Gi",
             },
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,

@@ -151,3 +151,47 @@ def crds(cluster: Cluster) -> Cluster:
             "--timeout=60s",
         )  # fmt: skip
     return cluster
+
+
+PRESSURES = ("MemoryPressure", "DiskPressure", "PIDPressure")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None] | pytest.TestReport:
+    """A failed test's report also shows the cluster's state: a node under pressure or
+    an operator that is not running fails every later test, and says so only here."""
+    report: pytest.TestReport = yield
+    cluster = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+    if report.failed and call.when == "call" and isinstance(cluster, Cluster):
+        report.sections.append(("cluster at failure", cluster_state(cluster)))
+    return report
+
+
+def cluster_state(cluster: Cluster) -> str:
+    """Nodes' conditions that are not as they should be, the chart's pods, the last
+    warning events: plain kubectl, so it works on any cluster."""
+    nodes = cluster.kubectl(
+        "get", "nodes", "-o",
+        "jsonpath={range .items[*]}{.metadata.name}{range .status.conditions[*]}"
+        " {.type}={.status}{end}{'\\n'}{end}",
+        check=False,
+    ).stdout  # fmt: skip
+    unwell = [
+        line
+        for line in nodes.splitlines()
+        if "Ready=True" not in line or any(f"{c}=True" in line for c in PRESSURES)
+    ]
+    chart_pods = cluster.kubectl(
+        "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide", check=False
+    ).stdout  # fmt: skip
+    warnings = cluster.kubectl(
+        "get", "events", "-A", "--field-selector", "type=Warning",
+        "--sort-by", ".lastTimestamp", check=False,
+    ).stdout.splitlines()[-15:]  # fmt: skip
+    return "\n".join(
+        ["nodes not Ready or under pressure:", *(unwell or ["(none)"]),
+         f"pods in {RELEASE_NAMESPACE}:", chart_pods,
+         "last warning events:", *warnings]
+    )  # fmt: skip
