@@ -48,6 +48,13 @@ JOIN_LINK_PREFIX = "efru-"
 CGROUP_V1 = Path("/sys/fs/cgroup")
 KUBELET_READ_ONLY_PORT = 10255
 KUBE_PROXY_HEALTH_PORT = 10256
+# kube-network-policies: the netfilter queue it reads, and its metrics (in the node's
+# namespace only, like every port here).
+NETPOL_QUEUE = 100
+NETPOL_METRICS_PORT = 10259
+NETPOL_CHAIN = "EDGEFLEET-NETPOL"
+# Where a pod finds its ServiceAccount, the only credentials the enforcer reads.
+SERVICE_ACCOUNT_DIR = "/run/secrets/kubernetes.io/serviceaccount"
 # What kubelet sets on start (container_manager_linux.go setupKernelTunables);
 # these are global, so `down` puts back the values found before `up`.
 KERNEL_TUNABLES = (
@@ -81,6 +88,14 @@ class Join:
     # The cluster DNS Service's address and domain, written into pods' resolv.conf.
     cluster_dns: str
     cluster_domain: str
+    # The test bed's host on the bridge: the API server's address, and the node's
+    # next hop for the ranges outside the cluster it may reach (`outside`).
+    host: str
+    api_port: int
+    outside: tuple[str, ...]
+    # A folder with a ServiceAccount's token, ca.crt and namespace, for the
+    # NetworkPolicy enforcer.
+    enforcer_account: Path
 
 
 class NodeFailed(RuntimeError):
@@ -196,6 +211,11 @@ class RealNode:
         return str((self.join.address if self.join else NODE_ADDRESS).ip)
 
     @property
+    def host_link(self) -> str:
+        """A joined node's veth end on the host (its peer is the node's eth0)."""
+        return JOIN_LINK_PREFIX + self.name[: 15 - len(JOIN_LINK_PREFIX)]
+
+    @property
     def cgroup_parent(self) -> str:
         return f"/edgefleet-realnode/{self.name}"
 
@@ -253,7 +273,7 @@ class RealNode:
         # containerd finds its shim, and the shim finds nothing else, on PATH.
         return {**os.environ, "PATH": f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin"}
 
-    def spawn(self, component: str, cmd: list[str]) -> int:
+    def spawn(self, component: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
         log = self.paths.log(component)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
@@ -262,7 +282,7 @@ class RealNode:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=self._env(),
+                env={**self._env(), **(env or {})},
                 start_new_session=True,
             )
         pids = self._pids()
@@ -315,7 +335,7 @@ class RealNode:
         table would): the host sends the node's pod range to the node's address,
         and the node answers ARP for its pods, so a process pod on the bridge
         (which sees 10.244.0.0/16 as one link) reaches them too."""
-        host_end = JOIN_LINK_PREFIX + self.name[: 15 - len(JOIN_LINK_PREFIX)]
+        host_end = self.host_link
         if not Path(f"/sys/class/net/{host_end}").exists():
             subprocess.run(
                 [
@@ -342,6 +362,10 @@ class RealNode:
         # Per-namespace settings: they leave the host's own untouched.
         for setting in ("net.ipv4.ip_forward=1", "net.ipv4.conf.eth0.proxy_arp=1"):
             subprocess.run(self.in_netns("sysctl", "-q", "-w", setting), check=True)
+        for cidr in join.outside:
+            subprocess.run(
+                ["ip", "-n", self.netns, "route", "replace", cidr, "via", join.host], check=True
+            )
         # Removed by realnode_join.down (the veth goes with the namespace).
         subprocess.run(
             ["ip", "route", "replace", str(self.pod_cidr), "via", self.address, "dev", join.bridge],
@@ -600,6 +624,69 @@ state = "{p.containerd_state}"
             timeout=60,
         )
 
+    def _network_policy_up(self, join: Join) -> None:
+        """kube-network-policies decides, packet by packet, what NetworkPolicies allow
+        for this node's pods; iptables hands it each new connection from or to them.
+
+        It reads the cluster only as a pod would (rest.InClusterConfig), so it runs in
+        a mount namespace of its own where the ServiceAccount's files sit at a pod's
+        path. Its own nftables rules need the kernel's nftables `queue`, which this
+        VM lacks (docs/realnode.md): it logs that every sync fails and reads the
+        queue all the same, which NFQUEUE fills.
+        """
+        place_account = (
+            'mount -t tmpfs tmpfs /run && mkdir -p "$1" && mount --bind "$0" "$1" '
+            '&& shift && exec "$@"'
+        )
+        self.spawn(
+            "kube-network-policies",
+            [
+                "unshare", "--mount", "--propagation", "private",
+                "sh", "-c", place_account, str(join.enforcer_account), SERVICE_ACCOUNT_DIR,
+                str(self.bin / "kube-network-policies"),
+                f"--hostname-override={self.name}",
+                f"--nfqueue-id={NETPOL_QUEUE}",
+                f"--metrics-bind-address=127.0.0.1:{NETPOL_METRICS_PORT}",
+                # Its DNS work-around is more nftables `queue`; NRI is not configured.
+                "--netfilter-bug-1766-fix=false",
+                "--disable-nri",
+                # Level 2 logs every packet's verdict.
+                "--v=1",
+            ],
+            env={
+                "KUBERNETES_SERVICE_HOST": join.host,
+                "KUBERNETES_SERVICE_PORT": str(join.api_port),
+            },
+        )  # fmt: skip
+        self.wait_ready(
+            "kube-network-policies",
+            lambda: self.http(f"http://127.0.0.1:{NETPOL_METRICS_PORT}/metrics") is not None,
+            timeout=60,
+        )
+        self._queue_pod_connections(join)
+
+    def _queue_pod_connections(self, join: Join) -> None:
+        """Every new connection from or to a pod of this node waits for the enforcer's
+        verdict (after Service translation, before masquerading: pods' own addresses).
+        No bypass: with the enforcer down, pods' new connections fail, as upstream's
+        default (fail closed). Not queued, as Kubernetes has it: the node's own
+        traffic to its pods (the kubelet's probes; upstream's `meta skuid 0 accept`),
+        and the control plane's host, which is a node of this cluster too (the API
+        server's webhook calls, the tests' clients)."""
+        queue = ["-m", "conntrack", "--ctstate", "NEW",
+                 "-j", "NFQUEUE", "--queue-num", str(NETPOL_QUEUE)]  # fmt: skip
+        pods = str(self.pod_cidr)
+        rules = [
+            ["-N", NETPOL_CHAIN],
+            ["-A", NETPOL_CHAIN, "-m", "owner", "--uid-owner", "0", "-j", "RETURN"],
+            ["-A", NETPOL_CHAIN, "-s", join.host, "-j", "RETURN"],
+            ["-A", NETPOL_CHAIN, "-s", pods, *queue],
+            ["-A", NETPOL_CHAIN, "-d", pods, *queue],
+            ["-A", "POSTROUTING", "-j", NETPOL_CHAIN],
+        ]
+        for rule in rules:
+            subprocess.run(self.in_netns("iptables", "-w", "-t", "mangle", *rule), check=True)
+
     def _kubelet_healthy(self) -> bool:
         return self.http("http://127.0.0.1:10248/healthz") == "ok"
 
@@ -648,6 +735,7 @@ state = "{p.containerd_state}"
         self._kubelet_up()
         if self.join is not None:
             self._kube_proxy_up(self.join)
+            self._network_policy_up(self.join)
         self.timings["up"] = time.monotonic() - started
 
     def down(self) -> list[str]:
@@ -668,6 +756,8 @@ state = "{p.containerd_state}"
             _stop(pid)
         self._unmount_all()
         subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
+        # Gone with the namespace, unless something still holds the namespace open.
+        subprocess.run(["ip", "link", "del", self.host_link], check=False, capture_output=True)
         self._cgroups_down()
         # The shims' socket folder is fixed; rmdir leaves it to anyone still using it.
         for folder in (Path("/run/containerd/s"), Path("/run/containerd")):
@@ -684,16 +774,23 @@ state = "{p.containerd_state}"
         found += [f"mount {m}" for m in self._own_mounts()]
         if Path(f"/run/netns/{self.netns}").exists():
             found.append(f"netns {self.netns}")
+        if Path(f"/sys/class/net/{self.host_link}").exists():
+            found.append(f"link {self.host_link}")
         found += [f"cgroup {root}" for root in self._cgroup_roots(unified=True) if root.exists()]
         return found
 
     def _own_processes(self) -> list[int]:
         """This node's processes: run from the node's (or the test bed's) binaries
         with its state folder on their command line (containerd, its shims, the
-        kubelet, a throwaway API server), and whatever is in its pod cgroups.
-        Another node's processes name another folder, so they are left alone."""
-        binaries = (f"{self.bin}/", f"{versions.bin_dir()}/")
+        kubelet, a throwaway API server) or in its network namespace (the
+        NetworkPolicy enforcer, which takes no path), and whatever is in its pod
+        cgroups. Another node's processes name another folder and live in another
+        namespace, so they are left alone."""
+        # Any bundle's: a node started before its binaries' cache key changed is ours too.
+        binaries = (f"{self.bin.parent}/", f"{versions.bin_dir()}/")
         base = str(self.paths.base) + "/"
+        netns = Path(f"/run/netns/{self.netns}")
+        netns_inode = netns.stat().st_ino if netns.exists() else None
         found = set()
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -703,7 +800,9 @@ state = "{p.containerd_state}"
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if exe.startswith(binaries) and base in cmdline:
+            if exe.startswith(binaries) and (
+                base in cmdline or (netns_inode is not None and _netns_inode(entry) == netns_inode)
+            ):
                 found.add(int(entry.name))
         for root in self._cgroup_roots(unified=True):
             for procs in root.rglob("cgroup.procs") if root.exists() else ():
@@ -752,6 +851,13 @@ state = "{p.containerd_state}"
         for key, value in json.loads(self.paths.sysctl_backup.read_text()).items():
             (Path("/proc/sys") / key).write_text(value)
         self.paths.sysctl_backup.unlink()
+
+
+def _netns_inode(process: Path) -> int | None:
+    try:
+        return (process / "ns" / "net").stat().st_ino
+    except OSError:
+        return None
 
 
 def _rmdir(folder: Path) -> None:

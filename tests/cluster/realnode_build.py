@@ -55,6 +55,7 @@ BINARIES = (
     "crictl",
     "pause",
     "coredns",
+    "kube-network-policies",
     *CNI_PLUGINS,
 )
 ARCHIVES = ("pause.oci.tar", "busybox.oci.tar", "coredns.oci.tar")
@@ -88,6 +89,8 @@ class GoTarget:
     module: str
     packages: tuple[str, ...]
     ldflags: str
+    # The binary's name when the package's last path element would not say it.
+    output: str | None = None
 
 
 def _go_targets() -> list[GoTarget]:
@@ -132,6 +135,15 @@ def _go_targets() -> list[GoTarget]:
         ),
         # main.go there picks the plugins; the module path's last element names the binary.
         GoTarget("coredns", ("edgefleet.local/testbed/coredns",), "-s -w"),
+        # kube-network-policies v0.8.0 (gomod-node/netpol), the NetworkPolicy enforcer.
+        # It programs nftables' `queue`, which this VM's kernel lacks: realnode.py
+        # queues the packets with iptables' NFQUEUE instead, which it reads alike.
+        GoTarget(
+            "netpol",
+            ("sigs.k8s.io/kube-network-policies/cmd",),
+            "-s -w",
+            output="kube-network-policies",
+        ),
     ]
 
 
@@ -153,7 +165,7 @@ def _build_go(staging: Path) -> None:
             "-ldflags",
             target.ldflags,
             "-o",
-            f"{staging}/",
+            f"{staging}/{target.output or ''}",
             *target.packages,
         ]
         _timed(f"{target.module}: {' '.join(target.packages)}", cmd, GOMOD_DIR / target.module)

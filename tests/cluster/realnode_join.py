@@ -226,15 +226,70 @@ def make_node(spec: RealNodeSpec, index: int) -> realnode.RealNode:
         client_ca=_pki() / "ca.crt",
         serving_cert=serving_cert,
         serving_key=serving_key,
-        routes=(str(network.POD_RANGE), str(network.SERVICE_RANGE)),
+        routes=(str(network.POD_RANGE), str(network.SERVICE_RANGE), str(network.INTERNET_RANGE)),
         proxy_kubeconfig=kubeconfig(
             folder / "kube-proxy.kubeconfig", "system:kube-proxy", proxy_cert, proxy_key
         ),
         cluster_cidr=str(network.POD_RANGE),
         cluster_dns=network.DNS_SERVICE_ADDRESS,
         cluster_domain=network.CLUSTER_DOMAIN,
+        host=network.API_ADDRESS,
+        api_port=testbed.API_PORT,
+        outside=(str(network.INTERNET_RANGE),),
+        enforcer_account=enforcer_account(node.paths.base / "enforcer-account"),
     )
     return node
+
+
+# The NetworkPolicy enforcer's ServiceAccount: it reads pods, namespaces, nodes and
+# the policies, nothing else, and writes nothing.
+ENFORCER = {"namespace": "kube-system", "name": "kube-network-policies"}
+
+
+def enforcer_rbac() -> list[dict[str, Any]]:
+    read = ["get", "list", "watch"]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": ENFORCER},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": ENFORCER["name"]},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes"], "verbs": read},
+                {
+                    "apiGroups": ["networking.k8s.io"],
+                    "resources": ["networkpolicies"],
+                    "verbs": read,
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": ENFORCER["name"]},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": ENFORCER["name"],
+            },
+            "subjects": [{"kind": "ServiceAccount", **ENFORCER}],
+        },
+    ]
+
+
+def enforcer_account(folder: Path) -> Path:
+    """The enforcer's ServiceAccount files, as the kubelet would mount them in a pod:
+    a token (outliving any test bed), the cluster's CA and the namespace."""
+    _admin("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                  "items": enforcer_rbac()}))  # fmt: skip
+    token = _admin(
+        "create", "token", ENFORCER["name"], "-n", ENFORCER["namespace"], "--duration=48h"
+    ).strip()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "token").write_text(token)
+    (folder / "ca.crt").write_bytes((_pki() / "ca.crt").read_bytes())
+    (folder / "namespace").write_text(ENFORCER["namespace"])
+    return folder
 
 
 def _admin(*args: str, stdin: str | None = None) -> str:
