@@ -197,7 +197,7 @@ def run(keep: bool) -> None:
         for namespace in (NAMESPACE, "payroll"):
             print(demo.kubectl("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: Namespace\n"
                                f"metadata: {{name: {namespace}}}\n"), end="")  # fmt: skip
-        with recorded_cloud(host=network.API_ADDRESS) as (_, proxy):
+        with recorded_cloud(network.INTERNET_ADDRESS, netns=network.INTERNET_NETNS) as (_, proxy):
             say("kubectl apply -f examples/cloud-secret.yaml -f examples/smallmodel.yaml "
                 "-f examples/routingpolicy.yaml")  # fmt: skip
             for document in examples(proxy.base_url):

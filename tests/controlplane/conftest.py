@@ -42,9 +42,13 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[RecordingProxy]:
-    """The stand-in cloud behind a recording proxy, reachable from pods at the bridge
-    address only (real nodes' pods through their node)."""
-    with recorded_cloud(host=network.API_ADDRESS) as (_, proxy):
+    """The stand-in cloud behind a recording proxy on the test bed's internet stand-in:
+    outside every cluster range, so only pods whose NetworkPolicies let them out (the
+    egress) reach it."""
+    with recorded_cloud(host=network.INTERNET_ADDRESS, netns=network.INTERNET_NETNS) as (
+        _,
+        proxy,
+    ):
         yield proxy
 
 

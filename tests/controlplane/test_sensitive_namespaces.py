@@ -23,7 +23,7 @@ import pytest
 
 from edgefleet.routing.complexity import ComplexityScorer
 from edgefleet.v1 import inference_pb2_grpc as pb_grpc
-from tests.cluster import network, realnode_join
+from tests.cluster import realnode_join
 from tests.controlplane.helpers import Cluster, wait_for
 from tests.controlplane.operator_support import (
     REAL_NODE,
@@ -34,7 +34,7 @@ from tests.controlplane.operator_support import (
     wait_condition,
 )
 from tests.controlplane.test_operator_e2e import COMPLEX, SIMPLE, backends_ready, ready_addresses
-from tests.support.cloud import STAND_IN_API_KEY, STAND_IN_MODEL, RecordingProxy, recorded_cloud
+from tests.support.cloud import STAND_IN_API_KEY, STAND_IN_MODEL, RecordingProxy
 from tests.support.routing import ask
 
 pytestmark = pytest.mark.controlplane
@@ -72,13 +72,6 @@ CLIENT = textwrap.dedent(
     sys.exit(0 if (reply.route.target, reply.route.reason) == (want_target, want_reason) else 1)
     """
 )
-
-
-@pytest.fixture(scope="module")
-def cloud() -> Iterator[RecordingProxy]:
-    """The stand-in cloud, reachable from pods at the bridge address only."""
-    with recorded_cloud(host=network.API_ADDRESS) as (_, proxy):
-        yield proxy
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from aiohttp import ClientPayloadError, ClientSession, ClientTimeout, web
 
 from edgefleet.serving.model_files import resolve_model
 from edgefleet.serving.readiness import free_local_port
+from tests.cluster import network
 
 STAND_IN_MODEL = "cloud-llm"
 STAND_IN_API_KEY = "test-cloud-key"
@@ -93,10 +94,13 @@ class CloudStandIn:
 class RecordingProxy:
     """An HTTP proxy (own thread and loop) that records every request it forwards."""
 
-    def __init__(self, upstream: str, host: str = "127.0.0.1") -> None:
+    def __init__(self, upstream: str, host: str = "127.0.0.1", netns: str | None = None) -> None:
         self.upstream = upstream.rstrip("/")
-        # The test bed's bridge address (10.244.0.1) lets pods reach it too.
+        # In the control-plane tests: the test bed's internet stand-in, a network
+        # namespace of its own (tests/cluster/network.py), which pods reach only as
+        # their NetworkPolicies allow. The stand-in behind it stays on loopback.
         self.host = host
+        self.netns = netns
         self.port = free_local_port()
         self._lock = threading.Lock()
         self._received: list[dict[str, Any]] = []
@@ -190,7 +194,11 @@ class RecordingProxy:
             app.router.add_route("*", "/{tail:.*}", self._forward)
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
-            await web.TCPSite(self._runner, self.host, self.port).start()
+            if self.netns is None:
+                await web.TCPSite(self._runner, self.host, self.port).start()
+            else:
+                sock = network.listening_socket(self.netns, self.host, self.port)
+                await web.SockSite(self._runner, sock).start()
 
         asyncio.run_coroutine_threadsafe(serve(), self._loop).result(timeout=30)
 
@@ -203,13 +211,13 @@ class RecordingProxy:
 
 @contextlib.contextmanager
 def recorded_cloud(
-    host: str = "127.0.0.1", threads: int | None = None
+    host: str = "127.0.0.1", threads: int | None = None, netns: str | None = None
 ) -> Iterator[tuple[CloudStandIn, RecordingProxy]]:
     """The stand-in on loopback (`threads` for its decode: default every core), and the
-    recording proxy in front of it on `host`."""
+    recording proxy in front of it on `host` (in the network namespace `netns`)."""
     cloud = CloudStandIn(threads=threads)
     cloud.start()
-    proxy = RecordingProxy(cloud.base_url, host)
+    proxy = RecordingProxy(cloud.base_url, host, netns)
     proxy.start()
     try:
         yield cloud, proxy
