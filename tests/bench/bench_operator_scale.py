@@ -861,8 +861,9 @@ def table(r: Result) -> str:
         ("watch events the operator handled, apply → all Ready / steady",
          " / ".join(str(sum(v for k, v in r.activity.get(w, {}).items()
                             if k.startswith("events."))) for w in ("run", "steady")), ""),
-        ("status rounds / writes, apply → all Ready; steady",
+        ("status rounds / of them on the timer / writes, apply → all Ready; steady",
          "; ".join(f"{r.activity.get(w, {}).get('status.rounds', 0)} / "
+                   f"{r.activity.get(w, {}).get('status.timer_rounds', 0)} / "
                    f"{r.activity.get(w, {}).get('status.writes', 0)}" for w in ("run", "steady")),
          ""),
         ("namespace delete → gone (GC of all children)", fmt_s(r.delete_s), ""),
@@ -875,6 +876,13 @@ def table(r: Result) -> str:
         if k.startswith("events.")
     )
     lines += ["", f"Watch events handled, apply → all Ready, by kind: {by_kind or '—'}."]
+    for window, label in (("run", "apply → all Ready"), ("steady", "steady")):
+        pokes = ", ".join(
+            f"{k.removeprefix('pokes.')} {v}"
+            for k, v in r.activity.get(window, {}).items()
+            if k.startswith("pokes.")
+        )
+        lines += ["", f"Status rounds asked for ({label}), by what changed: {pokes or '—'}."]
     lines += ["", "CPU by process (share of one core; the machine has "
               f"{os.cpu_count()} cores):", "",
               "| process | apply → all Ready | steady, all Ready |", "|---|---:|---:|"]  # fmt: skip

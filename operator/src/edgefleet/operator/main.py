@@ -218,6 +218,7 @@ async def child_changed(
     states = context(memo).states
     states.activity[f"events.{param}"] += 1
     for parent in parents_of_child(param, namespace, labels, targeting):
+        states.activity[f"pokes.{param}"] += 1
         states.poke(parent)
 
 
@@ -234,7 +235,9 @@ async def node_changed(
         facts = NodeFacts.from_node(body, ctx.config.gpu_resource)
         changed = ctx.states.fleet.observe(facts)
     if changed:
-        ctx.states.node_changed(name, facts, ctx.config.gpu_node_label)
+        ctx.states.activity["pokes.Node"] += ctx.states.node_changed(
+            name, facts, ctx.config.gpu_node_label
+        )
 
 
 async def smallmodel_changed(

@@ -124,18 +124,21 @@ class States:
         if state is not None:
             state.trigger.poke()
 
-    def node_changed(self, node: str, facts: NodeFacts | None, gpu_label: str) -> None:
+    def node_changed(self, node: str, facts: NodeFacts | None, gpu_label: str) -> int:
         """A node came, went (None) or changed what planning reads: recount whom it concerns.
 
         Only a model for which the node's standing changed (eligible or not, GPU
         or not) is replanned and gets a status round: the node controller
         retainting a thousand nodes of other sites costs the other models a
         dictionary lookup each. A model with no plan yet makes one in its round.
+        Returns how many models it poked.
         """
+        poked = 0
         for state in self.models.values():
             planned = state.desired
             if planned is None:
                 state.trigger.poke()
+                poked += 1
                 continue
             standing = counts_as(planned.model.placement, facts, gpu_label)
             if planned.eligible.get(node) == standing:
@@ -146,6 +149,8 @@ class States:
                 planned.eligible[node] = standing
             state.replan = True
             state.trigger.poke()
+            poked += 1
+        return poked
 
 
 @dataclass(frozen=True)

@@ -343,7 +343,9 @@ async def keep_status(
     """The policy's daemon: a status round now, then after every settled burst of changes."""
     state.trigger.poke()
     while True:
-        await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon()))
+        if not await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon())):
+            # No change asked for it: the safety net, or a retry (what idle costs).
+            ctx.states.activity["status.timer_rounds"] += 1
         try:
             await status_round(
                 ctx, state, body=body, policy_deployments=policy_deployments,

@@ -318,7 +318,9 @@ async def keep_status(
     """
     state.trigger.poke()
     while True:
-        await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon()))
+        if not await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon())):
+            # No change asked for it: the safety net, or a retry (what idle costs).
+            ctx.states.activity["status.timer_rounds"] += 1
         try:
             await status_round(
                 ctx, state, body=body, nodes=nodes, model_deployments=model_deployments,
