@@ -236,13 +236,13 @@ def make_node(spec: RealNodeSpec, index: int) -> realnode.RealNode:
         host=network.API_ADDRESS,
         api_port=testbed.API_PORT,
         outside=(str(network.INTERNET_RANGE),),
-        enforcer_account=enforcer_account(node.paths.base / "enforcer-account"),
+        enforcer_account=prepare_enforcer(node.bin, node.paths.base / "enforcer-account"),
     )
     return node
 
 
-# The NetworkPolicy enforcer's ServiceAccount: it reads pods, namespaces, nodes and
-# the policies, nothing else, and writes nothing.
+# The NetworkPolicy enforcer's ServiceAccount: it reads pods, namespaces, nodes, the
+# NetworkPolicies and AdminNetworkPolicies, nothing else, and writes nothing.
 ENFORCER = {"namespace": "kube-system", "name": "kube-network-policies"}
 
 
@@ -261,6 +261,11 @@ def enforcer_rbac() -> list[dict[str, Any]]:
                     "resources": ["networkpolicies"],
                     "verbs": read,
                 },
+                {
+                    "apiGroups": ["policy.networking.k8s.io"],
+                    "resources": ["adminnetworkpolicies"],
+                    "verbs": read,
+                },
             ],
         },
         {
@@ -277,9 +282,11 @@ def enforcer_rbac() -> list[dict[str, Any]]:
     ]
 
 
-def enforcer_account(folder: Path) -> Path:
-    """The enforcer's ServiceAccount files, as the kubelet would mount them in a pod:
-    a token (outliving any test bed), the cluster's CA and the namespace."""
+def prepare_enforcer(bin_dir: Path, folder: Path) -> Path:
+    """What the enforcer needs from the cluster: the AdminNetworkPolicy CRD (it waits
+    for its informer), its RBAC, and its ServiceAccount's files as the kubelet would
+    mount them in a pod: a token (outliving any test bed), the CA and the namespace."""
+    _admin("apply", "--server-side", "-f", str(bin_dir / realnode_build.ADMIN_POLICY_CRD))
     _admin("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
                                                   "items": enforcer_rbac()}))  # fmt: skip
     token = _admin(

@@ -1,17 +1,20 @@
-"""The privacy boundary, with packets: of the product's pods, only the egress reaches
-the internet.
+"""The privacy boundary, with packets: of all pods, only the egress reaches the internet.
 
 The cloud stand-in's recording proxy listens on the test bed's internet stand-in
 (tests/cluster/network.py): a network namespace outside every cluster range, which
-every real node routes. So nothing but NetworkPolicies, enforced on each node by
-kube-network-policies (tests/cluster/realnode.py), stands between a pod and it. A
-pod asks with a plain TCP connect from inside its own container.
+every real node routes. So nothing but policies, enforced on each node by
+kube-network-policies (tests/cluster/realnode.py), stands between a pod and it: the
+operator's NetworkPolicies for the product's pods, and the chart's egress guard (an
+AdminNetworkPolicy, on in the test bed's values) for every other pod. A pod asks with
+a plain TCP connect from inside its own container.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -41,6 +44,7 @@ from tests.support.routing import ask
 pytestmark = pytest.mark.controlplane
 
 OPERATOR = "deployment/edgefleet-operator"
+GUARD = "adminnetworkpolicy/edgefleet-egress-guard"
 PART_OF = "app.kubernetes.io/part-of=edgefleet"
 CONNECT_TIMEOUT_S = 5
 # Exit 0 when a TCP connection opens; a refused or dropped one exits non-zero.
@@ -55,6 +59,15 @@ def _connects(cluster: Cluster, namespace: str, pod: str, container: str, to: st
         "python3", "-c", script, host, port, check=False,
     )  # fmt: skip
     return result.returncode == 0
+
+
+def _without_server_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object as read, fit to be created again."""
+    meta = obj["metadata"]
+    for field in ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"):
+        meta.pop(field, None)
+    obj.pop("status", None)
+    return obj
 
 
 def _pod(cluster: Cluster, namespace: str, selector: str) -> str:
@@ -85,7 +98,8 @@ def test_only_the_egress_reaches_the_internet_and_only_through_the_policies(
     assert not _connects(cluster, namespace, router, "router", internet)
     assert _connects(cluster, namespace, egress, "egress", internet)
 
-    # A pod of another namespace cannot use the egress as a way out, nor the model.
+    # A pod of another namespace gets no way out: not directly (the egress guard), nor
+    # through the egress, and it cannot reach the model either.
     outsider = f"{namespace}-other"
     cluster.kubectl("create", "namespace", outsider)
     try:
@@ -94,12 +108,16 @@ def test_only_the_egress_reaches_the_internet_and_only_through_the_policies(
         script = " && ".join(
             f"! python3 -c {shlex.quote(CONNECT.format(t=CONNECT_TIMEOUT_S))} "
             f"{target.replace(':', ' ')} && echo refused:{name}"
-            for name, target in (("egress", egress_grpc), ("model", model_grpc))
+            for name, target in (
+                ("internet", internet),
+                ("egress", egress_grpc),
+                ("model", model_grpc),
+            )
         )
         client = realnode_join.client_pod(outsider, REAL_NODE, script, name="outsider")
         cluster.apply(client)
         log = wait_for("the outsider's attempts", lambda: finished_log(cluster, client), 120)
-        assert "refused:egress" in log and "refused:model" in log, log
+        assert all(f"refused:{n}" in log for n in ("internet", "egress", "model")), log
     finally:
         cluster.kubectl("delete", "namespace", outsider, "--wait=false")
 
@@ -110,10 +128,12 @@ def test_only_the_egress_reaches_the_internet_and_only_through_the_policies(
     assert private.route.target == "local"
     assert PLANTED_EMAIL not in cloud.received_text()
 
-    # Without the NetworkPolicies (and no operator to put them back), the model pod
-    # reaches the internet: the policies, not the network, are the boundary.
+    # The policies, not the network, are the boundary, and each layer holds alone:
+    # without the NetworkPolicies (and no operator to put them back) the guard still
+    # keeps the model pod in; without the guard too, it gets out.
     policies = listing(cluster, "networkpolicies", namespace, PART_OF)
     assert len(policies) == 3, [p["metadata"]["name"] for p in policies]
+    guard = _without_server_fields(json.loads(cluster.kubectl("get", GUARD, "-o", "json").stdout))
     cluster.kubectl("scale", OPERATOR, "-n", RELEASE_NAMESPACE, "--replicas=0")
     try:
         wait_for(
@@ -122,8 +142,12 @@ def test_only_the_egress_reaches_the_internet_and_only_through_the_policies(
             120,
         )
         cluster.kubectl("delete", "networkpolicies", "--all", "-n", namespace)
+        assert not _connects(cluster, namespace, model, "server", internet)
+        cluster.kubectl("delete", GUARD)
         assert _connects(cluster, namespace, model, "server", internet)
     finally:
+        # The guard as helm installed it (its ownership metadata included).
+        cluster.kubectl("apply", "-f", "-", stdin=json.dumps(guard))
         cluster.kubectl("scale", OPERATOR, "-n", RELEASE_NAMESPACE, "--replicas=1")
         cluster.kubectl("rollout", "status", OPERATOR, "-n", RELEASE_NAMESPACE, "--timeout=180s")
     # The operator puts them back, and the boundary with them.

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from edgefleet.operator import names
 from edgefleet.operator.builders.common import POD_SECURITY_CONTEXT, container_security_context
 from edgefleet.operator.config import OperatorConfig
 from tests.cluster import versions
@@ -467,3 +468,40 @@ def test_the_dashboard_label_is_configurable_and_checked() -> None:
     assert labels["grafana.io/dashboard"] == "1"
     refused = template("dashboards.enabled=true", "dashboards.label=not a label")
     assert refused.returncode != 0 and "/dashboards/label" in refused.stderr
+
+
+def test_egress_guard_is_off_by_default(default: list[dict[str, Any]]) -> None:
+    assert [o for o in default if o["kind"] == "AdminNetworkPolicy"] == []
+
+
+def test_egress_guard_denies_every_pod_but_the_egress_what_is_outside_the_cluster() -> None:
+    objects = render(
+        "networkPolicy.egressGuard.enabled=true",
+        "networkPolicy.egressGuard.clusterCIDRs={10.244.0.0/16,10.96.0.0/12}",
+        "networkPolicy.modelFetchCIDRs={192.0.2.0/24}",
+    )
+    guard = find(objects, "AdminNetworkPolicy", "edgefleet-egress-guard")["spec"]
+
+    # Every pod of every namespace, but those the operator labels as egress.
+    assert guard["subject"] == {
+        "pods": {
+            "namespaceSelector": {},
+            "podSelector": {"matchExpressions": [
+                {"key": names.COMPONENT, "operator": "NotIn", "values": [names.EGRESS]}
+            ]},
+        }
+    }  # fmt: skip
+    assert guard["egress"] == [
+        {"name": "in-cluster", "action": "Pass",
+         "to": [{"networks": ["10.244.0.0/16", "10.96.0.0/12", "192.0.2.0/24"]}]},
+        {"name": "nothing-else", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]},
+    ]  # fmt: skip
+
+
+def test_egress_guard_without_the_cluster_ranges_is_refused() -> None:
+    out = template("networkPolicy.egressGuard.enabled=true")
+
+    assert out.returncode != 0
+    assert "networkPolicy.egressGuard.enabled needs networkPolicy.egressGuard.clusterCIDRs" in (
+        out.stderr
+    )
