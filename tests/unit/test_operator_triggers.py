@@ -139,7 +139,7 @@ def planned(states: States, name: str, site: str, eligible: dict[str, bool]) -> 
 
 def test_a_node_change_replans_only_the_models_whose_eligible_nodes_it_changes() -> None:
     async def rounds() -> dict[str, tuple[bool, bool, dict[str, bool]]]:
-        states = States(Debounce(quiet_s=0, max_delay_s=0))
+        states = States(Debounce(quiet_s=0, max_delay_s=0, node_window_s=0))
         on_a = planned(states, "on-a", "site-a", {})
         on_b = planned(states, "on-b", "site-b", {"n9": False})
         unplanned = states.model("shop", "new")
@@ -163,6 +163,24 @@ def test_a_node_change_replans_only_the_models_whose_eligible_nodes_it_changes()
         "new": (True, False, {}),
         "on-a gone": (True, True, {}),
     }
+
+
+def test_a_flapping_node_costs_a_model_one_round_per_node_window() -> None:
+    async def rounds() -> tuple[bool, bool, bool, dict[str, bool]]:
+        states = States(Debounce(quiet_s=0, max_delay_s=0, node_window_s=0.2))
+        model = planned(states, "on-a", "site-a", {})
+        ready = NodeFacts("n1", labels={SITE: "site-a"})
+        tainted = NodeFacts("n1", labels={SITE: "site-a"}, unschedulable=True)
+        # Late heartbeats: the node goes and comes back, twice, within the window.
+        for facts in (ready, tainted, ready, tainted, ready):
+            states.node_changed("n1", facts, GPU_LABEL)
+        before_window = await model.trigger.next_round(timeout_s=0.01)
+        at_window_end = await model.trigger.next_round(timeout_s=5)
+        after = await model.trigger.next_round(timeout_s=0.3)
+        return before_window, at_window_end, after, dict(model.desired.eligible)
+
+    # One round, after the window, which sees the node as it is now.
+    assert asyncio.run(rounds()) == (False, True, False, {"n1": False})
 
 
 def test_a_change_for_a_resource_not_known_yet_is_left_to_its_first_round() -> None:

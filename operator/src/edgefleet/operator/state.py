@@ -128,16 +128,17 @@ class States:
         """A node came, went (None) or changed what planning reads: recount whom it concerns.
 
         Only a model for which the node's standing changed (eligible or not, GPU
-        or not) is replanned and gets a status round: the node controller
-        retainting a thousand nodes of other sites costs the other models a
-        dictionary lookup each. A model with no plan yet makes one in its round.
+        or not) is replanned and gets a status round, at the end of its node window
+        (Debounce.node_window_s): the node controller retainting a thousand nodes of
+        other sites costs the other models a dictionary lookup each, and a flapping
+        node one round per window. A model with no plan yet makes one in its round.
         Returns how many models it poked.
         """
         poked = 0
         for state in self.models.values():
             planned = state.desired
             if planned is None:
-                state.trigger.poke()
+                state.trigger.poke_for_nodes()
                 poked += 1
                 continue
             standing = counts_as(planned.model.placement, facts, gpu_label)
@@ -148,7 +149,7 @@ class States:
             else:
                 planned.eligible[node] = standing
             state.replan = True
-            state.trigger.poke()
+            state.trigger.poke_for_nodes()
             poked += 1
         return poked
 

@@ -43,6 +43,11 @@ class Debounce:
 
     quiet_s: float = 0.1
     max_delay_s: float = 0.5
+    # A node's standing (eligible or not, GPU or not) may wait this long: nodes flap
+    # (the node controller taints one not-ready when a heartbeat is late, and lifts it),
+    # and each flap concerns every model that may run there. All of a model's node
+    # changes within the window make one round at its end.
+    node_window_s: float = 3.0
 
     def due(self, first: float, latest: float) -> float:
         """When the round for changes seen from `first` to `latest` should run."""
@@ -90,6 +95,7 @@ class StatusTrigger:
         self._first: float | None = None
         self._latest = 0.0
         self._changed = asyncio.Event()
+        self._node_poke: asyncio.TimerHandle | None = None
 
     def poke(self) -> None:
         """Something this resource's status reads has changed (call on the event loop)."""
@@ -98,6 +104,17 @@ class StatusTrigger:
             self._first = now
         self._latest = now
         self._changed.set()
+
+    def poke_for_nodes(self) -> None:
+        """What planning reads of the nodes changed: poke at the end of the node window
+        (call on the event loop). Pokes in between join that one."""
+        if self._node_poke is None:
+            loop = asyncio.get_running_loop()
+            self._node_poke = loop.call_later(self._debounce.node_window_s, self._nodes_due)
+
+    def _nodes_due(self) -> None:
+        self._node_poke = None
+        self.poke()
 
     async def next_round(self, timeout_s: float) -> bool:
         """Wait for a round: True once changes have settled, False after `timeout_s` without any.
