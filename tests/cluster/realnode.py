@@ -646,8 +646,11 @@ state = "{p.containerd_state}"
                 str(self.bin / "kube-network-policies"),
                 f"--hostname-override={self.name}",
                 f"--nfqueue-id={NETPOL_QUEUE}",
-                # AdminNetworkPolicies too: the chart's egress guard is one.
-                "--admin-network-policy",
+                # The cluster's BaselineAdminNetworkPolicy too: the chart's egress guard.
+                # (Not --admin-network-policy: it starts a DNS agent whose netlink
+                # socket fails here, and which then logs that in a tight loop: a core
+                # and gigabytes of log.)
+                "--baseline-admin-network-policy",
                 f"--metrics-bind-address=127.0.0.1:{NETPOL_METRICS_PORT}",
                 # Its DNS work-around is more nftables `queue`; NRI is not configured.
                 "--netfilter-bug-1766-fix=false",

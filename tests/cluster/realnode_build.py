@@ -34,7 +34,7 @@ CNI_PLUGINS_VERSION = "v1.10.0"
 CRI_TOOLS_VERSION = "v1.37.0"
 COREDNS_VERSION = "v1.15.0"
 # Bump when this file changes how binaries or images are made.
-BUILD_RECIPE = "2"
+BUILD_RECIPE = "3"
 
 GOMOD_DIR = Path(__file__).resolve().parent / "gomod-node"
 RUNC = Path("/usr/sbin/runc")
@@ -59,10 +59,10 @@ BINARIES = (
     *CNI_PLUGINS,
 )
 ARCHIVES = ("pause.oci.tar", "busybox.oci.tar", "coredns.oci.tar")
-# The AdminNetworkPolicy CRD the enforcer reads (policy.networking.k8s.io/v1alpha1), from
-# the sigs.k8s.io/network-policy-api its go.mod pins: the experimental channel, whose
-# peers include `networks` (CIDRs), as kube-network-policies' own install does.
-ADMIN_POLICY_CRD = "adminnetworkpolicies.crd.yaml"
+# The BaselineAdminNetworkPolicy CRD the enforcer reads (policy.networking.k8s.io/
+# v1alpha1), from the sigs.k8s.io/network-policy-api its go.mod pins: the experimental
+# channel, whose peers include `networks` (CIDRs), as kube-network-policies' own install.
+BASELINE_POLICY_CRD = "baselineadminnetworkpolicies.crd.yaml"
 
 
 def bundle_key() -> str:
@@ -84,7 +84,7 @@ def bin_dir() -> Path:
 
 
 def is_built(target: Path) -> bool:
-    needed = (*BINARIES, *ARCHIVES, ADMIN_POLICY_CRD)
+    needed = (*BINARIES, *ARCHIVES, BASELINE_POLICY_CRD)
     return (target / build.STAMP).exists() and all((target / name).exists() for name in needed)
 
 
@@ -188,13 +188,13 @@ def _kubernetes_source() -> Path:
     return Path(out.stdout.strip())
 
 
-def _copy_admin_policy_crd(staging: Path) -> None:
+def _copy_baseline_policy_crd(staging: Path) -> None:
     out = subprocess.run(
         [build.go_binary(), "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/network-policy-api"],
         cwd=GOMOD_DIR / "netpol", env=build.go_env(), check=True, capture_output=True, text=True,
     )  # fmt: skip
-    crd = "config/crd/experimental/policy.networking.k8s.io_adminnetworkpolicies.yaml"
-    shutil.copyfile(Path(out.stdout.strip()) / crd, staging / ADMIN_POLICY_CRD)
+    crd = "config/crd/experimental/policy.networking.k8s.io_baselineadminnetworkpolicies.yaml"
+    shutil.copyfile(Path(out.stdout.strip()) / crd, staging / BASELINE_POLICY_CRD)
 
 
 def _build_pause(staging: Path) -> None:
@@ -402,6 +402,6 @@ def build_node(force: bool = False) -> Path:
     started = time.monotonic()
     _build_go(staging)
     _build_pause(staging)
-    _copy_admin_policy_crd(staging)
+    _copy_baseline_policy_crd(staging)
     _write_images(staging)
     return build.publish(staging, target, started, "node binaries")

@@ -242,7 +242,7 @@ def make_node(spec: RealNodeSpec, index: int) -> realnode.RealNode:
 
 
 # The NetworkPolicy enforcer's ServiceAccount: it reads pods, namespaces, nodes, the
-# NetworkPolicies and AdminNetworkPolicies, nothing else, and writes nothing.
+# NetworkPolicies and the BaselineAdminNetworkPolicy, nothing else, and writes nothing.
 ENFORCER = {"namespace": "kube-system", "name": "kube-network-policies"}
 
 
@@ -263,7 +263,7 @@ def enforcer_rbac() -> list[dict[str, Any]]:
                 },
                 {
                     "apiGroups": ["policy.networking.k8s.io"],
-                    "resources": ["adminnetworkpolicies"],
+                    "resources": ["baselineadminnetworkpolicies"],
                     "verbs": read,
                 },
             ],
@@ -283,10 +283,10 @@ def enforcer_rbac() -> list[dict[str, Any]]:
 
 
 def prepare_enforcer(bin_dir: Path, folder: Path) -> Path:
-    """What the enforcer needs from the cluster: the AdminNetworkPolicy CRD (it waits
-    for its informer), its RBAC, and its ServiceAccount's files as the kubelet would
+    """What the enforcer needs from the cluster: the BaselineAdminNetworkPolicy CRD (it
+    waits for its informer), its RBAC, and its ServiceAccount's files as the kubelet would
     mount them in a pod: a token (outliving any test bed), the CA and the namespace."""
-    _admin("apply", "--server-side", "-f", str(bin_dir / realnode_build.ADMIN_POLICY_CRD))
+    _admin("apply", "--server-side", "-f", str(bin_dir / realnode_build.BASELINE_POLICY_CRD))
     _admin("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
                                                   "items": enforcer_rbac()}))  # fmt: skip
     token = _admin(

@@ -4,8 +4,9 @@ The cloud stand-in's recording proxy listens on the test bed's internet stand-in
 (tests/cluster/network.py): a network namespace outside every cluster range, which
 every real node routes. So nothing but policies, enforced on each node by
 kube-network-policies (tests/cluster/realnode.py), stands between a pod and it: the
-operator's NetworkPolicies for the product's pods, and the chart's egress guard (an
-AdminNetworkPolicy, on in the test bed's values) for every other pod. A pod asks with
+operator's NetworkPolicies for the product's pods, and the chart's egress guard (the
+cluster's BaselineAdminNetworkPolicy, on in the test bed's values) for every pod that
+has none. A pod asks with
 a plain TCP connect from inside its own container.
 """
 
@@ -44,7 +45,7 @@ from tests.support.routing import ask
 pytestmark = pytest.mark.controlplane
 
 OPERATOR = "deployment/edgefleet-operator"
-GUARD = "adminnetworkpolicy/edgefleet-egress-guard"
+GUARD = "baselineadminnetworkpolicy/default"
 PART_OF = "app.kubernetes.io/part-of=edgefleet"
 CONNECT_TIMEOUT_S = 5
 # Exit 0 when a TCP connection opens; a refused or dropped one exits non-zero.

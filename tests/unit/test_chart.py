@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 
-from edgefleet.operator import names
 from edgefleet.operator.builders.common import POD_SECURITY_CONTEXT, container_security_context
 from edgefleet.operator.config import OperatorConfig
 from tests.cluster import versions
@@ -471,28 +470,22 @@ def test_the_dashboard_label_is_configurable_and_checked() -> None:
 
 
 def test_egress_guard_is_off_by_default(default: list[dict[str, Any]]) -> None:
-    assert [o for o in default if o["kind"] == "AdminNetworkPolicy"] == []
+    assert [o for o in default if o["kind"] == "BaselineAdminNetworkPolicy"] == []
 
 
-def test_egress_guard_denies_every_pod_but_the_egress_what_is_outside_the_cluster() -> None:
+def test_egress_guard_keeps_every_pod_without_a_network_policy_in_the_cluster() -> None:
     objects = render(
         "networkPolicy.egressGuard.enabled=true",
         "networkPolicy.egressGuard.clusterCIDRs={10.244.0.0/16,10.96.0.0/12}",
         "networkPolicy.modelFetchCIDRs={192.0.2.0/24}",
     )
-    guard = find(objects, "AdminNetworkPolicy", "edgefleet-egress-guard")["spec"]
+    guard = find(objects, "BaselineAdminNetworkPolicy", "default")["spec"]
 
-    # Every pod of every namespace, but those the operator labels as egress.
-    assert guard["subject"] == {
-        "pods": {
-            "namespaceSelector": {},
-            "podSelector": {"matchExpressions": [
-                {"key": names.COMPONENT, "operator": "NotIn", "values": [names.EGRESS]}
-            ]},
-        }
-    }  # fmt: skip
+    # Every pod: NetworkPolicies come first, so the product's own pods (the egress's
+    # lets it out) follow theirs, and the baseline holds the pods that have none.
+    assert guard["subject"] == {"namespaces": {}}
     assert guard["egress"] == [
-        {"name": "in-cluster", "action": "Pass",
+        {"name": "in-cluster", "action": "Allow",
          "to": [{"networks": ["10.244.0.0/16", "10.96.0.0/12", "192.0.2.0/24"]}]},
         {"name": "nothing-else", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]},
     ]  # fmt: skip
