@@ -13,7 +13,6 @@ a plain TCP connect from inside its own container.
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,7 +35,6 @@ from tests.controlplane.test_operator_e2e import (
     POLICY,
     PRIVATE,
     apply_hybrid,
-    finished_log,
     ready_addresses,
 )
 from tests.support.cloud import RecordingProxy
@@ -100,25 +98,20 @@ def test_only_the_egress_reaches_the_internet_and_only_through_the_policies(
     assert _connects(cluster, namespace, egress, "egress", internet)
 
     # A pod of another namespace gets no way out: not directly (the egress guard), nor
-    # through the egress, and it cannot reach the model either.
+    # through the egress, and it cannot reach the model either. Asked once the pod runs:
+    # a pod's first moments, before the enforcer's watch has seen it and its namespace,
+    # are not held (docs/realnode.md).
     outsider = f"{namespace}-other"
     cluster.kubectl("create", "namespace", outsider)
     try:
+        cluster.apply(realnode_join.client_pod(outsider, REAL_NODE, "sleep 600", name="outsider"))
+        cluster.kubectl(
+            "wait", "--for=condition=Ready", "pod/outsider", "-n", outsider, "--timeout=120s"
+        )
         egress_grpc = ready_addresses(cluster, namespace, f"{POLICY}-egress", "grpc")[0]
         model_grpc = ready_addresses(cluster, namespace, "local", "grpc")[0]
-        script = " && ".join(
-            f"! python3 -c {shlex.quote(CONNECT.format(t=CONNECT_TIMEOUT_S))} "
-            f"{target.replace(':', ' ')} && echo refused:{name}"
-            for name, target in (
-                ("internet", internet),
-                ("egress", egress_grpc),
-                ("model", model_grpc),
-            )
-        )
-        client = realnode_join.client_pod(outsider, REAL_NODE, script, name="outsider")
-        cluster.apply(client)
-        log = wait_for("the outsider's attempts", lambda: finished_log(cluster, client), 120)
-        assert all(f"refused:{n}" in log for n in ("internet", "egress", "model")), log
+        for target in (internet, egress_grpc, model_grpc):
+            assert not _connects(cluster, outsider, "outsider", "client", target), target
     finally:
         cluster.kubectl("delete", "namespace", outsider, "--wait=false")
 
