@@ -7,14 +7,14 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
 
 from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.kube import ApiError, Kube
-from edgefleet.operator.state import ModelState, PolicyState
+from edgefleet.operator.state import ModelState, OperatorContext, PolicyState
 
 # While something is refused or missing (no event will say when that ends), a
 # resource's daemon looks again this often instead of waiting for the safety net.
@@ -78,6 +78,31 @@ def status_changed(current: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool
 def round_timeout(config: OperatorConfig, retry_soon: bool) -> float:
     """How long a resource's daemon waits for a change before a round of its own."""
     return min(RETRY_S, config.status_interval_s) if retry_soon else config.status_interval_s
+
+
+async def status_rounds(
+    ctx: OperatorContext,
+    state: ModelState | PolicyState,
+    one_round: Callable[[], Awaitable[None]],
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> None:
+    """A resource's daemon: a status round now, then after every settled burst of changes,
+    or when its timer says (the safety net, a retry).
+
+    Runs until Kopf cancels it (the resource is deleted, or the operator pauses or exits).
+    """
+    state.trigger.poke()
+    while True:
+        if not await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon())):
+            # No change asked for it: the safety net, or a retry (what idle costs).
+            ctx.states.activity["status.timer_rounds"] += 1
+        try:
+            await one_round()
+        except (kopf.TemporaryError, ApiError) as exc:
+            # The API is busy or refused a repair: the next round is soon, not after
+            # Kopf's restart backoff for a failed daemon.
+            logger.warning("status round failed (tried again soon): %s", exc)
+            state.report_failed = True
 
 
 def last_status(body: Mapping[str, Any], state: ModelState | PolicyState) -> dict[str, Any]:

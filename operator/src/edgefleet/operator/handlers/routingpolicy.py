@@ -33,7 +33,7 @@ from edgefleet.operator.handlers.common import (
     ready_transition,
     refusal,
     report_status,
-    round_timeout,
+    status_rounds,
 )
 from edgefleet.operator.kube import ApiError, Kube
 from edgefleet.operator.state import OperatorContext, PolicyState
@@ -340,21 +340,14 @@ async def keep_status(
     router_pod_bindings: BindingIndex | None,
     logger: Logger,
 ) -> None:
-    """The policy's daemon: a status round now, then after every settled burst of changes."""
-    state.trigger.poke()
-    while True:
-        if not await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon())):
-            # No change asked for it: the safety net, or a retry (what idle costs).
-            ctx.states.activity["status.timer_rounds"] += 1
-        try:
-            await status_round(
-                ctx, state, body=body, policy_deployments=policy_deployments,
-                policy_pod_problems=policy_pod_problems, smallmodel_names=smallmodel_names,
-                service_endpoints=service_endpoints, router_pod_bindings=router_pod_bindings,
-                logger=logger,
-            )  # fmt: skip
-        except (kopf.TemporaryError, ApiError) as exc:
-            # The API is busy or refused a repair: the next round is soon, not after
-            # Kopf's restart backoff for a failed daemon.
-            logger.warning("status round failed (tried again soon): %s", exc)
-            state.report_failed = True
+    """The policy's daemon (common.status_rounds)."""
+    await status_rounds(
+        ctx, state,
+        lambda: status_round(
+            ctx, state, body=body, policy_deployments=policy_deployments,
+            policy_pod_problems=policy_pod_problems, smallmodel_names=smallmodel_names,
+            service_endpoints=service_endpoints, router_pod_bindings=router_pod_bindings,
+            logger=logger,
+        ),
+        logger,
+    )  # fmt: skip

@@ -28,9 +28,8 @@ from edgefleet.operator.handlers.common import (
     now,
     ready_transition,
     report_status,
-    round_timeout,
+    status_rounds,
 )
-from edgefleet.operator.kube import ApiError
 from edgefleet.operator.placement import NodeFacts, eligible_nodes, plans_for
 from edgefleet.operator.spec import SpecError, parse_smallmodel_spec
 from edgefleet.operator.state import Desired, ModelState, OperatorContext
@@ -312,24 +311,14 @@ async def keep_status(
     service_endpoints: EndpointIndex | None,
     logger: Logger,
 ) -> None:
-    """The model's daemon: a status round now, then after every settled burst of changes.
-
-    Runs until Kopf cancels it (the model is deleted, or the operator pauses or exits).
-    """
-    state.trigger.poke()
-    while True:
-        if not await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon())):
-            # No change asked for it: the safety net, or a retry (what idle costs).
-            ctx.states.activity["status.timer_rounds"] += 1
-        try:
-            await status_round(
-                ctx, state, body=body, nodes=nodes, model_deployments=model_deployments,
-                model_daemonsets=model_daemonsets, model_pod_problems=model_pod_problems,
-                model_ready_pods=model_ready_pods, service_endpoints=service_endpoints,
-                logger=logger,
-            )  # fmt: skip
-        except (kopf.TemporaryError, ApiError) as exc:
-            # The API is busy or refused a repair: the next round is soon, not after
-            # Kopf's restart backoff for a failed daemon.
-            logger.warning("status round failed (tried again soon): %s", exc)
-            state.report_failed = True
+    """The model's daemon (common.status_rounds)."""
+    await status_rounds(
+        ctx, state,
+        lambda: status_round(
+            ctx, state, body=body, nodes=nodes, model_deployments=model_deployments,
+            model_daemonsets=model_daemonsets, model_pod_problems=model_pod_problems,
+            model_ready_pods=model_ready_pods, service_endpoints=service_endpoints,
+            logger=logger,
+        ),
+        logger,
+    )  # fmt: skip
