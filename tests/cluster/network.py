@@ -38,6 +38,7 @@ CLUSTER_DOMAIN = "cluster.local"
 # The internet stand-in: where the cloud LLM answers in the control-plane tests, so
 # that only what NetworkPolicies let out can reach it.
 INTERNET_NETNS = "efnet-internet"
+INTERNET_NETNS_PATH = Path("/run/netns") / INTERNET_NETNS
 INTERNET_LINK = "efinet0"
 INTERNET_RANGE = ipaddress.ip_network("172.31.199.0/24")
 INTERNET_GATEWAY = str(INTERNET_RANGE[1])  # the host's end
@@ -69,7 +70,7 @@ def host_up() -> None:
 def _internet_up() -> None:
     """The internet stand-in's namespace, its veth from the host, and its way back to
     the pods (through the host, which routes the pod range to the nodes)."""
-    if not Path(f"/run/netns/{INTERNET_NETNS}").exists():
+    if not INTERNET_NETNS_PATH.exists():
         ip("netns", "add", INTERNET_NETNS)
     if not _link_exists(INTERNET_LINK):
         ip("link", "add", INTERNET_LINK, "type", "veth", "peer", "name", "eth0",
@@ -86,7 +87,7 @@ def _internet_up() -> None:
 
 def host_down() -> None:
     """Remove the bridge, the internet stand-in and the routes; safe to repeat."""
-    if Path(f"/run/netns/{INTERNET_NETNS}").exists():
+    if INTERNET_NETNS_PATH.exists():
         ip("netns", "del", INTERNET_NETNS)  # its veth, and the host's end, go with it
     ip("route", "del", "blackhole", str(INTERNET_RANGE), "metric", FALLBACK_METRIC, check=False)
     for blackhole in (KWOK_POD_RANGE, SERVICE_RANGE):
@@ -104,7 +105,7 @@ def leftovers() -> list[str]:
     found += [
         f"route {r}" for r in (KWOK_POD_RANGE, SERVICE_RANGE, INTERNET_RANGE) if str(r) in routes
     ]
-    if Path(f"/run/netns/{INTERNET_NETNS}").exists():
+    if INTERNET_NETNS_PATH.exists():
         found.append(f"netns {INTERNET_NETNS}")
     return found
 

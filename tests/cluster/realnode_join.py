@@ -200,11 +200,9 @@ def node_manifest(spec: RealNodeSpec, index: int) -> dict:
     }
 
 
-def make_node(spec: RealNodeSpec, index: int) -> realnode.RealNode:
+def make_node(spec: RealNodeSpec, index: int, bin_dir: Path) -> realnode.RealNode:
     """The RealNode for a REAL_NODES entry, its certificates and kubeconfig written."""
-    node = realnode.RealNode(
-        name=spec.name, pod_cidr=pod_range(index), bin=realnode_build.build_node()
-    )
+    node = realnode.RealNode(name=spec.name, pod_cidr=pod_range(index), bin=bin_dir)
     folder = node.paths.base / "pki"
     folder.mkdir(parents=True, exist_ok=True)
     address = node_address(index)
@@ -236,7 +234,7 @@ def make_node(spec: RealNodeSpec, index: int) -> realnode.RealNode:
         host=network.API_ADDRESS,
         api_port=testbed.API_PORT,
         outside=(str(network.INTERNET_RANGE),),
-        enforcer_account=prepare_enforcer(node.bin, node.paths.base / "enforcer-account"),
+        enforcer_account=enforcer_account(node.paths.base / "enforcer-account"),
     )
     return node
 
@@ -282,13 +280,17 @@ def enforcer_rbac() -> list[dict[str, Any]]:
     ]
 
 
-def prepare_enforcer(bin_dir: Path, folder: Path) -> Path:
-    """What the enforcer needs from the cluster: the BaselineAdminNetworkPolicy CRD (it
-    waits for its informer), its RBAC, and its ServiceAccount's files as the kubelet would
-    mount them in a pod: a token (outliving any test bed), the CA and the namespace."""
+def enforcer_prerequisites(bin_dir: Path) -> None:
+    """What every node's enforcer needs from the cluster, applied once per join: the
+    BaselineAdminNetworkPolicy CRD (it waits for its informer) and its RBAC."""
     _admin("apply", "--server-side", "-f", str(bin_dir / realnode_build.BASELINE_POLICY_CRD))
     _admin("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
                                                   "items": enforcer_rbac()}))  # fmt: skip
+
+
+def enforcer_account(folder: Path) -> Path:
+    """The enforcer's ServiceAccount files, as the kubelet would mount them in a pod: a
+    token (outliving any test bed), the CA and the namespace."""
     token = _admin(
         "create", "token", ENFORCER["name"], "-n", ENFORCER["namespace"], "--duration=48h"
     ).strip()
@@ -314,6 +316,8 @@ def node_ready(name: str) -> bool:
 
 def up(specs: tuple[RealNodeSpec, ...] = REAL_NODES) -> list[realnode.RealNode]:
     """Join each node to the running test bed; return them Ready, images loaded."""
+    bin_dir = realnode_build.build_node()
+    enforcer_prerequisites(bin_dir)
     nodes = []
     for spec in specs:
         index = REAL_NODES.index(spec)
@@ -321,7 +325,7 @@ def up(specs: tuple[RealNodeSpec, ...] = REAL_NODES) -> list[realnode.RealNode]:
         left = realnode.RealNode(name=spec.name, bin=realnode_build.bin_dir()).down()
         if left:
             raise realnode.NodeFailed(f"{spec.name}: an earlier run left {left}")
-        node = make_node(spec, index)
+        node = make_node(spec, index, bin_dir)
         _admin("apply", "-f", "-", stdin=json.dumps(node_manifest(spec, index)))
         node.up()
         for image in spec.images:
