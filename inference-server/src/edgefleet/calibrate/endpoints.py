@@ -58,7 +58,10 @@ def check_serving(addresses: list[str], what: str, timeout_s: float = 10.0) -> N
             except NotServing as exc:
                 problems.append(f"{what} {address} is unreachable: {exc}")
     if problems:
-        raise CalibrationError("; ".join(problems) + "; nothing was sent, nothing written")
+        raise CalibrationError(
+            "; ".join(problems) + "; nothing was sent, nothing written",
+            reason="EndpointUnreachable",
+        )
 
 
 def _retry_after_s(error: grpc.RpcError) -> float:

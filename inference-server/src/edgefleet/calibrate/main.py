@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,12 @@ from edgefleet.calibrate.prompts import (
     PromptRow,
     load_prompts,
     require_references,
+)
+from edgefleet.calibrate.publish import (
+    Destination,
+    PublishError,
+    publish,
+    result_config_map,
 )
 from edgefleet.routing.complexity import ComplexityScorer, default_scorer
 from edgefleet.routing.policy import PolicyError, RoutingPolicy, load_policy
@@ -66,6 +72,9 @@ class CalibrationSettings:
     max_tokens: int = 48
     judge_max_tokens: int = 96
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # Caps for this run's cloud spend instead of the policy budget's (None: the policy's).
+    max_cloud_tokens: int | None = None
+    max_cloud_cost: float | None = None
 
 
 def _plan(settings: CalibrationSettings, policy: RoutingPolicy, run_id: str) -> Any:
@@ -95,7 +104,8 @@ def prepare(settings: CalibrationSettings) -> Prepared:
     try:
         policy = load_policy(settings.policy)
     except PolicyError as exc:
-        raise CalibrationError(str(exc)) from exc
+        raise CalibrationError(str(exc), reason="InvalidPolicy") from exc
+    policy = with_budget_caps(policy, settings.max_cloud_tokens, settings.max_cloud_cost)
     if settings.grading not in ("reference", "judge"):
         raise CalibrationError(f"--grading must be reference or judge, got {settings.grading!r}")
     rows = load_prompts(settings.prompts)
@@ -118,6 +128,18 @@ def prepare(settings: CalibrationSettings) -> Prepared:
     if needs_cloud and settings.cloud:
         check_serving([settings.cloud], "cloud egress")
     return policy, kept, sensitive
+
+
+def with_budget_caps(
+    policy: RoutingPolicy, max_tokens: int | None, max_cost: float | None
+) -> RoutingPolicy:
+    """The policy with this run's cloud caps in place of its budget's, where given."""
+    budget = policy.budget
+    if max_tokens is not None:
+        budget = replace(budget, max_cloud_tokens=max_tokens)
+    if max_cost is not None:
+        budget = replace(budget, max_cloud_cost=max_cost)
+    return replace(policy, budget=budget)
 
 
 def start_ray(num_cpus: int | None = None, address: str | None = None) -> bool:
@@ -197,13 +219,15 @@ def calibrate(
         )  # fmt: skip
         raise CalibrationError(
             f"the cloud budget ({caps}) ran out after {spend.calls} cloud calls "
-            f"({spend.spent_tokens} tokens, cost {spend.spent_cost:.6f}); nothing written"
+            f"({spend.spent_tokens} tokens, cost {spend.spent_cost:.6f}); nothing written",
+            reason="BudgetExhausted",
         )
     failed = [row for row in labelled if row.status == "failed"]
     if failed:
         raise CalibrationError(
             f"{len(failed)} of {len(labelled)} prompts could not be answered, e.g. "
-            f"{failed[0].id}: {failed[0].error}; nothing written"
+            f"{failed[0].id}: {failed[0].error}; nothing written",
+            reason="LabellingFailed",
         )
     examples = [
         Example(row.id, row.prompt, row.category, row.weak, row.strong)
@@ -335,11 +359,47 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=48, help="answer length, local and cloud")
     p.add_argument("--num-cpus", type=int, help="CPUs Ray may use (default: all)")
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
+    p.add_argument("--max-cloud-tokens", type=int, help="this run's cap instead of the policy's")
+    p.add_argument("--max-cloud-cost", type=float, help="this run's cap instead of the policy's")
+    cluster = p.add_argument_group("in the cluster (the operator's RayJob)")
+    cluster.add_argument(
+        "--publish-configmap",
+        metavar="NAMESPACE/NAME",
+        help="also hand the result (or why there is none) over as this new ConfigMap",
+    )
+    cluster.add_argument(
+        "--owner",
+        metavar="NAME/UID",
+        help="the RouterCalibration that owns the published ConfigMap",
+    )
     return p
+
+
+def _destination(args: argparse.Namespace) -> Destination | None:
+    if not args.publish_configmap:
+        return None
+    namespace, _, name = args.publish_configmap.partition("/")
+    owner_name, _, owner_uid = (args.owner or "").partition("/")
+    if not (namespace and name and owner_name and owner_uid):
+        raise SystemExit(
+            "edgefleet calibrate: --publish-configmap NAMESPACE/NAME needs --owner NAME/UID"
+        )
+    return Destination(namespace, name, owner_name, owner_uid)
+
+
+def _publish(where: Destination | None, **result: Any) -> None:
+    if where is None:
+        return
+    try:
+        publish(result_config_map(where, **result))
+    except PublishError as exc:
+        print(f"edgefleet calibrate: {exc}", file=sys.stderr)
+        sys.exit(3)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    where = _destination(args)
     settings = CalibrationSettings(
         policy=args.policy,
         prompts=args.prompts,
@@ -350,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
         assume_cloud_correct=args.assume_cloud_correct,
         workers=args.workers,
         max_tokens=args.max_tokens,
+        max_cloud_tokens=args.max_cloud_tokens,
+        max_cloud_cost=args.max_cloud_cost,
     )
     try:
         prepared = prepare(settings)  # every check that needs no Ray, before starting it
@@ -363,7 +425,9 @@ def main(argv: list[str] | None = None) -> None:
                 ray.shutdown()
     except CalibrationError as exc:
         print(f"edgefleet calibrate: {exc}", file=sys.stderr)
+        _publish(where, error=str(exc), reason=exc.reason)
         sys.exit(2)
+    _publish(where, artefact=path.read_bytes(), report=report)
     print(summary(path, report))
 
 

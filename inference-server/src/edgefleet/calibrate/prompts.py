@@ -22,7 +22,14 @@ MAX_PROBLEMS_SHOWN = 10
 
 
 class CalibrationError(Exception):
-    """The calibration cannot go on; the message says why, and nothing was written."""
+    """The calibration cannot go on; the message says why, and nothing was written.
+
+    `reason` is one CamelCase word a RouterCalibration's Failed condition carries.
+    """
+
+    def __init__(self, message: str, reason: str = "CalibrationFailed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,9 @@ def parse_prompts(text: str, source: str = "prompts") -> list[PromptRow]:
         shown = problems[:MAX_PROBLEMS_SHOWN]
         if len(problems) > len(shown):
             shown.append(f"... and {len(problems) - len(shown)} more")
-        raise CalibrationError(f"invalid prompt file {source}: " + "; ".join(shown))
+        raise CalibrationError(
+            f"invalid prompt file {source}: " + "; ".join(shown), reason="BadPromptFile"
+        )
     return rows
 
 
@@ -101,9 +110,13 @@ def load_prompts(path: Path) -> list[PromptRow]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise CalibrationError(f"cannot read the prompt file {path}: {exc.strerror}") from exc
+        raise CalibrationError(
+            f"cannot read the prompt file {path}: {exc.strerror}", reason="BadPromptFile"
+        ) from exc
     except UnicodeDecodeError as exc:
-        raise CalibrationError(f"the prompt file {path} is not UTF-8 text") from exc
+        raise CalibrationError(
+            f"the prompt file {path} is not UTF-8 text", reason="BadPromptFile"
+        ) from exc
     return parse_prompts(text, str(path))
 
 
@@ -115,5 +128,6 @@ def require_references(rows: list[PromptRow]) -> None:
         more = f" and {len(missing) - MAX_PROBLEMS_SHOWN} more" if len(missing) > 10 else ""
         raise CalibrationError(
             f"--grading reference needs a reference on every prompt; missing on {len(missing)}: "
-            f"{shown}{more} (add them, or use --grading judge)"
+            f"{shown}{more} (add them, or use --grading judge)",
+            reason="MissingReference",
         )

@@ -94,7 +94,8 @@ def router_quality(scores: list[float], examples: list[Example]) -> RouterQualit
     except ValueError as exc:
         raise CalibrationError(
             f"the held-out prompts cannot rank routers: {exc} (the local model did as well as "
-            "the cloud on them; more or harder prompts are needed)"
+            "the cloud on them; more or harder prompts are needed)",
+            reason="NotEnoughLabels",
         ) from exc
     return RouterQuality(quality.apgr(curve), quality.cpt(curve, 0.5), quality.cpt(curve, 0.8))
 
@@ -130,7 +131,8 @@ def train(examples: list[Example], version: str, meta: dict) -> Trained:
     """Fit on the training split, evaluate shipped and calibrated on the held-out split."""
     if len(examples) < MIN_LABELS:
         raise CalibrationError(
-            f"too few labels to train on: {len(examples)}, at least {MIN_LABELS} are needed"
+            f"too few labels to train on: {len(examples)}, at least {MIN_LABELS} are needed",
+            reason="NotEnoughLabels",
         )
     mask = held_out_mask(examples)
     train_set = [e for e, held in zip(examples, mask, strict=True) if not held]
@@ -140,7 +142,8 @@ def train(examples: list[Example], version: str, meta: dict) -> Trained:
     if not (gains > 0).any() or (gains > 0).all():
         raise CalibrationError(
             "every training prompt has the same label: the cloud did better than the local "
-            "model on none of them, or on all; nothing to learn"
+            "model on none of them, or on all; nothing to learn",
+            reason="NotEnoughLabels",
         )
     folds = assign_folds(rows, k=FOLDS, seed=SPLIT_SEED)
     grid = [Params(alpha, weight) for alpha in ALPHAS for weight in HAND_WEIGHTS]
