@@ -36,6 +36,7 @@ def test_figures_are_summed_by_target_and_reason() -> None:
         ("reject", "budget.exceeded"): 2,
     }
     assert router_status(figures(routes)) == {
+        "classifier": "",
         "requests": 109,
         "localShare": round(86 / 109, 4),
         "overflow": 3,

@@ -181,6 +181,7 @@ def figures_of(engine: RouterEngine) -> RouterFigures:
         cloud_cost=engine.metrics.cloud_cost_total,
         all_cloud_cost=dict(engine.metrics.all_cloud_cost_totals),
         recent_ttfts={t: list(d) for t, d in engine.metrics.recent_ttfts.items()},
+        classifier=engine.scorer.version,
     )
 
 

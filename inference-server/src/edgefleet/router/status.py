@@ -38,6 +38,8 @@ class RouterFigures:
     all_cloud_cost: Mapping[str, float] = field(default_factory=dict)
     # Target -> the latest times to first token, in seconds.
     recent_ttfts: Mapping[str, Iterable[float]] = field(default_factory=dict)
+    # The complexity classifier's version: the shipped one or a calibration's artefact.
+    classifier: str = ""
 
 
 def router_status(figures: RouterFigures) -> dict[str, Any]:
@@ -53,6 +55,7 @@ def router_status(figures: RouterFigures) -> dict[str, Any]:
     top = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))[:TOP_REASONS]
     budget = figures.budget
     return {
+        "classifier": figures.classifier,
         "requests": requests,
         "localShare": round(by_target["local"] / requests, 4) if requests else 0.0,
         "overflow": overflow,
