@@ -81,12 +81,14 @@ def test_default_render_has_the_expected_objects(default: list[dict[str, Any]]) 
 
     assert kinds == sorted(
         [
+            ("CustomResourceDefinition", "routercalibrations.edgefleet.io"),
             ("CustomResourceDefinition", "routingpolicies.edgefleet.io"),
             ("CustomResourceDefinition", "smallmodels.edgefleet.io"),
             ("ServiceAccount", "edgefleet"),
             ("ClusterRole", "edgefleet-operator"),
             ("ClusterRole", "edgefleet-router"),
             ("ClusterRole", "edgefleet-router-pods"),
+            ("ClusterRole", "edgefleet-calibration"),
             ("ClusterRoleBinding", "edgefleet-operator"),
             ("Deployment", "edgefleet-operator"),
             ("ClusterKopfPeering", "edgefleet"),
@@ -151,6 +153,7 @@ def test_operator_role_is_least_privilege(default: list[dict[str, Any]]) -> None
     role = find(default, "ClusterRole", "edgefleet-operator")
     router_role = operator_env(default)["EDGEFLEET_ROUTER_CLUSTER_ROLE"]
     pods_role = operator_env(default)["EDGEFLEET_ROUTER_PODS_CLUSTER_ROLE"]
+    calibration_role = operator_env(default)["EDGEFLEET_CALIBRATION_CLUSTER_ROLE"]
 
     binds = []
     for rule in role["rules"]:
@@ -164,7 +167,7 @@ def test_operator_role_is_least_privilege(default: list[dict[str, Any]]) -> None
             "apiGroups": ["rbac.authorization.k8s.io"],
             "resources": ["clusterroles"],
             "verbs": ["bind"],
-            "resourceNames": [router_role, pods_role],
+            "resourceNames": [router_role, pods_role, calibration_role],
         }
     ]
     # No Secrets: the egress mounts its key, the operator never reads it.
@@ -186,6 +189,12 @@ def test_router_role_is_what_the_router_needs(default: list[dict[str, Any]]) -> 
             "verbs": ["patch"],
         },
     ]
+
+
+def test_calibration_role_only_creates_configmaps(default: list[dict[str, Any]]) -> None:
+    role = find(default, "ClusterRole", "edgefleet-calibration")
+
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]
 
 
 def test_router_pods_role_only_reads_pods(default: list[dict[str, Any]]) -> None:

@@ -22,7 +22,11 @@ from edgefleet.routing.privacy import BUILTIN_DETECTORS
 from tests.cluster import versions
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "edgefleet"
-CRD_NAMES = ["routingpolicies.edgefleet.io", "smallmodels.edgefleet.io"]
+CRD_NAMES = [
+    "routercalibrations.edgefleet.io",
+    "routingpolicies.edgefleet.io",
+    "smallmodels.edgefleet.io",
+]
 KEEP = "helm.sh/resource-policy"
 
 
@@ -67,7 +71,7 @@ def snake(name: str) -> str:
     return re.sub(r"(?<=[a-z])(?=[A-Z0-9])", "_", name).lower()
 
 
-def test_both_crds_render_by_default_and_are_kept_on_uninstall() -> None:
+def test_every_crd_renders_by_default_and_are_kept_on_uninstall() -> None:
     rendered = crds()
 
     assert sorted(rendered) == CRD_NAMES
@@ -80,7 +84,7 @@ def test_both_crds_render_by_default_and_are_kept_on_uninstall() -> None:
         assert crd["spec"]["scope"] == "Namespaced"
         assert crd["spec"]["names"]["categories"] == ["edgefleet"]
     short_names = {name: crd["spec"]["names"]["shortNames"] for name, crd in rendered.items()}
-    assert short_names == {CRD_NAMES[0]: ["rp"], CRD_NAMES[1]: ["sm"]}
+    assert short_names == {CRD_NAMES[0]: ["rc"], CRD_NAMES[1]: ["rp"], CRD_NAMES[2]: ["sm"]}
 
 
 def test_crds_without_keep_carry_no_annotations_at_all() -> None:

@@ -1369,7 +1369,10 @@ def test_egress_network_policy() -> None:
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [
                 {
-                    "from": [{"podSelector": {"matchLabels": selector("router")}}],
+                    "from": [
+                        {"podSelector": {"matchLabels": selector("router")}},
+                        {"podSelector": {"matchLabels": selector("calibration")}},
+                    ],
                     "ports": [{"protocol": "TCP", "port": 50051}],
                 },
                 {"ports": [{"protocol": "TCP", "port": 9090}]},

@@ -21,8 +21,10 @@ def test_every_field_is_read_from_its_variable_with_its_type() -> None:
         "EDGEFLEET_IMAGE": "registry.local/edgefleet:1.2.3",
         "EDGEFLEET_VLLM_IMAGE": "registry.local/edgefleet-vllm:1.2.3",
         "EDGEFLEET_IMAGE_PULL_POLICY": "Always",
+        "EDGEFLEET_CALIBRATION_IMAGE": "registry.local/edgefleet-calibrate:1.2.3",
         "EDGEFLEET_ROUTER_CLUSTER_ROLE": "ef-router",
         "EDGEFLEET_ROUTER_PODS_CLUSTER_ROLE": "ef-router-pods",
+        "EDGEFLEET_CALIBRATION_CLUSTER_ROLE": "ef-calibration",
         "EDGEFLEET_PEERING_NAME": "ef",
         "EDGEFLEET_GPU_NODE_LABEL": "example.com/gpu",
         "EDGEFLEET_GPU_RESOURCE": "amd.com/gpu",
@@ -44,8 +46,10 @@ def test_every_field_is_read_from_its_variable_with_its_type() -> None:
         image="registry.local/edgefleet:1.2.3",
         vllm_image="registry.local/edgefleet-vllm:1.2.3",
         image_pull_policy="Always",
+        calibration_image="registry.local/edgefleet-calibrate:1.2.3",
         router_cluster_role="ef-router",
         router_pods_cluster_role="ef-router-pods",
+        calibration_cluster_role="ef-calibration",
         peering_name="ef",
         gpu_node_label="example.com/gpu",
         gpu_resource="amd.com/gpu",
@@ -67,7 +71,7 @@ def test_every_field_is_read_from_its_variable_with_its_type() -> None:
 def test_the_test_above_covers_every_field() -> None:
     # A new field must get a variable; this keeps the mapping test honest.
     names = {f"EDGEFLEET_{f.name.upper()}" for f in dataclasses.fields(OperatorConfig)}
-    assert len(names) == 15
+    assert len(names) == 17
 
 
 def test_whole_number_float_setting_accepts_an_integer_string() -> None:

@@ -31,7 +31,11 @@ def test_only_the_sensitive_namespace_cleanup_needs_a_finalizer() -> None:
 def test_the_status_daemons_are_still_registered_and_cancellable() -> None:
     registry = build_registry(OperatorConfig())
     daemons = {str(h.id): h for h in registry._spawning._handlers}
-    assert set(daemons) == {"keep_smallmodel_status", "keep_routingpolicy_status"}
+    assert set(daemons) == {
+        "keep_smallmodel_status",
+        "keep_routingpolicy_status",
+        "keep_routercalibration",
+    }
     # They wait on asyncio events: Kopf must cancel them, not wait for them to notice.
     assert all(h.cancellation_timeout for h in daemons.values())
 

@@ -66,7 +66,6 @@ def test_ready_counts_come_from_the_pods_before_the_workload_controller_catches_
     assert with_ready_pods(stale, None) == stale
 
 
-
 def test_facts_from_a_deployment() -> None:
     body = {
         "kind": "Deployment",

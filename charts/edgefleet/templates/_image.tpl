@@ -9,3 +9,11 @@
 {{- define "edgefleet.routerClusterRole" -}}
 {{ include "edgefleet.fullname" . }}-router
 {{- end }}
+
+{{- define "edgefleet.calibrationImage" -}}
+{{ .Values.calibrationImage.repository }}:{{ .Values.calibrationImage.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "edgefleet.calibrationClusterRole" -}}
+{{ include "edgefleet.fullname" . }}-calibration
+{{- end }}

@@ -20,11 +20,15 @@ class OperatorConfig:
     # The GPU image (a vLLM base) for vLLM model servers.
     vllm_image: str = "ghcr.io/edgefleet/edgefleet-vllm:0.1.0"
     image_pull_policy: str = "IfNotPresent"
+    # The CPU image with Ray (RouterCalibration runs: KubeRay's head and workers).
+    calibration_image: str = "ghcr.io/edgefleet/edgefleet-calibrate:0.1.0"
     # The chart's ClusterRole every router's ServiceAccount is bound to.
     router_cluster_role: str = "edgefleet-router"
     # The chart's ClusterRole (pods: list, watch) bound to a router's
     # ServiceAccount in each of its policy's privacy.sensitiveNamespaces.
     router_pods_cluster_role: str = "edgefleet-router-pods"
+    # The chart's ClusterRole (configmaps: create) a RouterCalibration's run is bound to.
+    calibration_cluster_role: str = "edgefleet-calibration"
     # Kopf peering object (ClusterKopfPeering) shared by every operator replica.
     peering_name: str = "edgefleet"
     # A node is a GPU node when it carries this label with value "true"

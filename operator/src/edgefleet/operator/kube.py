@@ -32,6 +32,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "SmallModel": ("/apis/edgefleet.io/v1alpha1", "smallmodels"),
     "RoutingPolicy": ("/apis/edgefleet.io/v1alpha1", "routingpolicies"),
+    "RouterCalibration": ("/apis/edgefleet.io/v1alpha1", "routercalibrations"),
+    # KubeRay's: a RouterCalibration's runs.
+    "RayJob": ("/apis/ray.io/v1", "rayjobs"),
     "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices"),
 }
 
@@ -106,6 +109,16 @@ class Kube:
             body={"status": dict(status)},
             content_type="application/merge-patch+json",
         )
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when there is none."""
+        try:
+            found: dict[str, Any] = self._call("GET", path(kind, namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
 
     def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         result = self._call("GET", path(kind, namespace), query=[("labelSelector", selector)])

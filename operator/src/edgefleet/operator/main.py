@@ -1,4 +1,5 @@
-"""edgefleet-operator: run the Kopf handlers for SmallModel and RoutingPolicy, cluster-wide.
+"""edgefleet-operator: run the Kopf handlers for SmallModel, RoutingPolicy and
+RouterCalibration, cluster-wide.
 
 Every Kopf registration is in `build_registry`, the one place that says what
 the operator watches and which function of which resource's module handles
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -25,11 +27,12 @@ from typing import Any
 
 import kopf
 
+from edgefleet.calibrate.publish import CALIBRATION_LABEL
 from edgefleet.kubeapi import api_client, endpoint_serving
 from edgefleet.operator import names
 from edgefleet.operator.builders.routingpolicy import POLICY_NAMESPACE_LABEL
 from edgefleet.operator.config import OperatorConfig
-from edgefleet.operator.handlers import routingpolicy, smallmodel
+from edgefleet.operator.handlers import calibration, routingpolicy, smallmodel
 from edgefleet.operator.kube import Kube
 from edgefleet.operator.placement import NodeFacts
 from edgefleet.operator.state import OperatorContext, States
@@ -48,6 +51,9 @@ POLICY_CHILD = {**MANAGED, names.POLICY_LABEL: kopf.PRESENT}
 ROUTER_BINDING = {**POLICY_CHILD, POLICY_NAMESPACE_LABEL: kopf.PRESENT}
 SM = (names.GROUP, names.VERSION, names.SMALLMODELS)
 RP = (names.GROUP, names.VERSION, names.ROUTINGPOLICIES)
+RC = (names.GROUP, names.VERSION, names.ROUTERCALIBRATIONS)
+# KubeRay's; served only where its CRD is installed (Kopf watches it once it appears).
+RAYJOBS = ("ray.io", "v1", "rayjobs")
 # Kopf cancels a daemon this long after asking it to stop (ours stop at once when cancelled).
 DAEMON_CANCELLATION_S = 5.0
 
@@ -356,6 +362,48 @@ async def delete_routingpolicy(
     )
 
 
+# --- RouterCalibration --------------------------------------------------------------
+async def routercalibration_changed(
+    type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    states = context(memo).states
+    states.activity["events.RouterCalibration"] += 1
+    if type == "DELETED":
+        states.calibrations.pop((namespace, name), None)
+    else:
+        states.calibration(namespace, name).trigger.poke()
+
+
+async def rayjob_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """A run's RayJob moved on: its calibration's round is due."""
+    states = context(memo).states
+    states.activity["events.RayJob"] += 1
+    state = states.calibrations.get((namespace, labels[CALIBRATION_LABEL]))
+    if state is not None:
+        state.trigger.poke()
+
+
+async def keep_routercalibration(
+    namespace: str, name: str, memo: kopf.Memo, logger: Logger, **_: Any
+) -> None:
+    ctx = context(memo)
+
+    async def reconcile_policy(where: str, policy: str) -> None:
+        body = await asyncio.to_thread(ctx.kube.get, "RoutingPolicy", where, policy)
+        if body is None:
+            return
+        # A refusal is the policy's own to report (its Event and status).
+        with contextlib.suppress(kopf.PermanentError):
+            await routingpolicy.apply(
+                ctx, ctx.states.policy(where, policy), body=body, logger=logger
+            )
+
+    await calibration.keep_calibration(
+        ctx, ctx.states.calibration(namespace, name), namespace=namespace, name=name,
+        logger=logger, reconcile_policy=reconcile_policy,
+    )  # fmt: skip
+
+
 # --- registration ----------------------------------------------------------------
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """Every handler the operator runs, registered in one place."""
@@ -395,6 +443,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     kopf.on.event("", "v1", "nodes", **on)(node_changed)
     kopf.on.event(*SM, **on)(smallmodel_changed)
     kopf.on.event(*RP, **on)(routingpolicy_changed)
+    kopf.on.event(*RC, **on)(routercalibration_changed)
+    kopf.on.event(*RAYJOBS, labels={CALIBRATION_LABEL: kopf.PRESENT}, **on)(rayjob_changed)
 
     kopf.on.resume(*SM, **on)(reconcile_smallmodel)
     kopf.on.create(*SM, **on)(reconcile_smallmodel)
@@ -409,7 +459,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     daemon = {"cancellation_timeout": DAEMON_CANCELLATION_S, **on}
     kopf.daemon(*SM, **daemon)(keep_smallmodel_status)
     kopf.daemon(*RP, **daemon)(keep_routingpolicy_status)
-    _without_finalizers(registry, {keep_smallmodel_status, keep_routingpolicy_status})
+    kopf.daemon(*RC, **daemon)(keep_routercalibration)
+    _without_finalizers(
+        registry, {keep_smallmodel_status, keep_routingpolicy_status, keep_routercalibration}
+    )
     return registry
 
 

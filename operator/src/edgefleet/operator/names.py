@@ -7,6 +7,7 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 SMALLMODELS = "smallmodels"
 ROUTINGPOLICIES = "routingpolicies"
+ROUTERCALIBRATIONS = "routercalibrations"
 FIELD_MANAGER = "edgefleet-operator"
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -20,6 +21,7 @@ SITE_LABEL = f"{GROUP}/site"
 MODEL_SERVER = "model-server"
 ROUTER = "router"
 EGRESS = "egress"
+CALIBRATION = "calibration"
 
 GRPC_PORT = 50051
 HTTP_PORT = 8080

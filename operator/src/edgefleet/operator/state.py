@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.operator.builders.routingpolicy import ServedArtefact
 from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.kube import Kube
 from edgefleet.operator.placement import EnginePlan, FleetFacts, NodeFacts, counts_as
@@ -77,12 +78,20 @@ class PolicyState:
     invalid: str | None = None
     # Sensitive namespaces that did not exist at the last sync (no event says when they do).
     missing_namespaces: list[str] = field(default_factory=list)
+    # The calibrated classifier the router was last handed (None: the shipped one).
+    artefact: ServedArtefact | None = None
     reported: dict[str, Any] | None = None
     reported_over: str | None = None
     report_failed: bool = False
 
     def retry_soon(self) -> bool:
         return bool(self.apply_error) or self.report_failed or bool(self.missing_namespaces)
+
+
+@dataclass
+class CalibrationState:
+    # Pokes from the RouterCalibration's and its RayJobs' events.
+    trigger: StatusTrigger
 
 
 class States:
@@ -92,6 +101,7 @@ class States:
         self.debounce = debounce or Debounce()
         self.models: dict[Key, ModelState] = {}
         self.policies: dict[Key, PolicyState] = {}
+        self.calibrations: dict[Key, CalibrationState] = {}
         self.fleet = FleetFacts()
         # Watch events handled, by kind, and status rounds run and written: what
         # the operator did, for its liveness endpoint (and the scale benchmark).
@@ -108,6 +118,12 @@ class States:
         if key not in self.policies:
             self.policies[key] = PolicyState(StatusTrigger(self.debounce))
         return self.policies[key]
+
+    def calibration(self, namespace: str, name: str) -> CalibrationState:
+        key = (namespace, name)
+        if key not in self.calibrations:
+            self.calibrations[key] = CalibrationState(StatusTrigger(self.debounce))
+        return self.calibrations[key]
 
     def forget(self, parent: Parent) -> None:
         table = self.models if parent.kind == SMALLMODEL else self.policies

@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from edgefleet.calibrate.artefacts import ARTEFACT_FILE
 from edgefleet.egress import API_KEY_VARIABLE
 from edgefleet.operator import names
 from edgefleet.operator.builders.common import (
@@ -26,6 +28,8 @@ POLICY_VOLUME = "policy"
 # which policy's namespace they belong to (with POLICY_LABEL, the policy).
 POLICY_NAMESPACE_LABEL = f"{names.GROUP}/routing-policy-namespace"
 POD_BINDING_PREFIX = "edgefleet-router"
+# On the router's ConfigMap: the calibrated classifier's version it carries.
+CLASSIFIER_ANNOTATION = f"{names.GROUP}/classifier"
 MAX_NAME = 63
 
 
@@ -33,15 +37,38 @@ def cloud_enabled(spec: Mapping[str, Any]) -> bool:
     return bool((spec.get("cloud") or {}).get("enabled", True))
 
 
-def build_config_map(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The policy as the router and egress read it (the resource itself, status left out)."""
+@dataclass(frozen=True)
+class ServedArtefact:
+    """The calibrated classifier a policy's router serves: a RouterCalibration's promoted one."""
+
+    version: str
+    # complexity.json.gz, base64 as a ConfigMap's binaryData holds it.
+    data: str
+
+
+def build_config_map(
+    name: str, namespace: str, spec: Mapping[str, Any], artefact: ServedArtefact | None = None
+) -> dict[str, Any]:
+    """The policy as the router and egress read it (the resource itself, status left out).
+
+    `spec.complexity.calibration` names a RouterCalibration; the router reads a file. With
+    its promoted artefact the ConfigMap carries that file beside the policy (one volume,
+    so the two change together) and the policy points at it; without one, the policy
+    leaves calibration out and the router scores with the shipped classifier.
+    """
     document = {
         "apiVersion": names.API_VERSION,
         "kind": "RoutingPolicy",
         "metadata": {"name": name},
         "spec": copy.deepcopy(dict(spec)),
     }
-    return {
+    complexity = document["spec"].get("complexity") or {}
+    if "calibration" in complexity:
+        if artefact is None:
+            del complexity["calibration"]
+        else:
+            complexity["calibration"] = ARTEFACT_FILE
+    config_map: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(
@@ -49,6 +76,10 @@ def build_config_map(name: str, namespace: str, spec: Mapping[str, Any]) -> dict
         ),
         "data": {names.POLICY_FILE: yaml.safe_dump(document, sort_keys=True)},
     }
+    if artefact is not None and "calibration" in complexity:
+        config_map["binaryData"] = {ARTEFACT_FILE: artefact.data}
+        config_map["metadata"]["annotations"] = {CLASSIFIER_ANNOTATION: artefact.version}
+    return config_map
 
 
 def build_router_rbac(name: str, namespace: str, config: OperatorConfig) -> list[dict[str, Any]]:
@@ -336,7 +367,8 @@ def build_router_network_policy(
 
 
 def build_egress_network_policy(name: str, namespace: str) -> dict[str, Any]:
-    """Only this policy's router may call the egress; the egress alone may leave the cluster."""
+    """Only this policy's router (and its calibrations' Ray pods) may call the egress; the
+    egress alone may leave the cluster."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -349,7 +381,13 @@ def build_egress_network_policy(name: str, namespace: str) -> dict[str, Any]:
             "ingress": [
                 {
                     "from": [
-                        {"podSelector": {"matchLabels": names.policy_selector(name, names.ROUTER)}}
+                        {"podSelector": {"matchLabels": names.policy_selector(name, names.ROUTER)}},
+                        # A RouterCalibration's Ray pods, grading through the egress.
+                        {
+                            "podSelector": {
+                                "matchLabels": names.policy_selector(name, names.CALIBRATION)
+                            }
+                        },
                     ],
                     "ports": [{"protocol": "TCP", "port": names.GRPC_PORT}],
                 },
@@ -367,10 +405,11 @@ def build_children(
     config: OperatorConfig,
     api_endpoints: list[tuple[str, int]],
     config_hash: str,
+    artefact: ServedArtefact | None = None,
 ) -> list[dict[str, Any]]:
     """Everything a RoutingPolicy owns, in apply order (the egress only with a cloud)."""
     children = [
-        build_config_map(name, namespace, spec),
+        build_config_map(name, namespace, spec, artefact),
         *build_router_rbac(name, namespace, config),
     ]
     if cloud_enabled(spec):

@@ -22,6 +22,7 @@ from kubernetes import client
 from edgefleet.operator import names
 from edgefleet.operator.builders import routingpolicy as build
 from edgefleet.operator.config import OperatorConfig
+from edgefleet.operator.handlers.calibration import served_artefact
 from edgefleet.operator.handlers.common import (
     ChildRefused,
     apply_children,
@@ -66,13 +67,14 @@ def api_endpoints(kube: Kube, config: OperatorConfig) -> list[tuple[str, int]]:
 
 
 def desired(
-    ctx: OperatorContext, name: str, namespace: str, spec: Mapping[str, Any]
+    ctx: OperatorContext, state: PolicyState, name: str, namespace: str, spec: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     # The router re-reads the policy file live; the egress reads it at start,
     # so only the egress rolls when the policy changes.
     return build.build_children(
-        name, namespace, spec, ctx.config, ctx.api_endpoints, config_hash=digest(dict(spec))
-    )
+        name, namespace, spec, ctx.config, ctx.api_endpoints, config_hash=digest(dict(spec)),
+        artefact=state.artefact,
+    )  # fmt: skip
 
 
 def invalid_reason(body: Mapping[str, Any]) -> str | None:
@@ -186,7 +188,8 @@ def reconcile(
         raise kopf.PermanentError(problem)
     state.invalid = None
     started = time.monotonic()
-    children = desired(ctx, name, namespace, spec)
+    state.artefact = served_artefact(ctx.kube, namespace, spec)
+    children = desired(ctx, state, name, namespace, spec)
     fingerprint = digest(children)
     try:
         # Bindings first: the router lists the sensitive namespaces' pods as it starts.
@@ -212,6 +215,13 @@ def reconcile(
             message += f" (namespace(s) {', '.join(missing)} do not exist yet)"
         if not build.cloud_enabled(spec):
             message += " (cloud disabled: no egress)"
+        calibration = (spec.get("complexity") or {}).get("calibration")
+        if calibration:
+            message += (
+                f"; classifier {state.artefact.version} of RouterCalibration {calibration}"
+                if state.artefact
+                else f"; RouterCalibration {calibration} has promoted nothing: shipped classifier"
+            )
         if removed:
             message += f"; removed {', '.join(removed)}"
         kopf.event(dict(body), type="Normal", reason="Applied", message=message)
@@ -278,7 +288,7 @@ async def status_round(
         cloud = build.cloud_enabled(spec)
         valid = invalid_reason(body) is None
         if valid and (
-            state.applied != digest(desired(ctx, name, namespace, spec))
+            state.applied != digest(desired(ctx, state, name, namespace, spec))
             or router is None
             or (cloud and egress is None)
         ):
