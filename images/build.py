@@ -1,7 +1,8 @@
 """Build edgefleet's container images with podman: no daemon, no registry.
 
-    python3 -m images.build                      # both images (`make images`)
+    python3 -m images.build                      # every image (`make images`)
     python3 -m images.build --only edgefleet     # the CPU image alone
+    python3 -m images.build --only edgefleet-calibrate   # the CPU image + Ray
     python3 -m images.build --registry registry.example.com/team --push
 
 What it does, each step cached under ~/.cache/edgefleet/ and timed:
@@ -15,8 +16,9 @@ What it does, each step cached under ~/.cache/edgefleet/ and timed:
    the one `make install` uses, handed to the CPU image's build (compiled once
    per machine, never in the image);
 3. each image, built only when the hash of its inputs (Dockerfile, the files
-   it copies, build arguments, the wheel, the base's root file system) is
-   new, and saved as a docker archive ~/.cache/edgefleet/images/<name>-<hash>.tar
+   it copies, build arguments, the wheel, the base's root file system, or the
+   hash of the image it is built FROM) is new, and saved as a docker archive
+   ~/.cache/edgefleet/images/<name>-<hash>.tar
    for `kind load image-archive`, `k3s ctr images import` or
    `ctr -n k8s.io images import`. The archive names the image as the chart
    does (ghcr.io/edgefleet/<name>:<version>), so the chart runs it unchanged.
@@ -114,6 +116,9 @@ class ImageSpec:
     # Hands the host's llama-cpp-python wheel to the build (CPU image).
     llama_cpp_wheels: bool = False
     build_args: tuple[tuple[str, str], ...] = ()
+    # Another image here that this one is built FROM (its BASE_IMAGE), made
+    # first; None: the Debian base.
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,16 @@ SPECS = {
         dockerfile="inference-server/Dockerfile",
         inputs=(*SOURCES, "inference-server/llama_cpp_build.py"),
         llama_cpp_wheels=True,
+    ),
+    # The calibration job's image for KubeRay: the CPU image plus the
+    # `calibrate` extra (Ray with its dashboard, scikit-learn). Its layers sit
+    # on the CPU image's; the CPU image's own inputs reach its hash through the
+    # CPU image's hash.
+    "edgefleet-calibrate": ImageSpec(
+        name="edgefleet-calibrate",
+        dockerfile="inference-server/Dockerfile.calibrate",
+        inputs=("pyproject.toml",),
+        parent="edgefleet",
     ),
     # vLLM's CPU build (the engine code GPU nodes run), standing in for the
     # CUDA image that the same Dockerfile builds from vllm/vllm-openai.
@@ -350,7 +365,11 @@ def _digest(paths: list[Path], root: Path) -> str:
 
 
 def image_key(spec: ImageSpec, base_digest: str, wheels: Path | None) -> str:
-    """A hash of everything that decides what the image holds."""
+    """A hash of everything that decides what the image holds.
+
+    `base_digest` stands for what the image starts from: the Debian base's
+    content digest, or the key of its parent image.
+    """
     wheel_digest = _digest(sorted(wheels.glob("*.whl")), wheels) if wheels else ""
     recipe = (
         RECIPE_REVISION,
@@ -430,8 +449,12 @@ def ensure_image(name: str) -> BuiltImage:
     """The image `name` in podman's store and as an archive; built only when its inputs changed."""
     spec = SPECS[name]
     ensure_tools()
-    recipe = BaseRecipe()
-    base = ensure_base(recipe)
+    parent = ensure_image(spec.parent) if spec.parent else None
+    if parent:
+        base_tag, base = parent.local_ref, parent.key
+    else:
+        recipe = BaseRecipe()
+        base_tag, base = recipe.tag, ensure_base(recipe)
     wheels = llama_cpp_wheels() if spec.llama_cpp_wheels else None
     key = image_key(spec, base, wheels)
     local_ref = f"localhost/{name}:{key}"
@@ -447,8 +470,10 @@ def ensure_image(name: str) -> BuiltImage:
             _run(podman("tag", public, local_ref))
     else:
         with step(f"build {name} {key} ({spec.dockerfile})"):
-            _build(spec, recipe.tag, wheels, [local_ref, public])
+            _build(spec, base_tag, wheels, [local_ref, public])
         built = True
+    # An older parent build is untagged already; podman deletes it with the
+    # last older build of this image on it.
     forget_older(f"localhost/{name}", local_ref)
     if not archive.exists():
         with step(f"save {archive}"):
