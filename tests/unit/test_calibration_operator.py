@@ -272,3 +272,33 @@ def test_a_policy_naming_no_calibration_gets_no_artefact_even_if_offered() -> No
     assert served(config_map) == {"threshold": 0.5}
     assert "binaryData" not in config_map
     assert json.dumps(config_map).count("eA==") == 0
+
+
+def test_only_the_calibrations_own_pods_and_kuberay_reach_its_ray_pods() -> None:
+    policy = build.build_network_policy("tune", NS, "hybrid", [("10.0.0.1", 6443)])
+    job = rayjob()
+    cluster = job["spec"]["rayClusterSpec"]
+    own, job_api = policy["spec"]["ingress"]
+
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    templates = [cluster["headGroupSpec"]["template"], job["spec"]["submitterPodTemplate"]]
+    templates += [group["template"] for group in cluster["workerGroupSpecs"]]
+    for template in templates:  # head, submitter, workers: selected, and let in
+        labels = template["metadata"]["labels"]
+        assert selected.items() <= labels.items()
+        assert own["from"][0]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert "ports" not in own
+    assert job_api["ports"] == [{"protocol": "TCP", "port": 8265}]
+    assert {"ipBlock": {"cidr": "10.0.0.1/32"}} in job_api["from"]
+
+
+def test_the_submitter_gets_its_command_from_kuberay_and_runs_where_the_ray_pods_do() -> None:
+    toleration = {"key": "edge", "operator": "Exists", "effect": "NoSchedule"}
+    placement = {"nodeSelector": {"pool": "edge"}, "tolerations": [toleration]}
+    submitter = rayjob(placement=placement)["spec"]["submitterPodTemplate"]["spec"]
+
+    (container,) = submitter["containers"]
+    assert "command" not in container and "args" not in container
+    assert container["image"] == CONFIG.calibration_image
+    assert (submitter["nodeSelector"], submitter["restartPolicy"]) == ({"pool": "edge"}, "Never")

@@ -89,6 +89,40 @@ def build_identity(
     ]
 
 
+# The KubeRay operator's pods (its Helm chart's label): it polls the head's job API.
+KUBERAY_OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}
+
+
+def build_network_policy(
+    calibration: str, namespace: str, policy: str, api_endpoints: list[tuple[str, int]]
+) -> dict[str, Any]:
+    """Only the calibration's own pods may talk to its Ray pods.
+
+    Ray's head runs whatever job it is handed and its pods may call the policy's egress
+    (the cloud, at the policy's expense): nobody else may reach them. KubeRay's operator
+    asks the head's job API directly or through the API server's proxy.
+    """
+    own = {"podSelector": {"matchLabels": {CALIBRATION_LABEL: calibration}}}
+    job_api = [{"protocol": "TCP", "port": DASHBOARD_PORT}]
+    kuberay = [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict(KUBERAY_OPERATOR)}}]
+    api_servers = [
+        {"ipBlock": {"cidr": f"{address}/{128 if ':' in address else 32}"}}
+        for address, _ in api_endpoints
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(
+            account_name(calibration), namespace, calibration_labels(calibration, policy)
+        ),
+        "spec": {
+            "podSelector": {"matchLabels": {CALIBRATION_LABEL: calibration}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [own]}, {"from": kuberay + api_servers, "ports": job_api}],
+        },
+    }
+
+
 def local_addresses(namespace: str, targets: list[str]) -> list[str]:
     """The policy's local SmallModels as the driver calls them: each one's Service."""
     return [f"{model}.{namespace}.svc:{names.GRPC_PORT}" for model in targets]
@@ -206,6 +240,28 @@ def _pod_template(
     }
 
 
+def _submitter_template(
+    spec: RouterCalibrationSpec, labels: Mapping[str, str], image: str, config: OperatorConfig
+) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": dict(labels)},
+        "spec": {
+            **_placement(spec),
+            "restartPolicy": "Never",
+            "securityContext": dict(POD_SECURITY_CONTEXT),
+            "containers": [
+                {
+                    "name": "ray-job-submitter",
+                    "image": image,
+                    "imagePullPolicy": config.image_pull_policy,
+                    "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}},
+                    "securityContext": container_security_context(read_only_root=False),
+                }
+            ],
+        },
+    }
+
+
 def build_rayjob(
     calibration: Mapping[str, str],
     spec: RouterCalibrationSpec,
@@ -231,6 +287,8 @@ def build_rayjob(
                 calibration, spec, run, local_addresses(namespace, local_targets), cloud
             ),
             "submissionMode": "K8sJobMode",
+            # KubeRay fills in the submit command; the labels let it past the policy.
+            "submitterPodTemplate": _submitter_template(spec, labels, image, config),
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 60,
             "activeDeadlineSeconds": RUN_DEADLINE_S,

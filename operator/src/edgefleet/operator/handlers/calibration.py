@@ -152,6 +152,7 @@ def _start(
     identity = {"name": name, "namespace": namespace, "uid": meta["uid"]}
     children = [
         *build.build_identity(name, namespace, spec.policy, ctx.config),
+        build.build_network_policy(name, namespace, spec.policy, ctx.api_endpoints),
         build.build_rayjob(identity, spec, number, targets, cloud, ctx.config),
     ]
     kopf.adopt(children, owner=dict(body))
