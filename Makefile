@@ -80,6 +80,7 @@ test-dataplane: install testbed
 # no test timeout can cut a cold build short.
 testbed:
 	$(PYTHON) -m tests.cluster build
+	$(PYTHON) -m tests.cluster.kuberay build
 
 # The real node's binaries (kubelet, kube-proxy, containerd, runc's shim, CNI plugins, crictl)
 # and its pause/busybox images, built once from the Go module proxy (~5 min on 2 cores with the

@@ -5,7 +5,8 @@ controller and its default stages). We add only what it cannot do: the bridge
 and safety routes, the API server's non-loopback advertise address (on that
 bridge, so pods can reach it), the service range, kwok's pod range, leaving
 real nodes (realnode_join.py) to their kubelets, and readiness checks that
-name the component that failed.
+name the component that failed. Every bed also runs KubeRay's operator beside the
+control plane (kuberay.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.cluster import build, fleet, kube, network, versions
+from tests.cluster import build, fleet, kube, kuberay, network, versions
 
 CLUSTER = "edgefleet"
 # klog error/fatal lines ("E1125 ...", "F1125 ...") and cobra's "Error: ...".
@@ -240,13 +241,14 @@ def up() -> Paths:
     started = time.monotonic()
     build.ensure_host_tools()
     bins = build.build()
+    kuberay_bins = kuberay.build_kuberay()
     p = paths()
     down(quiet=True)
     # Logs of the previous run are kept until now, for debugging; start clean.
     shutil.rmtree(p.root, ignore_errors=True)
     p.root.mkdir(parents=True)
     try:
-        _start(p, bins)
+        _start(p, bins, kuberay_bins)
     except BaseException:
         down(quiet=True)
         raise
@@ -257,7 +259,7 @@ def up() -> Paths:
     return p
 
 
-def _start(p: Paths, bins: Path) -> None:
+def _start(p: Paths, bins: Path, kuberay_bins: Path) -> None:
     network.host_up()
     # The bridge exists first so kwokctl puts its address in the serving cert.
     proc = subprocess.run(
@@ -271,6 +273,8 @@ def _start(p: Paths, bins: Path) -> None:
         tails = "\n".join(f"--- {c} ---\n{_log_tail(p, c, 10)}" for c in _COMPONENTS)
         raise ComponentFailed(f"kwokctl create cluster failed:\n{proc.stderr[-3000:]}\n{tails}")
     _wait_control_plane(p, START_TIMEOUT)
+    # KubeRay's CRDs are applied while the fleet's nodes register.
+    kuberay_crds = kuberay.CrdApply(p.kubeconfig, kuberay_bins)
     kwok_nodes = fleet.kwok_nodes(fleet.load())
     apply_nodes(p.kubeconfig, kwok_nodes)
     names = {n["metadata"]["name"] for n in kwok_nodes}
@@ -280,6 +284,10 @@ def _start(p: Paths, bins: Path) -> None:
         raise ComponentFailed(
             f"{exc}\n--- kwok-controller ---\n{_log_tail(p, 'kwok-controller')}"
         ) from None
+    try:
+        kuberay.up(p.kubeconfig, p.root, kuberay_bins, kuberay_crds)
+    except (kuberay.KubeRayFailed, TimeoutError, kube.CommandError) as exc:
+        raise ComponentFailed(f"KubeRay is not ready: {exc}") from None
 
 
 def stray_processes(p: Paths) -> list[str]:
@@ -307,6 +315,8 @@ def down(quiet: bool = False) -> None:
     """Stop everything `up` started; raise if any process, mount or interface remains."""
     p = paths()
     bins = versions.bin_dir()
+    # Before its API server goes: KubeRay would only log errors until stopped.
+    kuberay.stop(p.root)
     if p.cluster_dir.exists() and (bins / "kwokctl").exists():
         subprocess.run(
             [str(bins / "kwokctl"), "delete", "cluster", "--name", CLUSTER],
