@@ -158,6 +158,7 @@ REPORT = {
     "held_out": 60,
     "prompts": {"kept_local_by_privacy_gate": 3},
     "cloud": {"calls": 0, "tokens": 0, "cost": 0.0},
+    "labelling": {"workers": 2, "seconds": 40.0, "labels_per_second": 5.0},
     "shipped": {"version": "s", "apgr": 0.51234, "cpt50": 0.4, "cpt80": 0.7},
     "calibrated": {"version": "calibrated-1+x", "apgr": 0.6, "cpt50": 0.3, "cpt80": 0.6},
 }
@@ -172,6 +173,7 @@ def test_a_published_result_is_the_runs_success_whatever_the_rayjob_says() -> No
     assert (found.phase, found.reason) == (SUCCEEDED, "Calibrated")
     assert figures(found.report)["shipped"]["apgr"] == 0.5123
     assert figures(found.report)["keptLocal"] == 3
+    assert figures(found.report)["labelling"] == {"seconds": 40.0, "labelsPerSecond": 5.0}
     assert base64.b64decode(result["binaryData"]["complexity.json.gz"]) == ARTEFACT
     assert result["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 

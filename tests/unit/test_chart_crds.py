@@ -84,7 +84,7 @@ def test_every_crd_renders_by_default_and_are_kept_on_uninstall() -> None:
         assert crd["spec"]["scope"] == "Namespaced"
         assert crd["spec"]["names"]["categories"] == ["edgefleet"]
     short_names = {name: crd["spec"]["names"]["shortNames"] for name, crd in rendered.items()}
-    assert short_names == {CRD_NAMES[0]: ["rc"], CRD_NAMES[1]: ["rp"], CRD_NAMES[2]: ["sm"]}
+    assert short_names == {CRD_NAMES[0]: ["rcal"], CRD_NAMES[1]: ["rp"], CRD_NAMES[2]: ["sm"]}
 
 
 def test_crds_without_keep_carry_no_annotations_at_all() -> None:

@@ -119,6 +119,7 @@ def figures(report: Mapping[str, Any]) -> dict[str, Any]:
         }
 
     cloud = report.get("cloud") or {}
+    labelling = report.get("labelling") or {}
     return {
         "labels": report["labels"],
         "heldOut": report["held_out"],
@@ -130,6 +131,10 @@ def figures(report: Mapping[str, Any]) -> dict[str, Any]:
         },
         "shipped": quality("shipped"),
         "calibrated": quality("calibrated"),
+        "labelling": {
+            "seconds": labelling.get("seconds", 0.0),
+            "labelsPerSecond": labelling.get("labels_per_second", 0.0),
+        },
     }
 
 
