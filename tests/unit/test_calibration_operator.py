@@ -22,6 +22,7 @@ from edgefleet.operator.calibration_status import (
     PENDING,
     RUNNING,
     SUCCEEDED,
+    calibration_status,
     conditions,
     due,
     figures,
@@ -304,3 +305,22 @@ def test_the_submitter_gets_its_command_from_kuberay_and_runs_where_the_ray_pods
     assert "command" not in container and "args" not in container
     assert container["image"] == CONFIG.calibration_image
     assert (submitter["nodeSelector"], submitter["restartPolicy"]) == ({"pool": "edge"}, "Never")
+
+
+def test_every_status_field_written_is_in_the_crd() -> None:
+    # A pruned field never reads back: runNumber lost, every round started run 1 again.
+    from tests.unit.test_operator_status import pruned, status_schema
+
+    promoted = {"version": "calibrated-1+x", "configMap": "tune-1-result", "run": "tune-1"}
+    started = calibration_status(
+        PENDING, "Starting", "run tune-1 started", None, 1, [], "t",
+        runNumber=1, run="tune-1", rayJob="tune-1", observedGeneration=1, startTime="t",
+        completionTime=None,
+    )  # fmt: skip
+    finished = calibration_status(
+        SUCCEEDED, "Calibrated", "done", promoted, 1, started["conditions"], "t",
+        completionTime="t", **figures(REPORT),
+    )  # fmt: skip
+
+    for status in (started, finished):
+        assert pruned(status, status_schema("routercalibrations.yaml")) == status

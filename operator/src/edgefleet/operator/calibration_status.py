@@ -164,3 +164,23 @@ def conditions(
         ),
         condition("Promoted", *promoted_condition, *at),
     ]
+
+
+def calibration_status(
+    phase: str,
+    reason: str,
+    message: str,
+    promoted: Mapping[str, Any] | None,
+    generation: int,
+    previous: list[Mapping[str, Any]],
+    now: str,
+    **more: Any,
+) -> dict[str, Any]:
+    """The status to merge in: the phase, what is promoted, the conditions, and `more`
+    (a run's number and times, a finished run's figures)."""
+    return {
+        "phase": phase,
+        "promoted": promoted,
+        **more,
+        "conditions": conditions(phase, reason, message, promoted, generation, previous, now),
+    }

@@ -40,7 +40,7 @@ from edgefleet.operator.calibration_status import (
     RUNNING,
     SUCCEEDED,
     SUSPENDED,
-    conditions,
+    calibration_status,
     due,
     figures,
     outcome,
@@ -201,12 +201,7 @@ def calibration_round(
 
     def report(phase: str, reason: str, message: str, **more: Any) -> dict[str, Any]:
         kept = more.pop("promoted", promoted)
-        return {
-            "phase": phase,
-            "promoted": kept,
-            **more,
-            "conditions": conditions(phase, reason, message, kept, generation, previous, stamp),
-        }
+        return calibration_status(phase, reason, message, kept, generation, previous, stamp, **more)
 
     try:
         spec = parse_calibration_spec(body.get("spec") or {})
