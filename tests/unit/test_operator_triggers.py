@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
+from edgefleet.operator.config import OperatorConfig
+from edgefleet.operator.handlers.common import status_rounds
 from edgefleet.operator.names import SITE_LABEL as SITE
 from edgefleet.operator.placement import NodeFacts
 from edgefleet.operator.spec import parse_smallmodel_spec
-from edgefleet.operator.state import Desired, ModelState, States
+from edgefleet.operator.state import Desired, ModelState, OperatorContext, States
 from edgefleet.operator.triggers import (
     ROUTINGPOLICY,
     SMALLMODEL,
@@ -203,3 +206,29 @@ def test_the_fleet_moves_on_a_new_or_departed_node_but_not_on_a_repeat() -> None
     assert not states.fleet.observe(NodeFacts("n1"))
     assert states.fleet.forget("n1")
     assert not states.fleet.forget("n1")
+
+
+@pytest.mark.parametrize("kind", [SMALLMODEL, ROUTINGPOLICY])
+def test_a_deleted_resources_daemon_stops_after_its_round_in_progress(kind: str) -> None:
+    # Kopf stops a daemon on a deletion marker, which a resource without finalizers
+    # never shows: without forget() the rounds went on repairing a deleted policy.
+    states = States(Debounce(quiet_s=0.0, max_delay_s=0.0))
+    state = states.model("ns", "a") if kind == SMALLMODEL else states.policy("ns", "a")
+    ctx = OperatorContext(OperatorConfig(), None, states, api_endpoints=[])  # type: ignore[arg-type]
+    rounds: list[int] = []
+
+    async def one_round() -> None:
+        rounds.append(len(rounds))
+        assert len(rounds) <= 2, "a round after the deletion"
+        if len(rounds) == 2:
+            states.forget(Parent(kind, "ns", "a"))
+        else:
+            state.trigger.poke()  # another change: another round
+
+    async def daemon() -> None:
+        await asyncio.wait_for(status_rounds(ctx, state, one_round, logging.getLogger()), 5)
+
+    asyncio.run(daemon())
+
+    assert rounds == [0, 1] and state.gone
+    assert ("ns", "a") not in states.models and ("ns", "a") not in states.policies

@@ -38,6 +38,7 @@ from edgefleet.operator.placement import NodeFacts
 from edgefleet.operator.state import OperatorContext, States
 from edgefleet.operator.status import PodProblem, WorkloadFacts, pod_problem, serving_pod
 from edgefleet.operator.triggers import (
+    ROUTERCALIBRATION,
     ROUTINGPOLICY,
     SERVICE_NAME_LABEL,
     SMALLMODEL,
@@ -369,7 +370,7 @@ async def routercalibration_changed(
     states = context(memo).states
     states.activity["events.RouterCalibration"] += 1
     if type == "DELETED":
-        states.calibrations.pop((namespace, name), None)
+        states.forget(Parent(ROUTERCALIBRATION, namespace, name))
     else:
         states.calibration(namespace, name).trigger.poke()
 

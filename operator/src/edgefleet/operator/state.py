@@ -18,7 +18,13 @@ from edgefleet.operator.config import OperatorConfig
 from edgefleet.operator.kube import Kube
 from edgefleet.operator.placement import EnginePlan, FleetFacts, NodeFacts, counts_as
 from edgefleet.operator.spec import SmallModelSpec
-from edgefleet.operator.triggers import SMALLMODEL, Debounce, Parent, StatusTrigger
+from edgefleet.operator.triggers import (
+    ROUTERCALIBRATION,
+    SMALLMODEL,
+    Debounce,
+    Parent,
+    StatusTrigger,
+)
 
 # Key of a resource: (namespace, name).
 Key = tuple[str, str]
@@ -63,6 +69,8 @@ class ModelState:
     reported_over: str | None = None
     # The last status write failed: try again soon rather than at the safety net.
     report_failed: bool = False
+    # The resource is deleted: its daemon stops (States.forget).
+    gone: bool = False
 
     def retry_soon(self) -> bool:
         return bool(self.apply_error) or self.report_failed or self.missing_before
@@ -83,6 +91,7 @@ class PolicyState:
     reported: dict[str, Any] | None = None
     reported_over: str | None = None
     report_failed: bool = False
+    gone: bool = False
 
     def retry_soon(self) -> bool:
         return bool(self.apply_error) or self.report_failed or bool(self.missing_namespaces)
@@ -92,6 +101,7 @@ class PolicyState:
 class CalibrationState:
     # Pokes from the RouterCalibration's and its RayJobs' events.
     trigger: StatusTrigger
+    gone: bool = False
 
 
 class States:
@@ -126,8 +136,21 @@ class States:
         return self.calibrations[key]
 
     def forget(self, parent: Parent) -> None:
-        table = self.models if parent.kind == SMALLMODEL else self.policies
-        table.pop((parent.namespace, parent.name), None)
+        """The resource is deleted: drop its state and stop its daemon.
+
+        Kopf stops a daemon only when it sees a deletion marker, which a resource
+        without finalizers never shows (ours carry none, see main._without_finalizers):
+        left alone, the daemon would go on repairing the children of a deleted resource.
+        """
+        table: dict[Key, Any] = (
+            self.models if parent.kind == SMALLMODEL
+            else self.calibrations if parent.kind == ROUTERCALIBRATION
+            else self.policies
+        )  # fmt: skip
+        state = table.pop((parent.namespace, parent.name), None)
+        if state is not None:
+            state.gone = True
+            state.trigger.poke()
 
     def poke(self, parent: Parent) -> None:
         """A parent's input changed; one the operator does not know (yet) is left alone.

@@ -22,6 +22,7 @@ from edgefleet.operator.builders.routingpolicy import POLICY_NAMESPACE_LABEL
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SMALLMODEL = "SmallModel"
 ROUTINGPOLICY = "RoutingPolicy"
+ROUTERCALIBRATION = "RouterCalibration"
 
 
 class Parent(NamedTuple):

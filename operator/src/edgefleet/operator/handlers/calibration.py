@@ -316,6 +316,8 @@ async def keep_calibration(
     wait_s = 0.0
     while True:
         await state.trigger.next_round(wait_s)
+        if state.gone:  # deleted (States.forget)
+            return
         try:
             result = await asyncio.to_thread(calibration_round, ctx, namespace, name, logger)
         except (ApiError, kopf.TemporaryError) as exc:

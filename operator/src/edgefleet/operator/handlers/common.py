@@ -89,13 +89,16 @@ async def status_rounds(
     """A resource's daemon: a status round now, then after every settled burst of changes,
     or when its timer says (the safety net, a retry).
 
-    Runs until Kopf cancels it (the resource is deleted, or the operator pauses or exits).
+    Runs until the resource is deleted (States.forget) or Kopf cancels it (the operator
+    pauses or exits).
     """
     state.trigger.poke()
     while True:
         if not await state.trigger.next_round(round_timeout(ctx.config, state.retry_soon())):
             # No change asked for it: the safety net, or a retry (what idle costs).
             ctx.states.activity["status.timer_rounds"] += 1
+        if state.gone:  # deleted (States.forget): nothing left to report or repair
+            return
         try:
             await one_round()
         except (kopf.TemporaryError, ApiError) as exc:
