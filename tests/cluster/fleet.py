@@ -66,9 +66,7 @@ def kwok_nodes(fleet: dict[str, Any]) -> list[dict[str, Any]]:
             for site in sites:
                 for i in range(group.get("countPerSite", 1)):
                     name = f"{prefix}{site}-{i}"
-                    nodes.append(
-                        _node(name, group, extra_labels={"edgefleet.io/site": site})
-                    )
+                    nodes.append(_node(name, group, extra_labels={"edgefleet.io/site": site}))
         else:
             for i in range(group.get("count", 1)):
                 nodes.append(_node(f"{prefix}{i}", group, extra_labels={}))

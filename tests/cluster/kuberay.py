@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.cluster import build, kube, network, versions
+from tests.cluster import build, kube, network, procs, versions
 
 KUBERAY_VERSION = "v1.5.0"
 MODULE = "github.com/ray-project/kuberay/ray-operator"
@@ -228,14 +228,7 @@ def own_processes(root: Path) -> list[int]:
     (their kubeconfig). A crashed `up` left no other record of them."""
     bundles = (f"{cache_root()}/", f"{bin_dir()}/")
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            exe = os.readlink(entry / "exe")
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
+    for entry, exe, cmdline in procs.processes():
         ours = exe.startswith(bundles) or any(bundle in cmdline for bundle in bundles)
         if ours and f"{root}/" in cmdline:
             found.append(int(entry.name))

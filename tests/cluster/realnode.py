@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.cluster import realnode_build, versions
+from tests.cluster import procs, realnode_build, versions
 
 NODE_NAME = "realnode-0"
 # Private, and only ever routed inside the node's own network namespace.
@@ -797,21 +797,14 @@ state = "{p.containerd_state}"
         netns = Path(f"/run/netns/{self.netns}")
         netns_inode = netns.stat().st_ino if netns.exists() else None
         found = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                exe = os.readlink(entry / "exe")
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
+        for entry, exe, cmdline in procs.processes():
             if exe.startswith(binaries) and (
                 base in cmdline or (netns_inode is not None and _netns_inode(entry) == netns_inode)
             ):
                 found.add(int(entry.name))
         for root in self._cgroup_roots(unified=True):
-            for procs in root.rglob("cgroup.procs") if root.exists() else ():
-                found.update(int(pid) for pid in procs.read_text().split())
+            for members in root.rglob("cgroup.procs") if root.exists() else ():
+                found.update(int(pid) for pid in members.read_text().split())
         return sorted(found)
 
     def _own_mounts(self) -> list[str]:

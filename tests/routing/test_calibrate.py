@@ -30,9 +30,9 @@ from edgefleet.calibrate.pipeline import ledger_summary, new_ledger
 from edgefleet.calibrate.prompts import CalibrationError
 from edgefleet.routing.complexity import default_scorer
 from tests.routing.conftest import Stack
+from tests.support.calibration_tasks import shipped_tasks
 from tests.support.routing import ask, audit_lines, running_router, wait_for
 
-TASKS = Path(__file__).resolve().parents[2] / "examples" / "calibration" / "tasks.jsonl"
 SENSITIVE_PROMPT = "Please mail jane.roe@example.org: what is 2 plus 2?"
 CLASSIFIER = "edgefleet:router_complexity_classifier"
 
@@ -46,18 +46,6 @@ def ray_cluster() -> Iterator[None]:
     start_ray(num_cpus=2)
     yield
     ray.shutdown()
-
-
-def tasks(per_cell: int, levels: tuple[int, ...]) -> list[dict[str, Any]]:
-    """The first `per_cell` shipped tasks of each family at each of `levels`."""
-    chosen, seen = [], Counter()
-    for line in TASKS.read_text(encoding="utf-8").splitlines():
-        task = json.loads(line)
-        cell = (task["category"], task["difficulty"])
-        if task["difficulty"] in levels and seen[cell] < per_cell:
-            seen[cell] += 1
-            chosen.append(task)
-    return chosen
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -80,7 +68,7 @@ def test_reference_calibration_writes_an_artefact_the_router_then_serves(
 ) -> None:
     settings = CalibrationSettings(
         policy=write_policy(tmp_path / "policy.json", {}),
-        prompts=write_jsonl(tmp_path / "prompts.jsonl", tasks(2, (1, 5))),
+        prompts=write_jsonl(tmp_path / "prompts.jsonl", shipped_tasks(2, (1, 5))),
         local=(stack.local.target,),
         out=tmp_path / "calibrations",
         assume_cloud_correct=True,
@@ -130,7 +118,7 @@ def test_reference_calibration_writes_an_artefact_the_router_then_serves(
 def test_judge_mode_asks_the_cloud_once_per_prompt_and_never_for_a_sensitive_one(
     stack: Stack, tmp_path: Path, ray_cluster: None
 ) -> None:
-    rows = [{"id": t["id"], "prompt": t["prompt"]} for t in tasks(1, (1,))]
+    rows = [{"id": t["id"], "prompt": t["prompt"]} for t in shipped_tasks(1, (1,))]
     rows.append({"id": "private", "prompt": SENSITIVE_PROMPT})
     settings = CalibrationSettings(
         policy=write_policy(tmp_path / "policy.json", {"budget": {"maxCloudTokens": 100_000}}),
@@ -163,7 +151,7 @@ def test_a_worker_killed_mid_job_costs_no_second_cloud_call(
     stack: Stack, tmp_path: Path, ray_cluster: None
 ) -> None:
     cap = 50_000
-    rows = [{"id": t["id"], "prompt": t["prompt"]} for t in tasks(1, (1, 2))]
+    rows = [{"id": t["id"], "prompt": t["prompt"]} for t in shipped_tasks(1, (1, 2))]
     settings = CalibrationSettings(
         policy=write_policy(tmp_path / "policy.json", {"budget": {"maxCloudTokens": cap}}),
         prompts=write_jsonl(tmp_path / "prompts.jsonl", rows),
@@ -208,7 +196,7 @@ def test_an_exhausted_budget_stops_the_job_and_writes_nothing(
     (out / "previous").mkdir(parents=True)
     settings = CalibrationSettings(
         policy=write_policy(tmp_path / "policy.json", {"budget": {"maxCloudTokens": cap}}),
-        prompts=write_jsonl(tmp_path / "prompts.jsonl", tasks(1, (1,))),
+        prompts=write_jsonl(tmp_path / "prompts.jsonl", shipped_tasks(1, (1,))),
         local=(stack.local.target,),
         out=out,
         cloud=stack.egress.target,

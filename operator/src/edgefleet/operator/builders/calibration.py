@@ -22,6 +22,7 @@ from edgefleet.operator.builders.common import (
     POD_SECURITY_CONTEXT,
     container_security_context,
     metadata,
+    service_identity,
 )
 from edgefleet.operator.calibration_spec import RouterCalibrationSpec
 from edgefleet.operator.config import OperatorConfig
@@ -68,25 +69,9 @@ def build_identity(
 ) -> list[dict[str, Any]]:
     """The ServiceAccount the run's pods use, bound to the chart's calibration ClusterRole."""
     labels = calibration_labels(calibration, policy)
-    account = account_name(calibration)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": metadata(account, namespace, labels),
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": metadata(account, namespace, labels),
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": config.calibration_cluster_role,
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
-        },
-    ]
+    return service_identity(
+        account_name(calibration), namespace, labels, config.calibration_cluster_role
+    )
 
 
 # The KubeRay operator's pods (its Helm chart's label): it polls the head's job API.

@@ -11,6 +11,30 @@ def metadata(name: str, namespace: str, labels: Mapping[str, str]) -> dict[str, 
     return {"name": name, "namespace": namespace, "labels": dict(labels)}
 
 
+def service_identity(
+    account: str, namespace: str, labels: Mapping[str, str], cluster_role: str
+) -> list[dict[str, Any]]:
+    """A ServiceAccount bound (RoleBinding in its namespace) to one of the chart's ClusterRoles."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": metadata(account, namespace, labels),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata(account, namespace, labels),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": cluster_role,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    ]
+
+
 def grpc_probe(port: int, *, initial_delay: int, period: int, failures: int) -> dict[str, Any]:
     return {
         "grpc": {"port": port},

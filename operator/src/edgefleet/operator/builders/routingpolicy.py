@@ -19,6 +19,7 @@ from edgefleet.operator.builders.common import (
     container_security_context,
     grpc_probe,
     metadata,
+    service_identity,
 )
 from edgefleet.operator.builders.smallmodel import DNS_EGRESS
 from edgefleet.operator.config import OperatorConfig
@@ -85,25 +86,7 @@ def build_config_map(
 def build_router_rbac(name: str, namespace: str, config: OperatorConfig) -> list[dict[str, Any]]:
     """The router's identity: watch EndpointSlices, report to its RoutingPolicy's status."""
     labels = names.policy_labels(name, names.ROUTER)
-    account = names.router_name(name)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": metadata(account, namespace, labels),
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": metadata(account, namespace, labels),
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": config.router_cluster_role,
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
-        },
-    ]
+    return service_identity(names.router_name(name), namespace, labels, config.router_cluster_role)
 
 
 def sensitive_namespaces(spec: Mapping[str, Any]) -> list[str]:
