@@ -47,7 +47,11 @@ def test_uninstall_removes_the_release_and_keeps_the_crds_and_resources(
         raise AssertionError(f"left after uninstall: {_release_objects(release)}") from exc
     # crds.keep (the default): the CRDs stay, and with them the user's resources,
     # whose children are theirs (owner references), not orphans.
-    for crd in ("smallmodels.edgefleet.io", "routingpolicies.edgefleet.io"):
+    for crd in (
+        "smallmodels.edgefleet.io",
+        "routingpolicies.edgefleet.io",
+        "routercalibrations.edgefleet.io",
+    ):
         kept = release.get("crd", crd)
         assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert release.get("smallmodel", "survivor", namespace) is not None
