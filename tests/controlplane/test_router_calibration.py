@@ -12,6 +12,7 @@ tests/routing/test_calibrate.py with a local Ray.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from tests.controlplane.operator_support import (
     wait_condition,
 )
 from tests.support.calibration_tasks import shipped_tasks
+from tests.support.cloud import STAND_IN_API_KEY, STAND_IN_MODEL, RecordingProxy
 
 pytestmark = pytest.mark.controlplane
 
@@ -202,3 +204,51 @@ def test_a_rayjob_calibrates_on_the_real_model_and_the_router_serves_the_result(
     assert failed["status"]["run"] == f"{CALIBRATION}-2"
     assert failed["status"]["promoted"]["version"] == version
     assert served_classifier(release, namespace) == version
+
+
+@pytest.mark.timeout(900)
+def test_grading_through_the_egress_stops_at_the_run_budget_and_writes_nothing(
+    release: Cluster, namespace: str, calibration_image: str, cloud: RecordingProxy
+) -> None:
+    """The run's pods reach the cloud only through the policy's egress (its NetworkPolicy
+    admits them), and the run's own cap stops them: the result is the reason, no artefact."""
+    release.kubectl(
+        "create", "secret", "generic", "cloud-llm", "-n", namespace,
+        f"--from-literal=api-key={STAND_IN_API_KEY}",
+    )  # fmt: skip
+    policy = routing_policy("local")
+    policy["spec"]["cloud"] = {
+        "enabled": True,
+        "baseURL": cloud.base_url,
+        "model": STAND_IN_MODEL,
+        "apiKeySecretRef": {"name": "cloud-llm", "key": "api-key"},
+    }
+    release.apply(
+        smallmodel("local", engine="llamacpp", replicas=1, placement=REAL_PLACEMENT),
+        policy,
+        prompts_config_map("tasks", tasks(1, (1,))),
+        namespace=namespace,
+    )
+    wait_condition(release, namespace, "routingpolicy", POLICY, "Ready", "True", timeout=300)
+    # The egress too (Degraded says so while it is not ready).
+    wait_condition(release, namespace, "routingpolicy", POLICY, "Degraded", "False", timeout=300)
+    sent_before = len(cloud.received())
+
+    graded = router_calibration(CALIBRATION, "tasks", rayWorkers=0, budget={"maxCloudTokens": 600})
+    del graded["spec"]["assumeCloudCorrect"]
+    release.apply(graded, namespace=namespace)
+    failed = wait_condition(
+        release, namespace, "routercalibration", CALIBRATION, "Failed", "True",
+        "BudgetExhausted", 600,
+    )  # fmt: skip
+
+    message = condition(failed, "Failed")["message"]
+    spent = re.search(r"ran out after (\d+) cloud calls \((\d+) tokens", message)
+    assert spent, message
+    calls, tokens = int(spent[1]), int(spent[2])
+    assert 0 < calls < 7 and tokens <= 600
+    # Every call the ledger counted went out through the egress, and no other.
+    assert len(cloud.received()) - sent_before == calls
+    assert not failed["status"].get("promoted")
+    result = release.get("configmap", f"{CALIBRATION}-1-result", namespace)
+    assert "binaryData" not in result and result["data"]["reason"] == "BudgetExhausted"
