@@ -205,6 +205,14 @@ def test_a_rayjob_calibrates_on_the_real_model_and_the_router_serves_the_result(
     assert failed["status"]["promoted"]["version"] == version
     assert served_classifier(release, namespace) == version
 
+    # Deleted, its results go with it, and the router back to the shipped classifier.
+    release.kubectl("delete", "routercalibration", CALIBRATION, "-n", namespace)
+    wait_for(
+        "the router back on the shipped classifier",
+        lambda: served_classifier(release, namespace) == shipped,
+        240,
+    )
+
 
 @pytest.mark.timeout(900)
 def test_grading_through_the_egress_stops_at_the_run_budget_and_writes_nothing(

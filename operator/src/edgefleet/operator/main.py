@@ -364,15 +364,41 @@ async def delete_routingpolicy(
 
 
 # --- RouterCalibration --------------------------------------------------------------
-async def routercalibration_changed(
-    type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any
+async def hand_policy_its_classifier(
+    ctx: OperatorContext, namespace: str, policy: str, logger: Logger, calibration: str = ""
 ) -> None:
-    states = context(memo).states
-    states.activity["events.RouterCalibration"] += 1
-    if type == "DELETED":
-        states.forget(Parent(ROUTERCALIBRATION, namespace, name))
-    else:
-        states.calibration(namespace, name).trigger.poke()
+    """Reconcile a policy so its router gets the classifier its calibration promotes now
+    (only if it names `calibration`, when given)."""
+    body = await asyncio.to_thread(ctx.kube.get, "RoutingPolicy", namespace, policy)
+    named = (((body or {}).get("spec") or {}).get("complexity") or {}).get("calibration")
+    if body is None or (calibration and named != calibration):
+        return
+    # A refusal is the policy's own to report (its Event and status).
+    with contextlib.suppress(kopf.PermanentError):
+        await routingpolicy.apply(
+            ctx, ctx.states.policy(namespace, policy), body=body, logger=logger
+        )
+
+
+async def routercalibration_changed(
+    type: str | None,
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: Logger,
+    **_: Any,
+) -> None:
+    ctx = context(memo)
+    ctx.states.activity["events.RouterCalibration"] += 1
+    if type != "DELETED":
+        ctx.states.calibration(namespace, name).trigger.poke()
+        return
+    ctx.states.forget(Parent(ROUTERCALIBRATION, namespace, name))
+    # Its results go with it: the policy that serves its artefact goes back to the shipped one.
+    policy = (body.get("spec") or {}).get("policy")
+    if policy:
+        await hand_policy_its_classifier(ctx, namespace, policy, logger, calibration=name)
 
 
 async def rayjob_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
@@ -390,14 +416,7 @@ async def keep_routercalibration(
     ctx = context(memo)
 
     async def reconcile_policy(where: str, policy: str) -> None:
-        body = await asyncio.to_thread(ctx.kube.get, "RoutingPolicy", where, policy)
-        if body is None:
-            return
-        # A refusal is the policy's own to report (its Event and status).
-        with contextlib.suppress(kopf.PermanentError):
-            await routingpolicy.apply(
-                ctx, ctx.states.policy(where, policy), body=body, logger=logger
-            )
+        await hand_policy_its_classifier(ctx, where, policy, logger)
 
     await calibration.keep_calibration(
         ctx, ctx.states.calibration(namespace, name), namespace=namespace, name=name,
