@@ -46,7 +46,7 @@ from edgefleet.operator.calibration_status import (
     outcome,
     seconds_until_due,
 )
-from edgefleet.operator.handlers.common import RETRY_S, now
+from edgefleet.operator.handlers.common import RETRY_S, now, status_changed
 from edgefleet.operator.kube import ApiError, Kube
 from edgefleet.operator.state import CalibrationState, OperatorContext
 
@@ -182,7 +182,7 @@ def _forget_old_results(kube: Kube, namespace: str, name: str, keep: set[str]) -
 def _write(
     ctx: OperatorContext, body: Mapping[str, Any], status: Mapping[str, Any], fresh: dict[str, Any]
 ) -> None:
-    if any(status.get(key) != value for key, value in fresh.items()):
+    if status_changed(status, fresh):
         meta = body["metadata"]
         ctx.kube.patch_status(KIND, meta["namespace"], meta["name"], fresh)
 
